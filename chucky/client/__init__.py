@@ -1,0 +1,17 @@
+"""The asyncio client: :class:`Chucky`, :class:`Session` and what they return."""
+
+from .chucky import Chucky
+from .results import PromptResult, StreamEvent
+from .session import Session, SessionState
+from .settings import DEFAULT_MODEL, DEFAULT_URL, SessionArgs
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_URL",
+    "Chucky",
+    "PromptResult",
+    "Session",
+    "SessionArgs",
+    "SessionState",
+    "StreamEvent",
+]

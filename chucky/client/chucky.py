@@ -1,0 +1,216 @@
+"""The client: :class:`Chucky`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Unpack
+
+from ..errors import ConnectionError, ValidationError
+from ..messages import (
+    AssistantMessage,
+    ErrorMessage,
+    ResultMessage,
+    SDKMessage,
+    StreamEventMessage,
+)
+from .connection import ConnectionSettings
+from .results import PromptResult, StreamEvent
+from .session import Content, Session
+from .settings import (
+    DEFAULT_MODEL,
+    DEFAULT_URL,
+    BaseSessionArgs,
+    SessionArgs,
+    check_args,
+    resolve,
+)
+
+__all__ = ["Chucky"]
+
+logger = logging.getLogger("chucky.client")
+
+
+def _bare(name: str) -> str:
+    # The model sees ``mcp__<server>__<tool>``; users declared ``<tool>``.
+    if name.startswith("mcp__"):
+        return name.rsplit("__", 1)[-1]
+    return name
+
+
+class Chucky:
+    """A client of a Chucky server (the hosted service, or ``chucky serve``).
+
+    Args:
+        token: The end-user token (a JWT from :func:`chucky.create_token`). The official
+            client's ``Chucky(url, token)`` order works too: a ``ws://``/``wss://`` string in
+            the first position is taken as the URL.
+        url: The server's WebSocket URL.
+        model, system_prompt, max_turns, **options: Default session options (every option of
+            PROTOCOL.md section 5 in snake_case: ``include_partial_messages``, ``tools``,
+            ``mcp_servers``, ``max_budget_usd`` ...). Per-call values override them.
+        timeout: Seconds allowed to connect and complete the handshake.
+        keepalive_interval: Seconds between keepalive pings; a server that answers nothing for
+            about twice this long is declared gone (``None`` disables keepalive).
+        tool_timeout: Seconds a client tool handler may run before it is answered with an error.
+        idle_timeout: If set, a turn with no message from the server for this many seconds
+            raises :class:`~chucky.errors.TimeoutError`. By default a turn may be silent
+            for as long as the connection is alive.
+        max_queue: Messages buffered per session before reading from the socket pauses.
+        debug: Log frames at DEBUG level on the ``chucky.client`` logger.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        url: str | None = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        system_prompt: str | None = None,
+        max_turns: int | None = None,
+        timeout: float | None = 30.0,
+        keepalive_interval: float | None = 60.0,
+        tool_timeout: float | None = 60.0,
+        idle_timeout: float | None = None,
+        max_queue: int = 1024,
+        debug: bool = False,
+        **options: Unpack[BaseSessionArgs],
+    ) -> None:
+        if token is not None and token.startswith(("ws://", "wss://")):
+            token, url = url, token
+        if not token:
+            raise ValidationError("a token is required (see chucky.create_token)")
+        check_args(options, "Chucky")
+        if max_queue < 1:
+            raise ValidationError("max_queue must be at least 1")
+        self._defaults: dict[str, Any] = {
+            **options,
+            "model": model,
+            "system_prompt": system_prompt,
+            "max_turns": max_turns,
+        }
+        # Fail fast on bad defaults (duplicate tool names, wrong types).
+        resolve(self._defaults, {})
+        self._settings = ConnectionSettings(
+            url=url or DEFAULT_URL,
+            token=token,
+            timeout=timeout,
+            keepalive_interval=keepalive_interval,
+            tool_timeout=tool_timeout,
+            max_queue=max_queue,
+        )
+        self._idle_timeout = idle_timeout
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        if debug:
+            logger.setLevel(logging.DEBUG)
+
+    @property
+    def url(self) -> str:
+        return self._settings.url
+
+    def create_session(self, **options: Unpack[SessionArgs]) -> Session:
+        """A new session; returns at once, the socket opens on the first ``send()``.
+
+        Raises:
+            ValidationError: invalid options, or two tools with the same name.
+        """
+        check_args(options, "create_session")
+        session = Session(
+            resolve(self._defaults, options), self._settings, idle_timeout=self._idle_timeout
+        )
+        self._sessions.add(session)
+        return session
+
+    def resume_session(self, session_id: str, /, **options: Unpack[SessionArgs]) -> Session:
+        """A session that continues ``session_id`` (same project and user only).
+
+        Raises:
+            ValidationError: invalid options.
+        """
+        options["session_id"] = session_id
+        return self.create_session(**options)
+
+    async def prompt(self, message: Content, **options: Unpack[SessionArgs]) -> PromptResult:
+        """Run one turn in a fresh session and return its result.
+
+        Raises:
+            ChuckyError: the typed error the server answered with (``BudgetExceededError``,
+                ``AuthenticationError``, ...), or a connection failure or timeout.
+        """
+        async with self.create_session(**options) as session:
+            await session.send(message)
+            messages: list[SDKMessage] = []
+            async for msg in session.stream():
+                messages.append(msg)
+                if isinstance(msg, ErrorMessage):
+                    raise msg.exception
+                if isinstance(msg, ResultMessage):
+                    return PromptResult(msg, messages)
+        raise ConnectionError("the turn ended without a result")  # pragma: no cover
+
+    async def stream(
+        self, message: Content, **options: Unpack[SessionArgs]
+    ) -> AsyncIterator[StreamEvent]:
+        """Run one turn in a fresh session, yielding :class:`StreamEvent` as it goes.
+
+        Events: ``message`` (assistant text; text deltas with ``include_partial_messages``),
+        ``tool_use``, then ``result`` and ``done``; or ``error``. Break out early and the
+        session closes (use :func:`contextlib.aclosing` to make that immediate).
+
+        Raises:
+            ConnectionError, TimeoutError: the connection failed or went silent.
+        """
+        session = self.create_session(**options)
+        try:
+            await session.send(message)
+            delta_seen = False
+            async for msg in session.stream():
+                if isinstance(msg, StreamEventMessage):
+                    delta = msg.text_delta
+                    if delta:
+                        delta_seen = True
+                        yield StreamEvent("message", delta, msg)
+                elif isinstance(msg, AssistantMessage):
+                    text = msg.text
+                    if text and not delta_seen:
+                        yield StreamEvent("message", text, msg)
+                    delta_seen = False
+                    for block in msg.tool_uses:
+                        yield StreamEvent(
+                            "tool_use",
+                            block,
+                            msg,
+                            name=_bare(block.name),
+                            input=block.input,
+                            id=block.id,
+                        )
+                elif isinstance(msg, ResultMessage):
+                    yield StreamEvent("result", msg, msg)
+                    yield StreamEvent("done", {"sessionId": msg.session_id}, msg)
+                elif isinstance(msg, ErrorMessage):
+                    yield StreamEvent("error", msg, msg, error=msg.exception)
+        finally:
+            await session.close()
+
+    async def close(self) -> None:
+        """Close every session this client opened. Idempotent."""
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    async def __aenter__(self) -> Chucky:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Chucky(url={self.url!r})"

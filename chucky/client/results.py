@@ -1,0 +1,120 @@
+"""What :meth:`Chucky.prompt` returns and what :meth:`Chucky.stream` yields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import ChuckyError
+from ..messages import ResultMessage, SDKMessage, Usage
+
+__all__ = ["PromptResult", "StreamEvent"]
+
+StreamEventType = Literal["message", "tool_use", "result", "error", "done"]
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One event of :meth:`Chucky.stream`.
+
+    Attributes:
+        type: ``message`` (``data`` = assistant text, or one text delta when partial messages
+            are on), ``tool_use`` (``name``, ``input``, ``id``), ``result`` (``data`` = the
+            result message), ``error`` (``data`` = the error message, ``error`` = the typed
+            exception), ``done`` (``data`` = ``{"sessionId": ...}``).
+        data: See ``type``.
+        message: The whole SDK message the event comes from.
+    """
+
+    type: StreamEventType
+    data: Any = None
+    message: SDKMessage | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    id: str | None = None
+    error: ChuckyError | None = None
+
+
+class PromptResult(Mapping[str, Any]):
+    """The outcome of :meth:`Chucky.prompt`: typed attributes, and a read-only mapping over the
+    ``result`` message (what the official client returned as a dict).
+
+    Attributes:
+        message: The ``result`` message itself.
+        messages: Every message of the turn, in order, the ``result`` last.
+    """
+
+    __slots__ = ("message", "messages")
+
+    def __init__(self, message: ResultMessage, messages: Sequence[SDKMessage]) -> None:
+        self.message = message
+        self.messages = list(messages)
+
+    # Typed access --------------------------------------------------------------------------
+
+    @property
+    def result(self) -> str | None:
+        """The final text (success only)."""
+        return self.message.result
+
+    @property
+    def subtype(self) -> str:
+        return self.message.subtype
+
+    @property
+    def is_error(self) -> bool:
+        return self.message.is_error
+
+    @property
+    def session_id(self) -> str | None:
+        return self.message.session_id
+
+    @property
+    def total_cost_usd(self) -> float:
+        return self.message.total_cost_usd
+
+    @property
+    def usage(self) -> Usage:
+        return self.message.usage
+
+    @property
+    def duration_ms(self) -> int:
+        return self.message.duration_ms
+
+    @property
+    def duration_api_ms(self) -> int:
+        return self.message.duration_api_ms
+
+    @property
+    def num_turns(self) -> int:
+        return self.message.num_turns
+
+    @property
+    def structured_output(self) -> Any:
+        return self.message.structured_output
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.message.stop_reason
+
+    @property
+    def errors(self) -> list[str] | None:
+        return self.message.errors
+
+    # Mapping over the result message --------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self.message[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.message)
+
+    def __len__(self) -> int:
+        return len(self.message)
+
+    def __repr__(self) -> str:
+        return (
+            f"PromptResult(subtype={self.subtype!r}, result={self.result!r}, "
+            f"session_id={self.session_id!r}, total_cost_usd={self.total_cost_usd!r})"
+        )

@@ -1,0 +1,223 @@
+"""A multi-turn session: ``send`` a message, ``stream`` the turn's messages, repeat.
+
+The socket opens lazily on the first :meth:`Session.send` and every turn of the session uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..errors import ChuckyError, InvalidStateError, TimeoutError, ValidationError
+from ..messages import ErrorMessage, ResultMessage, SDKMessage, WireModel
+from .connection import ClientConnection, ConnectionSettings
+from .settings import SessionSpec
+
+__all__ = ["Session", "SessionState"]
+
+_BLOCK_TYPES = frozenset({"text", "image", "document"})
+
+
+class SessionState(enum.Enum):
+    NEW = "new"  # no socket yet: it opens on the first send()
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+Content = str | Sequence[Mapping[str, Any] | WireModel]
+
+
+def _content(message: Content) -> str | list[dict[str, Any]]:
+    if isinstance(message, str):
+        return message
+    if isinstance(message, Mapping | WireModel) or not isinstance(message, Sequence):
+        raise ValidationError(
+            "a message is a string or a list of content blocks (text, image, document)"
+        )
+    blocks: list[dict[str, Any]] = []
+    for index, block in enumerate(message):
+        if isinstance(block, WireModel):
+            data = block.to_wire()
+        elif isinstance(block, Mapping):
+            data = dict(block)
+        else:
+            raise ValidationError(f"content block {index} is a {type(block).__name__}, not a dict")
+        if data.get("type") not in _BLOCK_TYPES:
+            raise ValidationError(
+                f"content block {index} has type {data.get('type')!r}; "
+                "expected text, image or document"
+            )
+        blocks.append(data)
+    return blocks
+
+
+class Session:
+    """One conversation with the agent, over one WebSocket.
+
+    Create it with :meth:`Chucky.create_session` (returns at once) or
+    :meth:`Chucky.resume_session`. ``async with session:`` closes it on exit.
+    """
+
+    def __init__(
+        self,
+        spec: SessionSpec,
+        settings: ConnectionSettings,
+        *,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self._spec = spec
+        self._settings = settings
+        self._idle_timeout = idle_timeout
+        self._state = SessionState.NEW
+        self._conn: ClientConnection | None = None
+        self._lock = asyncio.Lock()
+        self._session_id = spec.options.session_id
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def session_id(self) -> str | None:
+        """The server's id for this session; known after the first message of a turn."""
+        if self._conn is not None and self._conn.session_id:
+            return self._conn.session_id
+        return self._session_id
+
+    @property
+    def options(self) -> Any:
+        """The :class:`~chucky.options.SessionOptions` sent in ``init``."""
+        return self._spec.options
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The server's ``session_info`` (``sessionId``, ``model``, ``tools``, ...), if sent."""
+        return dict(self._conn.session_info) if self._conn is not None else {}
+
+    async def _connection(self) -> ClientConnection:
+        if self._conn is not None and self._state is SessionState.OPEN:
+            return self._conn
+        async with self._lock:
+            if self._state is SessionState.CLOSED:
+                raise InvalidStateError("the session is closed")
+            if self._conn is None:
+                self._state = SessionState.CONNECTING
+                options = self._spec.options
+                conn = ClientConnection(
+                    self._settings,
+                    options.to_wire(),
+                    self._spec.registry,
+                    session_id=options.session_id,
+                )
+                try:
+                    await conn.open()
+                except BaseException:
+                    self._state = SessionState.CLOSED
+                    raise
+                self._conn = conn
+                self._state = SessionState.OPEN
+            return self._conn
+
+    async def send(self, message: Content) -> None:
+        """Start a turn with ``message`` (a string, or text / image / document blocks).
+
+        The first call opens the connection. Read the turn with :meth:`stream`.
+
+        Raises:
+            ValidationError: ``message`` is not a string or a list of content blocks.
+            AuthenticationError: the server refused the token.
+            ConnectionError: the server cannot be reached or the connection was lost.
+            TimeoutError: the server did not answer the handshake within ``timeout``.
+            InvalidStateError: the session is closed.
+        """
+        content = _content(message)
+        conn = await self._connection()
+        await conn.send_turn(content)
+
+    async def stream(self) -> AsyncIterator[SDKMessage]:
+        """The messages of the current turn, up to and including its ``result``.
+
+        An ``error`` frame is yielded as an :class:`~chucky.messages.ErrorMessage` (its
+        ``exception`` is the typed error) and ends the iteration. Nothing is ever dropped:
+        messages of a turn not read yet wait in order for the next call.
+
+        Raises:
+            ConnectionError: the connection was lost or the server stopped answering.
+            TimeoutError: no message for ``idle_timeout`` seconds (only when set).
+            InvalidStateError: no turn was sent, or another ``stream()`` is reading.
+        """
+        if self._conn is None:
+            if self._state is SessionState.CLOSED:
+                raise InvalidStateError("the session is closed")
+            raise InvalidStateError("nothing to read: send() a message first")
+        conn = self._conn
+        inbox = conn.inbox
+        idle = self._idle_timeout
+        while True:
+            if not len(inbox):
+                if inbox.waiting:
+                    raise InvalidStateError("another stream() is already reading this session")
+                if not conn.proto.open_turns and inbox.error is None:
+                    raise InvalidStateError("no turn in progress: send() a message first")
+            if idle is None:
+                message = await inbox.get()
+            else:
+                try:
+                    async with asyncio.timeout(idle):
+                        message = await inbox.get()
+                except builtins.TimeoutError as exc:
+                    raise TimeoutError(
+                        f"no message from the server for {idle:g} s",
+                        session_id=self.session_id,
+                    ) from exc
+            yield message
+            if isinstance(message, ResultMessage | ErrorMessage):
+                return
+
+    def receive(self) -> AsyncIterator[SDKMessage]:
+        """Alias of :meth:`stream` (the official V2 API name)."""
+        return self.stream()
+
+    async def interrupt(self) -> None:
+        """Stop the running turn; it ends with a ``result`` of subtype
+        ``error_during_execution`` (PROTOCOL.md section 4)."""
+        if self._conn is None:
+            return
+        await self._conn.send_control("interrupt")
+
+    async def close(self) -> None:
+        """Close the connection and stop its tasks. Idempotent."""
+        if self._state is SessionState.CLOSED and self._conn is None:
+            return
+        self._state = SessionState.CLOSED
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if conn.session_id:
+                self._session_id = conn.session_id
+            await conn.close()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Session(session_id={self.session_id!r}, state={self._state.value})"
+
+
+def raise_for_error(message: SDKMessage) -> None:
+    """Raise the typed exception of an :class:`ErrorMessage`; do nothing for other messages."""
+    if isinstance(message, ErrorMessage):
+        exc: ChuckyError = message.exception
+        raise exc

@@ -1,0 +1,176 @@
+"""Session options: the ``init`` payload of PROTOCOL.md section 5.
+
+:class:`SessionOptions` is the one model of those options. Python code uses snake_case names
+(``system_prompt``, ``max_turns``); the wire carries camelCase (``systemPrompt``, ``maxTurns``).
+The server validates an ``init`` payload with it (unknown keys ignored, ``null`` = absent, wrong
+types rejected); the client builds it from keyword arguments and sends
+:meth:`SessionOptions.to_wire`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "McpServerConfig",
+    "OutputFormat",
+    "SessionOptions",
+    "SystemPromptPreset",
+    "ToolDefinition",
+]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+
+class SystemPromptPreset(_Options):
+    """``{"type": "preset", "preset": "claude_code", "append": ...}``."""
+
+    type: Literal["preset"] = "preset"
+    preset: str = "claude_code"
+    append: str | None = None
+
+
+def _drop_null_required(schema: Any) -> Any:
+    # PROTOCOL.md section 5: tolerate ``"required": null`` (the official client sends it).
+    if isinstance(schema, dict):
+        return {
+            key: _drop_null_required(value)
+            for key, value in schema.items()
+            if not (key == "required" and value is None)
+        }
+    if isinstance(schema, list):
+        return [_drop_null_required(item) for item in schema]
+    return schema
+
+
+class ToolDefinition(_Options):
+    """A client tool as declared on the wire: ``{name, description, inputSchema, executeIn}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    description: str = ""
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    execute_in: str | None = None
+
+    @field_validator("input_schema", mode="before")
+    @classmethod
+    def _tolerate_schema(cls, value: Any) -> Any:
+        if value is None:
+            return {"type": "object", "properties": {}}
+        return _drop_null_required(value)
+
+    @property
+    def runs_on_client(self) -> bool:
+        """``executeIn`` ``client``, ``browser`` or absent (PROTOCOL.md section 6)."""
+        return self.execute_in in (None, "client", "browser")
+
+
+class McpServerConfig(_Options):
+    """An entry of ``mcpServers``: a client-tools server, a stdio server or a remote server."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    version: str | None = None
+    type: str | None = None
+    tools: list[ToolDefinition] | None = None
+    command: str | None = None
+    args: list[str] | None = None
+    env: dict[str, str] | None = None
+    url: str | None = None
+    headers: dict[str, str] | None = None
+
+    @property
+    def is_client_tools(self) -> bool:
+        """Whether this server's tools are executed by the client."""
+        return self.tools is not None and self.command is None and self.url is None
+
+
+class OutputFormat(_Options):
+    """``{"type": "json_schema", "schema": {...}}``."""
+
+    type: Literal["json_schema"] = "json_schema"
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+ToolsOption = list[str | ToolDefinition] | dict[str, Any] | str
+
+
+class SessionOptions(_Options):
+    """Every option of an ``init`` payload (PROTOCOL.md section 5), all optional.
+
+    ``None`` means "not set": the server default (or the client-wide default, when merging)
+    applies.
+    """
+
+    model: str | None = None
+    fallback_model: str | None = None
+    system_prompt: str | SystemPromptPreset | None = None
+    max_turns: int | None = Field(default=None, ge=1)
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    max_thinking_tokens: int | None = Field(default=None, ge=0)
+    tools: ToolsOption | None = None
+    allowed_tools: list[str] | None = None
+    disallowed_tools: list[str] | None = None
+    mcp_servers: list[McpServerConfig] | dict[str, McpServerConfig] | None = None
+    output_format: OutputFormat | None = None
+    include_partial_messages: bool | None = None
+    session_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("sessionId", "session_id", "resume"),
+        serialization_alias="sessionId",
+    )
+    continue_session: bool | None = Field(
+        default=None,
+        validation_alias=AliasChoices("continue", "continue_session", "continueSession"),
+        serialization_alias="continue",
+    )
+    fork_session: bool | None = None
+    resume_session_at: str | None = None
+    permission_mode: str | None = None
+    allow_dangerously_skip_permissions: bool | None = None
+    env: dict[str, str] | None = None
+    agents: dict[str, Any] | list[Any] | None = None
+    betas: list[str] | None = None
+    setting_sources: list[str] | None = None
+    job_id: str | None = None
+    chucky_extensions: list[str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase ``init`` payload, without unset options."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def merged(self, overrides: SessionOptions) -> SessionOptions:
+        """These options with every option set in ``overrides`` replacing ours."""
+        update = {name: getattr(overrides, name) for name in overrides.model_fields_set}
+        update = {name: value for name, value in update.items() if value is not None}
+        return self.model_copy(update=update) if update else self
+
+    def mcp_server_list(self) -> list[McpServerConfig]:
+        """``mcp_servers`` as a list; in a name-keyed object the key is the server's name."""
+        servers = self.mcp_servers
+        if servers is None:
+            return []
+        if isinstance(servers, Mapping):
+            # The key is the name the model sees (``mcp__<key>__<tool>``), as in T.
+            return [server.model_copy(update={"name": key}) for key, server in servers.items()]
+        return list(servers)
+
+    def system_prompt_text(self) -> str | None:
+        """The system prompt as text (a preset contributes only its ``append``)."""
+        prompt = self.system_prompt
+        if isinstance(prompt, SystemPromptPreset):
+            return prompt.append
+        return prompt

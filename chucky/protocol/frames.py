@@ -1,0 +1,407 @@
+"""Frames of the wire protocol (PROTOCOL.md sections 3 and 4): models, decoding, encoding.
+
+Every frame is one WebSocket text message holding one JSON object with a ``type``.
+
+* Client to server (section 3): :class:`InitFrame`, :class:`UserFrame`, :class:`PromptFrame`,
+  :class:`SdkMessageFrame`, :class:`ToolResultFrame`, :class:`ClientControlFrame`,
+  :class:`PingFrame`. The server decodes them strictly (:func:`decode_client_frame`), accepting
+  the documented aliases and both official dialects, and raises :class:`FrameError` otherwise.
+* Server to client (section 4): bare SDK messages (:mod:`chucky.messages`),
+  :class:`ServerControlFrame`, :class:`ErrorFrame`, :class:`PongFrame`, :class:`ToolCallFrame`,
+  and the legacy ``sdk_message`` envelope. The client decodes them tolerantly
+  (:func:`decode_server_frame`): unknown fields and unknown message kinds pass through.
+
+Encoding is plain ``json`` with compact separators; frames are built as dicts because this is
+the hot path of streaming (thousands of ``stream_event`` frames per turn).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from ..errors import ValidationError
+from ..messages import ErrorMessage, SDKMessage, parse_message
+from ..options import SessionOptions
+
+__all__ = [
+    "MAX_CLIENT_FRAME_BYTES",
+    "MAX_SERVER_FRAME_BYTES",
+    "Base64Source",
+    "ClientControlFrame",
+    "ClientFrame",
+    "DocumentInput",
+    "ErrorFrame",
+    "FrameError",
+    "ImageInput",
+    "InitFrame",
+    "InputBlock",
+    "PingFrame",
+    "PongFrame",
+    "PromptFrame",
+    "SdkMessageFrame",
+    "ServerControlFrame",
+    "ServerFrame",
+    "TextInput",
+    "ToolCallFrame",
+    "ToolResultFrame",
+    "ToolResultPayload",
+    "UnknownFrame",
+    "UserFrame",
+    "decode_client_frame",
+    "decode_server_frame",
+    "encode",
+    "turn_content",
+]
+
+MAX_SERVER_FRAME_BYTES: Final = 1024 * 1024
+"""Frames a server sends stay below this (the official Python client closes with 1009 above)."""
+
+MAX_CLIENT_FRAME_BYTES: Final = 16 * 1024 * 1024
+"""Default size limit of frames a server accepts (multimodal content)."""
+
+encode: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""Serialise a frame (a JSON-ready dict) to the text of one WebSocket message."""
+
+
+class FrameError(ValidationError):
+    """A frame the server cannot accept: not JSON, not an object, unknown type, bad fields.
+
+    ``details.reason`` is ``invalid_frame`` or (for a bad ``init`` payload) ``invalid_options``.
+    """
+
+
+# --- client -> server ---------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # The server reads strictly: known fields are typed; unknown top-level keys are ignored
+    # (the official clients add ``session_id``/``uuid``/``parent_tool_use_id``).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Base64Source(_Strict):
+    type: Literal["base64"]
+    media_type: str = Field(min_length=1)
+    data: str
+
+
+class UrlSource(_Strict):
+    type: Literal["url"]
+    url: str
+
+
+class TextSource(_Strict):
+    type: Literal["text"]
+    media_type: str = "text/plain"
+    data: str
+
+
+class TextInput(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageInput(_Strict):
+    type: Literal["image"]
+    source: Annotated[Base64Source | UrlSource, Field(discriminator="type")]
+
+
+class DocumentInput(_Strict):
+    type: Literal["document"]
+    source: Annotated[Base64Source | UrlSource | TextSource, Field(discriminator="type")]
+    title: str | None = None
+
+
+InputBlock = Annotated[TextInput | ImageInput | DocumentInput, Field(discriminator="type")]
+"""A content block a user turn may carry: text, image or document."""
+
+TurnContent = str | list[InputBlock]
+
+
+class InitFrame(_Strict):
+    type: Literal["init"]
+    payload: SessionOptions = Field(default_factory=SessionOptions)
+
+
+class UserTurnBody(_Strict):
+    role: Literal["user"] = "user"
+    content: TurnContent
+
+
+class UserFrame(_Strict):
+    """T's turn form: ``{"type": "user", "message": {"role": "user", "content": ...}}``."""
+
+    type: Literal["user"]
+    message: UserTurnBody
+
+
+class PromptPayload(BaseModel):
+    # Flat form: every key besides ``message``/``options`` is an option.
+    model_config = ConfigDict(extra="allow")
+    message: TurnContent
+    options: dict[str, Any] | None = None
+
+
+class PromptFrame(_Strict):
+    """P's turn form: ``{"type": "prompt", "payload": {"message": ..., "options": {...}}}``."""
+
+    type: Literal["prompt"]
+    payload: PromptPayload
+
+
+class SdkMessagePayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["user", "user_message"]
+    message: TurnContent | UserTurnBody | None = None
+    content: TurnContent | None = None
+
+
+class SdkMessageFrame(_Strict):
+    """The legacy documented turn form."""
+
+    type: Literal["sdk_message"]
+    payload: SdkMessagePayload
+
+
+class ToolResultPayload(_Strict):
+    content: list[dict[str, Any]]
+    is_error: bool | None = Field(default=None, alias="isError")
+
+
+class ToolResultBody(_Strict):
+    call_id: str = Field(alias="callId", min_length=1)
+    result: ToolResultPayload
+
+
+class ToolResultFrame(_Strict):
+    type: Literal["tool_result"]
+    payload: ToolResultBody
+
+
+class ClientControlBody(_Strict):
+    action: Literal["close", "end_input", "interrupt"]
+    data: Any = None
+
+
+class ClientControlFrame(_Strict):
+    type: Literal["control"]
+    payload: ClientControlBody
+
+
+class PingBody(_Strict):
+    timestamp: float | None = None
+
+
+class PingFrame(_Strict):
+    type: Literal["ping"]
+    payload: PingBody = Field(default_factory=PingBody)
+
+
+ClientFrame = Annotated[
+    InitFrame
+    | UserFrame
+    | PromptFrame
+    | SdkMessageFrame
+    | ToolResultFrame
+    | ClientControlFrame
+    | PingFrame,
+    Field(discriminator="type"),
+]
+"""Any frame a client sends."""
+
+_CLIENT_TYPES: Final = frozenset(
+    {"init", "user", "prompt", "sdk_message", "tool_result", "control", "ping"}
+)
+_client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+def _describe(exc: pydantic.ValidationError, tag: str | None = None) -> str:
+    # The deepest error is the most specific one (unions report one error per member).
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda error: len(error["loc"]))
+    loc = list(first["loc"])
+    if loc and loc[0] == tag:  # the discriminated union's tag, not a field
+        loc = loc[1:]
+    # Drop union-member labels such as ``str`` or ``list[...]``; keep field names and indexes.
+    where = ".".join(
+        str(part) for part in loc if not (isinstance(part, str) and ("[" in part or part == "str"))
+    )
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def decode_client_frame(text: str | bytes) -> ClientFrame:
+    """Decode one frame a client sent.
+
+    Raises:
+        FrameError: not JSON, not an object, an unknown ``type``, or fields that do not fit
+            (``details.reason`` = ``invalid_options`` for a bad ``init`` payload).
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError(
+            "Invalid frame: not valid JSON", details={"reason": "invalid_frame"}
+        ) from exc
+    if not isinstance(data, dict):
+        raise FrameError(
+            "Invalid frame: a frame must be a JSON object", details={"reason": "invalid_frame"}
+        )
+    kind = data.get("type")
+    if kind not in _CLIENT_TYPES:
+        raise FrameError(
+            f"Invalid frame: unknown frame type {kind!r}",
+            details={"reason": "invalid_frame", "type": kind if isinstance(kind, str) else None},
+        )
+    try:
+        return _client_adapter.validate_python(data)
+    except pydantic.ValidationError as exc:
+        reason = "invalid_options" if kind == "init" else "invalid_frame"
+        noun = "options" if kind == "init" else f"{kind} frame"
+        raise FrameError(
+            f"Invalid {noun}: {_describe(exc, kind)}", details={"reason": reason, "type": kind}
+        ) from exc
+
+
+def _plain_content(content: TurnContent) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    return [block.model_dump(mode="json", exclude_none=True) for block in content]
+
+
+def turn_content(
+    frame: UserFrame | PromptFrame | SdkMessageFrame,
+) -> tuple[str | list[dict[str, Any]], SessionOptions | None]:
+    """The user content of a turn frame and the per-turn options it carries (P's ``prompt``).
+
+    Raises:
+        FrameError: an ``sdk_message`` without content, or bad per-turn options.
+    """
+    if isinstance(frame, UserFrame):
+        return _plain_content(frame.message.content), None
+    if isinstance(frame, PromptFrame):
+        payload = frame.payload
+        raw_options = payload.options if payload.options is not None else payload.model_extra
+        options = None
+        if raw_options:
+            try:
+                options = SessionOptions.model_validate(raw_options)
+            except pydantic.ValidationError as exc:
+                raise FrameError(
+                    f"Invalid options: {_describe(exc)}",
+                    details={"reason": "invalid_options", "type": "prompt"},
+                ) from exc
+        return _plain_content(payload.message), options
+    body = frame.payload.message
+    if isinstance(body, UserTurnBody):
+        return _plain_content(body.content), None
+    if body is not None:
+        return _plain_content(body), None
+    if frame.payload.content is not None:
+        return _plain_content(frame.payload.content), None
+    raise FrameError(
+        "Invalid sdk_message frame: no message content",
+        details={"reason": "invalid_frame", "type": "sdk_message"},
+    )
+
+
+# --- server -> client ---------------------------------------------------------------------------
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ServerControlBody(_Tolerant):
+    action: str
+    data: dict[str, Any] | None = None
+
+
+class ServerControlFrame(_Tolerant):
+    """``control`` from the server: ``ready``, ``session_info`` or ``close``."""
+
+    type: Literal["control"] = "control"
+    payload: ServerControlBody
+
+
+class ErrorFrame(_Tolerant):
+    type: Literal["error"] = "error"
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class PongFrame(_Tolerant):
+    type: Literal["pong"] = "pong"
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCallBody(_Tolerant):
+    call_id: str = Field(alias="callId")
+    tool_name: str = Field(alias="toolName")
+    input: Any = Field(default_factory=dict)
+
+
+class ToolCallFrame(_Tolerant):
+    type: Literal["tool_call"] = "tool_call"
+    payload: ToolCallBody
+
+
+class UnknownFrame(_Tolerant):
+    """A frame the client does not understand (logged and skipped)."""
+
+    type: Any = None
+    reason: str = ""
+
+
+ServerFrame = (
+    SDKMessage | ServerControlFrame | ErrorFrame | PongFrame | ToolCallFrame | UnknownFrame
+)
+"""Anything :func:`decode_server_frame` returns."""
+
+_SDK_TYPES: Final = frozenset({"system", "assistant", "user", "stream_event", "result"})
+_FRAME_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "control": ServerControlFrame,
+    "error": ErrorFrame,
+    "pong": PongFrame,
+    "tool_call": ToolCallFrame,
+}
+
+
+def decode_server_frame(text: str | bytes) -> ServerFrame:
+    """Decode one frame a server sent, tolerantly: never raises.
+
+    SDK messages come back as :mod:`chucky.messages` models (also when wrapped in the legacy
+    ``sdk_message`` envelope); an ``error`` frame comes back as :class:`ErrorFrame`; anything
+    unusable as :class:`UnknownFrame` with a ``reason``.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return UnknownFrame(reason="not valid JSON")
+    if not isinstance(data, dict):
+        return UnknownFrame(reason="not a JSON object")
+    kind = data.get("type")
+    if kind == "sdk_message":
+        inner = data.get("payload")
+        if not isinstance(inner, dict):
+            return UnknownFrame(type=kind, reason="sdk_message without a payload object")
+        data, kind = inner, inner.get("type")
+    try:
+        if kind in _SDK_TYPES:
+            return parse_message(data)
+        model = _FRAME_MODELS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            return UnknownFrame(type=kind, reason="unknown frame type")
+        return model.model_validate(data)  # type: ignore[return-value]
+    except pydantic.ValidationError as exc:
+        return UnknownFrame(type=kind, reason=_describe(exc))
+
+
+def error_message_from_frame(frame: ErrorFrame) -> ErrorMessage:
+    """The :class:`~chucky.messages.ErrorMessage` a session yields for an ``error`` frame."""
+    return ErrorMessage(error=frame.payload)

@@ -1,0 +1,309 @@
+"""The agent loop: one user turn, from the user's message to the ``result``.
+
+The loop does not know which model it drives: it sends a :class:`ModelRequest` to the routed
+provider, forwards the raw events as ``stream_event`` frames when the session asked for partial
+messages, folds them into the ``assistant`` message, runs the tool calls through the client, and
+repeats until the model stops, ``maxTurns`` or ``maxBudgetUsd``. Then it emits the ``result``
+(PROTOCOL.md section 4: exactly one per turn, always last, integer counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..messages import ResultMessage, Usage
+from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
+from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
+from .pricing import cost_microdollars, microdollars_to_usd
+from .providers.base import MessageAccumulator, ModelRequest
+from .routing import Route
+from .store import SessionRecord
+
+__all__ = ["AgentTurn", "TurnIO", "TurnSettings"]
+
+logger = logging.getLogger("chucky.server.agent")
+
+# Room left for the envelope when a tool-result echo is truncated to fit one frame.
+_ECHO_BUDGET = MAX_SERVER_FRAME_BYTES - 64 * 1024
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class TurnIO(Protocol):
+    """What the loop needs from the connection."""
+
+    async def send(self, frame: Mapping[str, Any]) -> None:
+        """Send one frame (a JSON-ready dict)."""
+
+    async def call_tool(self, tool: ClientTool, call_id: str, arguments: Any) -> ToolResultPayload:
+        """Have the client run ``tool``; always returns a result (errors included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """The options in force for one turn."""
+
+    model: str
+    system_prompt: str | None
+    max_turns: int
+    max_tokens: int
+    include_partial_messages: bool = False
+    max_budget_usd: float | None = None
+    permission_mode: str = "default"
+    structured_output: bool = False
+    cwd: str = field(default_factory=os.getcwd)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _add_usage(total: dict[str, int], usage: Mapping[str, int]) -> None:
+    for key, value in usage.items():
+        total[key] = total.get(key, 0) + value
+
+
+class AgentTurn:
+    """One user turn. :meth:`run` drives it; :meth:`result` builds its ``result`` at any point
+    (the connection uses it for an interrupted turn)."""
+
+    def __init__(
+        self,
+        *,
+        session: SessionRecord,
+        content: str | list[dict[str, Any]],
+        settings: TurnSettings,
+        catalog: ToolCatalog,
+        route: Route,
+        io: TurnIO,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.content = content
+        self.settings = settings
+        self.catalog = catalog
+        self.route = route
+        self.io = io
+        self._clock = clock
+        self.started = clock()
+        self.api_seconds = 0.0
+        self.num_turns = 0
+        self.usage: dict[str, int] = {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        self.cost_microdollars = 0
+        self.stop_reason: str | None = None
+        self.final_text = ""
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def _system_init(self) -> dict[str, Any]:
+        return {
+            "type": "system",
+            "subtype": "init",
+            "uuid": _uuid(),
+            "session_id": self.session.session_id,
+            "cwd": self.settings.cwd,
+            "tools": self.catalog.names,
+            "mcp_servers": self.catalog.servers,
+            "model": self.settings.model,
+            "permissionMode": self.settings.permission_mode,
+        }
+
+    def result(self, subtype: str = "success", *, errors: list[str] | None = None) -> ResultMessage:
+        """The ``result`` of this turn as it stands."""
+        success = subtype == "success"
+        structured: Any = None
+        if success and self.settings.structured_output:
+            try:
+                structured = json.loads(self.final_text)
+            except ValueError:
+                structured = None
+        return ResultMessage(
+            subtype=subtype,
+            uuid=_uuid(),
+            session_id=self.session.session_id,
+            is_error=not success,
+            num_turns=self.num_turns,
+            duration_ms=round((self._clock() - self.started) * 1000),
+            duration_api_ms=round(self.api_seconds * 1000),
+            total_cost_usd=microdollars_to_usd(self.cost_microdollars),
+            usage=Usage(**self.usage),
+            result=self.final_text if success else None,
+            structured_output=structured,
+            errors=errors if not success else None,
+            stop_reason=self.stop_reason,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> ResultMessage:
+        """Run the turn to its ``result`` (which is sent, and returned).
+
+        Raises:
+            ProviderError: the model failed; the caller reports it as an ``error`` frame.
+            asyncio.CancelledError: the turn was interrupted or the socket went away.
+        """
+        settings = self.settings
+        session = self.session
+        await self.io.send(self._system_init())
+        session.transcript.append({"uuid": _uuid(), "role": "user", "content": self.content})
+        while True:
+            if self._over_budget():
+                return await self._finish("error_max_budget_usd", ["max budget reached"])
+            if self.num_turns >= settings.max_turns:
+                return await self._finish("error_max_turns", ["max turns reached"])
+            message = await self._call_model()
+            tool_uses = [b for b in message if b.get("type") == "tool_use"]
+            if not tool_uses:
+                return await self._finish("success")
+            await self._run_tools(tool_uses)
+
+    async def _finish(self, subtype: str, errors: list[str] | None = None) -> ResultMessage:
+        result = self.result(subtype, errors=errors)
+        await self.io.send(result.to_wire())
+        return result
+
+    def _over_budget(self) -> bool:
+        cap = self.settings.max_budget_usd
+        if cap is None:
+            return False
+        return self.session.spent_microdollars >= round(cap * 1_000_000)
+
+    async def _call_model(self) -> list[dict[str, Any]]:
+        settings = self.settings
+        session = self.session
+        request = ModelRequest(
+            model=self.route.model,
+            system=settings.system_prompt,
+            messages=session.model_messages(),
+            tools=self.catalog.specs,
+            max_tokens=settings.max_tokens,
+            params=settings.params,
+        )
+        accumulator = MessageAccumulator()
+        partial = settings.include_partial_messages
+        send = self.io.send
+        session_id = session.session_id
+        started = self._clock()
+        try:
+            async for event in self.route.provider.stream(request):
+                accumulator.feed(event)
+                if partial:
+                    await send(
+                        {
+                            "type": "stream_event",
+                            "uuid": _uuid(),
+                            "session_id": session_id,
+                            "parent_tool_use_id": None,
+                            "event": event,
+                        }
+                    )
+        finally:
+            self.api_seconds += self._clock() - started
+            # A call that failed part-way still used tokens; charge what was reported.
+            self._charge(accumulator.usage)
+        self.num_turns += 1
+        self.stop_reason = accumulator.stop_reason
+        content = accumulator.content
+        message_uuid = _uuid()
+        session.transcript.append({"uuid": message_uuid, "role": "assistant", "content": content})
+        self.final_text = accumulator.text
+        await send(
+            {
+                "type": "assistant",
+                "uuid": message_uuid,
+                "session_id": session_id,
+                "parent_tool_use_id": None,
+                "message": {
+                    "id": accumulator.message_id,
+                    "role": "assistant",
+                    "model": settings.model,
+                    "content": content,
+                    "stop_reason": accumulator.stop_reason,
+                    "usage": dict(accumulator.usage),
+                },
+            }
+        )
+        return content
+
+    def _charge(self, usage: Mapping[str, int]) -> None:
+        _add_usage(self.usage, usage)
+        cost = cost_microdollars(usage, self.route.price)
+        self.cost_microdollars += cost
+        self.session.spent_microdollars += cost
+
+    async def _run_tools(self, tool_uses: list[dict[str, Any]]) -> None:
+        # Several tool_use blocks: the calls go out back to back and run concurrently.
+        results = await asyncio.gather(*(self._run_tool(block) for block in tool_uses))
+        blocks = [
+            {
+                "type": "tool_result",
+                "tool_use_id": block["id"],
+                "content": mcp_content_to_blocks(result.content),
+                "is_error": bool(result.is_error),
+            }
+            for block, result in zip(tool_uses, results, strict=True)
+        ]
+        message_uuid = _uuid()
+        self.session.transcript.append({"uuid": message_uuid, "role": "user", "content": blocks})
+        await self.io.send(
+            {
+                "type": "user",
+                "uuid": message_uuid,
+                "session_id": self.session.session_id,
+                "parent_tool_use_id": None,
+                "message": {"role": "user", "content": _fit_echo(blocks)},
+            }
+        )
+
+    async def _run_tool(self, block: Mapping[str, Any]) -> ToolResultPayload:
+        name = str(block.get("name", ""))
+        tool = self.catalog.resolve(name)
+        if tool is None:
+            available = ", ".join(self.catalog.names) or "none"
+            return _error_payload(f"Unknown tool: {name}. Available tools: {available}")
+        if not tool.definition.runs_on_client:
+            return _error_payload(
+                f"Tool {tool.full_name} runs in {tool.definition.execute_in!r}, "
+                "which this server does not support"
+            )
+        return await self.io.call_tool(tool, str(block.get("id")), block.get("input", {}))
+
+
+def _error_payload(text: str) -> ToolResultPayload:
+    return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
+
+
+def _fit_echo(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool-result echo, with oversized text cut so the frame stays under 1 MiB.
+
+    Only the echo is cut; the transcript keeps the full results.
+    """
+    size = len(json.dumps(blocks, ensure_ascii=False).encode())
+    if size <= _ECHO_BUDGET:
+        return blocks
+    share = max(1024, _ECHO_BUDGET // max(1, len(blocks)))
+    fitted: list[dict[str, Any]] = []
+    for block in blocks:
+        items = []
+        for item in block["content"]:
+            if item.get("type") == "text" and len(item["text"].encode()) > share:
+                text = item["text"].encode()[:share].decode(errors="ignore")
+                dropped = len(item["text"].encode()) - len(text.encode())
+                item = {"type": "text", "text": f"{text}\n[truncated: {dropped} more bytes]"}
+            elif item.get("type") == "image":
+                item = {"type": "text", "text": "[image omitted from echo]"}
+            items.append(item)
+        fitted.append({**block, "content": items})
+    return fitted

@@ -1,0 +1,91 @@
+"""Server configuration: what ``chucky serve`` and :class:`~chucky.server.app.ChuckyServer` take."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ValidationError
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerConfig", "parse_projects"]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
+    """Parse ``ID:SECRET`` items (also comma-separated, as in ``CHUCKY_PROJECTS``).
+
+    A project may appear several times: each secret is accepted (key rotation).
+
+    Raises:
+        ValidationError: an item without ``:`` or with an empty id or secret.
+    """
+    projects: dict[str, list[str]] = {}
+    for spec in specs:
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            project_id, sep, secret = item.partition(":")
+            if not sep or not project_id.strip() or not secret.strip():
+                raise ValidationError(
+                    f"invalid project {item.split(':')[0]!r}: expected ID:SECRET",
+                    details={"reason": "invalid_options"},
+                )
+            secrets = projects.setdefault(project_id.strip(), [])
+            if secret.strip() not in secrets:
+                secrets.append(secret.strip())
+    return projects
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Settings of one server process.
+
+    Attributes:
+        host, port: where to listen (``port=0`` picks a free port).
+        projects: project id -> accepted secrets (several for rotation).
+        default_model: the model of sessions that name none.
+        tool_timeout: seconds to wait for a client's ``tool_result`` (PROTOCOL.md section 6).
+        max_turns: model calls per user turn when the session sets no ``maxTurns``.
+        max_tokens: output-token bound of one model call.
+        max_invalid_frames: rejected frames tolerated before closing with 1008.
+        max_frame_bytes: largest frame accepted (16 MiB default, multimodal content).
+        busy_policy: a turn arriving while another runs is ``queue``d or ``reject``ed.
+        status_interval: during a turn, send a ``system``/``status`` frame after this many
+            seconds without any frame (the official Python client gives up after 300 s).
+        idle_timeout: close a connection after this many seconds with no turn and no frame
+            from the client (longer than the 5 minutes between the official clients' pings).
+        ping_interval, ping_timeout: WebSocket-level keepalive of each connection.
+        max_sessions: in-memory sessions kept for resumption (least recently used dropped).
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    projects: dict[str, list[str]] = field(default_factory=dict)
+    default_model: str = "claude-sonnet-4-5-20250929"
+    tool_timeout: float = 120.0
+    max_turns: int = 32
+    max_tokens: int = 4096
+    max_invalid_frames: int = 10
+    max_frame_bytes: int = 16 * 1024 * 1024
+    busy_policy: Literal["queue", "reject"] = "queue"
+    status_interval: float = 30.0
+    idle_timeout: float = 900.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 120.0
+    max_sessions: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
+        """A config whose projects include ``CHUCKY_PROJECTS`` (``id1:secret1,id2:secret2``)."""
+        env = os.environ if env is None else env
+        config = cls(**overrides)  # type: ignore[arg-type]
+        from_env = parse_projects([env.get("CHUCKY_PROJECTS", "")])
+        for project_id, secrets in from_env.items():
+            known = config.projects.setdefault(project_id, [])
+            known.extend(s for s in secrets if s not in known)
+        return config

@@ -1,0 +1,219 @@
+"""The provider seam: what the agent loop asks of a model.
+
+A provider turns a :class:`ModelRequest` (system prompt, transcript, tools, parameters) into an
+async stream of events in the Anthropic raw-stream shape::
+
+    {"type": "message_start", "message": {"id", "model", "role": "assistant", "content": [],
+                                          "usage": {"input_tokens", "output_tokens", ...}}}
+    {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}
+    {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": "..."}}
+    {"type": "content_block_start", "index": j,
+     "content_block": {"type": "tool_use", "id", "name", "input": {}}}
+    {"type": "content_block_delta", "index": j,
+     "delta": {"type": "input_json_delta", "partial_json": "..."}}
+    {"type": "content_block_stop", "index": i}
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn" | "tool_use" | "max_tokens"
+                                        | "stop_sequence"}, "usage": {"output_tokens": n}}
+    {"type": "message_stop"}
+
+(``thinking`` blocks use ``thinking_delta``.) The agent loop only knows this shape; it forwards
+the events as ``stream_event`` frames and folds them into the final message with
+:class:`MessageAccumulator`.
+
+A provider failure is a :class:`chucky.errors.ProviderError` whose ``details`` say whether it is
+retryable (``retryable``), its kind (``kind``: ``overloaded``, ``rate_limited``,
+``server_error``, ``bad_request`` ...) and the protocol ``reason``
+(``provider_unavailable`` for retryable failures, ``provider_rejected`` otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from chucky.errors import ProviderError
+
+__all__ = [
+    "MessageAccumulator",
+    "ModelRequest",
+    "Provider",
+    "ToolSpec",
+    "provider_error",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as the model sees it (``name`` is the full ``mcp__<server>__<tool>`` name)."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One model call.
+
+    Attributes:
+        model: The provider's model id (aliases already resolved).
+        system: The system prompt, if any.
+        messages: The transcript in the Anthropic Messages API shape: ``{"role": "user" |
+            "assistant", "content": str | [blocks]}``; tool results are ``tool_result`` blocks
+            in a user message.
+        tools: The tools offered to the model.
+        max_tokens: Upper bound on output tokens for this call; providers must honour it.
+        params: Inference parameters (``temperature``, ``top_p``, ``stop``, ...), provider-specific
+            keys ignored by providers that do not know them.
+    """
+
+    model: str
+    system: str | None
+    messages: Sequence[Mapping[str, Any]]
+    tools: Sequence[ToolSpec] = ()
+    max_tokens: int = 4096
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """A model backend. One instance may serve many concurrent requests."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
+        """Run one model call, yielding raw stream events (see the module docstring).
+
+        Raises:
+            ProviderError: the call failed (``details["retryable"]`` tells whether a retry
+                may help).
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, models and threads held by the provider."""
+
+
+def provider_error(message: str, *, kind: str, retryable: bool, **extra: Any) -> ProviderError:
+    """A :class:`ProviderError` with the protocol ``reason`` derived from ``retryable``."""
+    details: dict[str, Any] = {
+        "reason": "provider_unavailable" if retryable else "provider_rejected",
+        "kind": kind,
+        "retryable": retryable,
+        **extra,
+    }
+    return ProviderError(message, details=details)
+
+
+class MessageAccumulator:
+    """Folds raw stream events into the final assistant message (pure, no I/O).
+
+    Feed every event to :meth:`feed`; then read :attr:`content` (Anthropic content blocks as
+    dicts, ``tool_use`` inputs parsed from their ``input_json_delta`` fragments),
+    :attr:`stop_reason`, :attr:`usage`, :attr:`model` and :attr:`message_id`.
+    """
+
+    __slots__ = ("_json_parts", "content", "message_id", "model", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self.content: list[dict[str, Any]] = []
+        self.usage: dict[str, int] = {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        self.stop_reason: str | None = None
+        self.model: str | None = None
+        self.message_id: str | None = None
+        self._json_parts: dict[int, list[str]] = {}
+
+    def _merge_usage(self, usage: Any) -> None:
+        if not isinstance(usage, Mapping):
+            return
+        for key in self.usage:
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.usage[key] = value
+            elif isinstance(value, float) and math.isfinite(value):
+                self.usage[key] = int(value)
+
+    def _block(self, index: Any) -> dict[str, Any] | None:
+        if isinstance(index, int) and 0 <= index < len(self.content):
+            return self.content[index]
+        return None
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        """Apply one raw stream event. Unknown events are ignored."""
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            block = self._block(event.get("index"))
+            delta = event.get("delta")
+            if block is None or not isinstance(delta, Mapping):
+                return
+            delta_kind = delta.get("type")
+            if delta_kind == "text_delta":
+                block["text"] = _str(block.get("text")) + str(delta.get("text", ""))
+            elif delta_kind == "input_json_delta":
+                self._json_parts.setdefault(event["index"], []).append(
+                    str(delta.get("partial_json", ""))
+                )
+            elif delta_kind == "thinking_delta":
+                block["thinking"] = _str(block.get("thinking")) + str(delta.get("thinking", ""))
+            elif delta_kind == "signature_delta":
+                block["signature"] = str(delta.get("signature", ""))
+        elif kind == "content_block_start":
+            start = event.get("content_block")
+            index = event.get("index")
+            if isinstance(start, Mapping) and isinstance(index, int) and index >= 0:
+                # Indexes are dense and increasing in well-formed streams; pad defensively.
+                while len(self.content) <= index:
+                    self.content.append({"type": "text", "text": ""})
+                self.content[index] = dict(start)
+        elif kind == "content_block_stop":
+            index = event.get("index")
+            block = self._block(index)
+            parts = self._json_parts.pop(index, None) if isinstance(index, int) else None
+            if block is not None and parts is not None and block.get("type") == "tool_use":
+                block["input"] = _parse_tool_input("".join(parts))
+        elif kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, Mapping):
+                self.message_id = message.get("id") or self.message_id
+                self.model = message.get("model") or self.model
+                self._merge_usage(message.get("usage"))
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, Mapping) and delta.get("stop_reason"):
+                self.stop_reason = str(delta["stop_reason"])
+            self._merge_usage(event.get("usage"))
+
+    @property
+    def text(self) -> str:
+        """The concatenated text blocks."""
+        return "".join(_str(b.get("text")) for b in self.content if b.get("type") == "text")
+
+    @property
+    def tool_uses(self) -> list[dict[str, Any]]:
+        """The ``tool_use`` blocks, in order."""
+        return [b for b in self.content if b.get("type") == "tool_use"]
+
+
+def _str(value: Any) -> str:
+    # A malformed start event may carry a non-string text; treat it as empty.
+    return value if isinstance(value, str) else ""
+
+
+def _parse_tool_input(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        # A model that streams broken JSON still gets a call; the client validates and answers
+        # with an error result naming the problem.
+        return {"_raw_arguments": text}
+    return value if isinstance(value, dict) else {"value": value}
