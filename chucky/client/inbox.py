@@ -48,6 +48,11 @@ class Inbox(Generic[T]):
         """Whether a consumer is blocked in :meth:`get` right now."""
         return self._getter is not None
 
+    @property
+    def pending_put(self) -> bool:
+        """Whether the producer is blocked in :meth:`put` with an item (the inbox is full)."""
+        return self._putter is not None
+
     @staticmethod
     def _wake(waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None and not waiter.done():

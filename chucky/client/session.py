@@ -162,7 +162,9 @@ class Session:
             if not len(inbox):
                 if inbox.waiting:
                     raise InvalidStateError("another stream() is already reading this session")
-                if not conn.proto.open_turns and inbox.error is None:
+                # The reader counts a turn's result before it can queue it (when the inbox is
+                # full), so a blocked put also means more is coming.
+                if not (conn.proto.open_turns or inbox.pending_put or inbox.error):
                     raise InvalidStateError("no turn in progress: send() a message first")
             if idle is None:
                 message = await inbox.get()
