@@ -37,6 +37,7 @@ from websockets.exceptions import (
 )
 
 from .. import __version__
+from .._redact import redact, redacting_logger
 from ..errors import (
     AuthenticationError,
     ChuckyError,
@@ -94,12 +95,6 @@ class ConnectionSettings:
         self.max_queue = max_queue
 
 
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, "<redacted>" if k == "token" else v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 def _url_with_token(url: str, token: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
@@ -110,7 +105,7 @@ def _url_with_token(url: str, token: str) -> str:
 
 
 def _handshake_error(exc: BaseException, url: str) -> ChuckyError:
-    where = redact_url(url)
+    where = redact(url)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         message = f"server at {where} refused the WebSocket upgrade: HTTP {status}"
@@ -179,6 +174,7 @@ class ClientConnection:
                     close_timeout=5,
                     max_size=MAX_INBOUND_FRAME,
                     proxy=None,
+                    logger=redacting_logger("chucky.client.websockets"),
                 )
         except (OSError, InvalidHandshake, InvalidURI, builtins.TimeoutError) as exc:
             raise _handshake_error(exc, url) from exc
@@ -195,7 +191,7 @@ class ClientConnection:
                 raise
             if isinstance(exc, builtins.TimeoutError):
                 raise TimeoutError(
-                    f"no ready from {redact_url(url)} within {settings.timeout:g} s"
+                    f"no ready from {redact(url)} within {settings.timeout:g} s"
                 ) from exc
             if isinstance(exc, ConnectionClosed):
                 raise self._closed_error(exc) from exc

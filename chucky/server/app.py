@@ -23,9 +23,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import __version__
+from .._redact import redact, redacting_logger
 from ..errors import ChuckyError, InvalidStateError, SessionError
 from ..protocol.server import ServerProtocol
-from .auth import authenticate, extract_token, redact
+from .auth import authenticate, extract_token
 from .config import ServerConfig
 from .connection import CLOSE_POLICY, Connection
 from .providers.scripted import ScriptedProvider
@@ -90,6 +91,7 @@ class ChuckyServer:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             server_header=f"chucky/{__version__}",
+            logger=redacting_logger("chucky.server.websockets"),
         )
         logger.info("listening on %s", self.url)
 
@@ -178,7 +180,7 @@ class ChuckyServer:
             claims = authenticate(token, self.config.projects)
         except ChuckyError as exc:
             # Section 1: accept the upgrade, send one error frame, close with 1008.
-            logger.info("rejected connection to %s: %s", redact(request.path), exc.message)
+            logger.info("rejected connection to %s: %s", redact(request.path), redact(exc.message))
             try:
                 await ws.send(ServerProtocol.error(exc))
                 await ws.close(CLOSE_POLICY, "unauthorized")

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import AuthenticationError, ChuckyError
 from ..tokens import TokenClaims, decode_token, verify_claims
 
-__all__ = ["authenticate", "extract_token", "redact"]
+__all__ = ["authenticate", "extract_token"]
 
 logger = logging.getLogger("chucky.server.auth")
 
@@ -24,17 +24,6 @@ def extract_token(path: str, headers: Mapping[str, str] | None) -> str | None:
                 return value.strip()
     values = parse_qs(urlsplit(path).query).get("token")
     return values[0] if values and values[0] else None
-
-
-def redact(path: str) -> str:
-    """``path`` with the token value hidden, for logs."""
-    parts = urlsplit(path)
-    if not parts.query:
-        return path
-    query = "&".join(
-        "token=<redacted>" if item.startswith("token=") else item for item in parts.query.split("&")
-    )
-    return f"{parts.path}?{query}"
 
 
 def authenticate(
