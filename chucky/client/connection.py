@@ -205,7 +205,9 @@ class ClientConnection:
         if self._ws is None or self._closed:
             raise InvalidStateError("the connection is closed")
         try:
-            await self._ws.send(text)
+            # A lone surrogate cannot be UTF-8 and websockets would drop the connection; written
+            # as its JSON escape it decodes back to the same string on the other side.
+            await self._ws.send(text.encode("utf-8", "backslashreplace"), text=True)
         except ConnectionClosed as exc:
             raise self._closed_error(exc) from exc
 

@@ -178,7 +178,8 @@ class AgentTurn:
         cap = self.settings.max_budget_usd
         if cap is None:
             return False
-        return self.session.spent_microdollars >= round(cap * 1_000_000)
+        # A float comparison: a huge cap (1e303 USD) must not overflow an int conversion.
+        return self.session.spent_microdollars >= cap * 1_000_000
 
     async def _call_model(self) -> list[dict[str, Any]]:
         settings = self.settings
@@ -245,16 +246,24 @@ class AgentTurn:
 
     async def _run_tools(self, tool_uses: list[dict[str, Any]]) -> None:
         # Several tool_use blocks: the calls go out back to back and run concurrently.
-        results = await asyncio.gather(*(self._run_tool(block) for block in tool_uses))
-        blocks = [
-            {
-                "type": "tool_result",
-                "tool_use_id": block["id"],
-                "content": mcp_content_to_blocks(result.content),
-                "is_error": bool(result.is_error),
-            }
-            for block, result in zip(tool_uses, results, strict=True)
-        ]
+        calls = [asyncio.ensure_future(self._run_tool(block)) for block in tool_uses]
+        try:
+            results = await asyncio.gather(*calls)
+        except BaseException:
+            # Interrupt, socket gone (section 6): each unanswered call resolves to an error
+            # result, so the transcript never holds a tool_use without its tool_result.
+            for call in calls:
+                call.cancel()
+            self.session.transcript.append(
+                {
+                    "uuid": _uuid(),
+                    "role": "user",
+                    "content": _result_blocks(tool_uses, [_outcome(call) for call in calls]),
+                }
+            )
+            await asyncio.gather(*calls, return_exceptions=True)
+            raise
+        blocks = _result_blocks(tool_uses, results)
         message_uuid = _uuid()
         self.session.transcript.append({"uuid": message_uuid, "role": "user", "content": blocks})
         await self.io.send(
@@ -285,25 +294,72 @@ def _error_payload(text: str) -> ToolResultPayload:
     return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
 
 
+def _outcome(call: asyncio.Future[ToolResultPayload]) -> ToolResultPayload:
+    """A call's result if it has one; else an error result."""
+    if not call.done() or call.cancelled() or call.exception() is not None:
+        return _error_payload("Tool call interrupted before it returned a result")
+    return call.result()
+
+
+def _result_blocks(
+    tool_uses: list[dict[str, Any]], results: list[ToolResultPayload]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "tool_result",
+            "tool_use_id": block["id"],
+            "content": mcp_content_to_blocks(result.content),
+            "is_error": bool(result.is_error),
+        }
+        for block, result in zip(tool_uses, results, strict=True)
+    ]
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` in a frame (UTF-8 JSON, escapes included, as the connection sends)."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+
+
+def _cut_text(text: str, limit: int) -> str:
+    """A prefix of ``text`` whose JSON string form takes at most ``limit`` bytes."""
+    cut = text
+    while cut and (size := _json_size(cut)) > limit:
+        # Shrink in proportion; escapes (``\"``, ``\u0001``) make bytes != characters.
+        cut = cut[: min(len(cut) - 1, len(cut) * limit // size)]
+    return cut
+
+
 def _fit_echo(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The tool-result echo, with oversized text cut so the frame stays under 1 MiB.
 
-    Only the echo is cut; the transcript keeps the full results.
+    Only the echo is cut; the transcript keeps the full results. Images are left out of an
+    oversized echo; text items share the room, each cut one ending with a marker.
     """
-    size = len(json.dumps(blocks, ensure_ascii=False).encode())
-    if size <= _ECHO_BUDGET:
+    if _json_size(blocks) <= _ECHO_BUDGET:
         return blocks
-    share = max(1024, _ECHO_BUDGET // max(1, len(blocks)))
+    room = _ECHO_BUDGET
+    while True:
+        fitted = _cut_echo(blocks, room)
+        if _json_size(fitted) <= _ECHO_BUDGET or room == 0:
+            return fitted
+        room //= 2  # the envelope of many blocks took more than its reserve
+
+
+def _cut_echo(blocks: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
+    left = sum(len(block["content"]) for block in blocks)
     fitted: list[dict[str, Any]] = []
     for block in blocks:
         items = []
         for item in block["content"]:
-            if item.get("type") == "text" and len(item["text"].encode()) > share:
-                text = item["text"].encode()[:share].decode(errors="ignore")
-                dropped = len(item["text"].encode()) - len(text.encode())
+            share = max(0, room) // max(1, left)  # small items leave their room to later ones
+            if item.get("type") == "text" and _json_size(item["text"]) > share:
+                text = _cut_text(item["text"], max(0, share - 64))
+                dropped = _json_size(item["text"]) - _json_size(text)
                 item = {"type": "text", "text": f"{text}\n[truncated: {dropped} more bytes]"}
             elif item.get("type") == "image":
                 item = {"type": "text", "text": "[image omitted from echo]"}
+            room -= _json_size(item)
+            left -= 1
             items.append(item)
         fitted.append({**block, "content": items})
     return fitted

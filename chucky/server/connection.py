@@ -83,7 +83,9 @@ class Connection:
 
     async def _send_text(self, text: str) -> None:
         self._last_sent = time.monotonic()
-        await self.ws.send(text)
+        # A lone surrogate (a client may send "\\udc00" in any string) cannot be UTF-8: written
+        # as its JSON escape it decodes back to the same string, and the frame stays valid.
+        await self.ws.send(text.encode("utf-8", "backslashreplace"), text=True)
 
     async def send(self, frame: Mapping[str, Any]) -> None:
         """Send one frame (the agent's :class:`~chucky.server.agent.TurnIO`)."""
@@ -202,10 +204,10 @@ class Connection:
             self._turns.put_nowait(None)
         elif action == "close":
             self._closing = True
-            if self._turn is not None:
-                # Closing mid-turn still ends the turn with its result (section 4).
-                self._interrupt()
-                await self._idle.wait()
+            # Closing mid-turn still ends the turn with its result (section 4); turns still
+            # queued never start (the worker checks ``_closing``).
+            self._interrupt()
+            await self._idle.wait()
             await self.ws.close(1000, "closed by client")
 
     def _interrupt(self) -> None:
@@ -219,6 +221,7 @@ class Connection:
         server = self.server
         project, user = self.claims.iss, self.claims.sub
         now = time.time()
+        claimed: SessionRecord | None = None
         try:
             catalog = ToolCatalog.from_options(options)
             record: SessionRecord | None
@@ -226,9 +229,13 @@ class Connection:
                 record = await server.store.get(options.session_id, project, user)
                 if record is None:
                     raise SessionNotFoundError(
-                        f"Session not found: {options.session_id}",
+                        f"Session not found: {options.session_id:.200}",
                         details={"reason": "session_not_found"},
                     )
+                if not options.fork_session:
+                    # Claim before cutting: a session live on another socket stays untouched.
+                    server.claim_session(record.session_id, self)
+                    claimed = record
                 record = await self._fork_or_cut(record, options, now)
             elif options.continue_session:
                 record = await server.store.latest(project, user)
@@ -237,16 +244,22 @@ class Connection:
             if record is None:
                 model = options.model or self.config.default_model
                 record = await server.store.create(project, user, model, now)
-            server.claim_session(record.session_id, self)
+            if record is not claimed:
+                server.claim_session(record.session_id, self)
         except ChuckyError as exc:
+            if claimed is not None:
+                server.release_session(claimed.session_id, self)
             await self._fail(exc)
             return
+        if options.model:
+            # The session's model is the init's; a prompt's per-turn model never sticks to it.
+            record.model = options.model
         self.session, self.options, self.catalog = record, options, catalog
         await self._send_text(
             self.proto.session_info(
                 {
                     "sessionId": record.session_id,
-                    "model": options.model or record.model,
+                    "model": record.model,
                     "tools": catalog.names,
                     "messageCount": len(record.transcript),
                     "createdAt": _iso(record.created_at),
@@ -266,7 +279,7 @@ class Connection:
             )
             if cut is None:
                 raise ValidationError(
-                    f"Invalid options: resumeSessionAt {options.resume_session_at!r} is not a "
+                    f"Invalid options: resumeSessionAt {options.resume_session_at!r:.200} is not a "
                     "message of this session",
                     details={"reason": "invalid_options"},
                 )
@@ -301,6 +314,8 @@ class Connection:
     async def _turn_worker(self) -> None:
         while True:
             turn = await self._turns.get()
+            if self._closing:  # control close: queued turns are dropped
+                return
             if turn is None:  # end_input: the queued turns are done
                 await self._send_text(self.proto.close())
                 self._closing = True
@@ -312,7 +327,6 @@ class Connection:
         session = self.session
         assert session is not None
         settings = self._settings(turn.options)
-        session.model = settings.model
         route = self.server.router.resolve(settings.model)
         agent = AgentTurn(
             session=session,

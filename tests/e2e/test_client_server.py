@@ -197,6 +197,12 @@ async def test_content_blocks(server: ScriptedServer) -> None:
             await session.send(42)  # type: ignore[arg-type]
 
 
+async def test_lone_surrogates_survive_the_round_trip(server: ScriptedServer) -> None:
+    async with server.client() as client:
+        result = await client.prompt("echo a\udc00b")
+    assert result.result == "a\udc00b"
+
+
 async def test_per_call_options_override_client_defaults(server: ScriptedServer) -> None:
     async with server.client(model="haiku") as client:
         default = await client.prompt("echo a")
