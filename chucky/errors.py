@@ -30,6 +30,7 @@ message (the same words the official TypeScript client's classifier looks for).
 from __future__ import annotations
 
 import builtins
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -78,6 +79,9 @@ class ChuckyError(RuntimeError):
     """
 
     default_code: ClassVar[str | None] = ErrorCode.INTERNAL_ERROR
+    # The ``details.reason`` a payload carries when none was given: set where the code alone
+    # would map back to a parent class (``SESSION_ERROR`` is a plain :class:`SessionError`).
+    default_reason: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -97,7 +101,7 @@ class ChuckyError(RuntimeError):
     def reason(self) -> str | None:
         """The fine-grained code in ``details.reason`` (``token_expired`` ...), if any."""
         reason = self.details.get("reason")
-        return reason if isinstance(reason, str) else None
+        return reason if isinstance(reason, str) else self.default_reason
 
     def to_payload(self) -> dict[str, Any]:
         """The ``payload`` of an ``error`` frame describing this error."""
@@ -105,8 +109,11 @@ class ChuckyError(RuntimeError):
             "message": self.message,
             "code": self.code or ErrorCode.INTERNAL_ERROR,
         }
-        if self.details:
-            payload["details"] = dict(self.details)
+        details = dict(self.details)
+        if self.default_reason is not None and not isinstance(details.get("reason"), str):
+            details["reason"] = self.default_reason
+        if details:
+            payload["details"] = details
         return payload
 
     def __repr__(self) -> str:
@@ -138,8 +145,13 @@ class RateLimitError(ChuckyError):
 
     @property
     def retry_after(self) -> float | None:
+        """``details.retryAfter`` in seconds, or ``None`` when absent or unusable."""
         value = self.details.get("retryAfter")
-        return float(value) if isinstance(value, int | float) else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        seconds = float(value)
+        # A NaN or negative delay would break the caller's sleep.
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class SessionError(ChuckyError):
@@ -150,6 +162,8 @@ class SessionError(ChuckyError):
 
 class SessionNotFoundError(SessionError):
     """No session with that id exists for this project and user."""
+
+    default_reason = "session_not_found"
 
 
 class ValidationError(ChuckyError, ValueError):

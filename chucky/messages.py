@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,8 @@ from pydantic import (
     PrivateAttr,
     Tag,
     TypeAdapter,
+    ValidationError,
+    model_validator,
 )
 
 from .errors import ChuckyError, error_from_payload
@@ -69,9 +71,11 @@ def _lax_int(value: Any) -> Any:
         return round(value)
     if isinstance(value, str):
         try:
-            return round(float(value))
+            number = float(value)
         except ValueError:
             return value
+        # "inf" and "1e999" parse as infinite floats, which round() cannot take.
+        return round(number) if math.isfinite(number) else value
     return value
 
 
@@ -110,6 +114,30 @@ class WireModel(BaseModel):
         if raw is None:
             raw = self._raw = self.to_wire()
         return raw
+
+    def _forget_caches(self) -> None:
+        # Private attributes hold views derived from the fields; they go when the fields change.
+        self._raw = None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Like :meth:`pydantic.BaseModel.model_copy`; with ``update``, the mapping view follows."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied._forget_caches()
+        return copied
+
+    def __eq__(self, other: object) -> bool:
+        # Equal data, whether or not the mapping view (a cache) has been computed yet; pydantic's
+        # own __eq__ also compares private attributes.
+        if not isinstance(other, WireModel):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and (self.__pydantic_extra__ or {}) == (other.__pydantic_extra__ or {})
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
 
     # Mapping protocol, over the wire form.
     def __getitem__(self, key: str) -> Any:
@@ -199,7 +227,7 @@ _BLOCK_TAGS = frozenset({"text", "thinking", "tool_use", "tool_result", "image",
 
 def _block_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _BLOCK_TAGS else "unknown"
+    return kind if isinstance(kind, str) and kind in _BLOCK_TAGS else "unknown"
 
 
 ContentBlock = Annotated[
@@ -331,6 +359,33 @@ class ResultMessage(WireModel):
     errors: list[str] | None = None
     stop_reason: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        # A result must end its turn whatever else is wrong with it: ``null`` counters and a
+        # ``null`` usage are read as their defaults rather than failing validation.
+        if isinstance(data, dict) and any(v is None for v in data.values()):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    @classmethod
+    def salvage(cls, data: dict[str, Any]) -> ResultMessage:
+        """A result that ends the turn from a ``result`` frame that does not validate.
+
+        Only the fields that validate on their own are kept; the raw frame stays readable
+        through the mapping view.
+        """
+        kept: dict[str, Any] = {}
+        for name, value in data.items():
+            try:
+                cls.model_validate({**kept, name: value})
+            except ValidationError:
+                continue
+            kept[name] = value
+        message = cls.model_validate(kept)
+        message._raw = data
+        return message
+
 
 class ErrorMessage(WireModel):
     """An ``error`` frame as a message: ``{"type": "error", "error": {message, code, details}}``."""
@@ -345,6 +400,10 @@ class ErrorMessage(WireModel):
         if self._exception is None:
             self._exception = error_from_payload(self.error)
         return self._exception
+
+    def _forget_caches(self) -> None:
+        super()._forget_caches()
+        self._exception = None
 
     @classmethod
     def from_exception(cls, exc: ChuckyError) -> ErrorMessage:
@@ -364,7 +423,7 @@ _MESSAGE_TAGS = frozenset({"system", "assistant", "user", "stream_event", "resul
 
 def _message_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _MESSAGE_TAGS else "unknown"
+    return kind if isinstance(kind, str) and kind in _MESSAGE_TAGS else "unknown"
 
 
 SDKMessage = Annotated[
@@ -395,18 +454,27 @@ def parse_message(data: dict[str, Any]) -> SDKMessage:
 
 
 def get_assistant_text(message: Mapping[str, Any] | WireModel) -> str:
-    """The text of an ``assistant`` message (typed or a plain dict); ``""`` for other kinds."""
+    """The text of an ``assistant`` message (typed or a plain dict); ``""`` for other kinds.
+
+    A dict without ``type`` is read as an assistant message, as the official client did.
+    """
     if isinstance(message, AssistantMessage):
         return message.text
+    if message.get("type", "assistant") != "assistant":
+        return ""
     body = message.get("message") or {}
     content = body.get("content", []) if isinstance(body, Mapping) else []
     if isinstance(content, str):
-        return content if message.get("type") == "assistant" else ""
-    return "".join(
-        block.get("text", "")
-        for block in content
-        if isinstance(block, Mapping) and block.get("type") == "text"
-    )
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, Mapping) and block.get("type") == "text":
+            text = block.get("text")
+            if isinstance(text, str):
+                parts.append(text)
+    return "".join(parts)
 
 
 def get_result_text(message: Mapping[str, Any] | WireModel) -> str | None:

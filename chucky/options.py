@@ -30,6 +30,8 @@ class _Options(BaseModel):
         populate_by_name=True,
         extra="ignore",
         protected_namespaces=(),
+        # Options travel as JSON, which has no infinity or NaN (``"inf"`` would validate).
+        allow_inf_nan=False,
     )
 
 

@@ -27,6 +27,7 @@ The session id is tracked from ``system``/``init``, ``session_info`` and ``resul
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -212,8 +213,7 @@ class ClientProtocol:
         if isinstance(frame, ErrorFrame):
             return self._error(frame)
         if isinstance(frame, PongFrame):
-            stamp = frame.payload.get("timestamp")
-            return Pong(int(stamp) if isinstance(stamp, int | float) else None)
+            return Pong(_timestamp(frame.payload.get("timestamp")))
         if isinstance(frame, UnknownFrame):
             return Ignored(f"{frame.reason} (type {frame.type!r})")
         return frame
@@ -252,3 +252,10 @@ class ClientProtocol:
         self.state = ClientState.CLOSED
         open_turns, self.open_turns = self.open_turns, 0
         return open_turns
+
+
+def _timestamp(value: Any) -> int | None:
+    # json.loads yields NaN/Infinity for non-standard input, and bool is an int subclass.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) else None

@@ -18,14 +18,15 @@ the hot path of streaming (thousands of ``stream_event`` frames per turn).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator
 
 from ..errors import ValidationError
-from ..messages import ErrorMessage, SDKMessage, parse_message
+from ..messages import ErrorMessage, ResultMessage, SDKMessage, parse_message
 from ..options import SessionOptions
 
 __all__ = [
@@ -82,8 +83,9 @@ class FrameError(ValidationError):
 
 class _Strict(BaseModel):
     # The server reads strictly: known fields are typed; unknown top-level keys are ignored
-    # (the official clients add ``session_id``/``uuid``/``parent_tool_use_id``).
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # (the official clients add ``session_id``/``uuid``/``parent_tool_use_id``). No number may
+    # be infinite or NaN, not even from a string such as "inf" (a pong must echo an integer).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class Base64Source(_Strict):
@@ -125,9 +127,16 @@ InputBlock = Annotated[TextInput | ImageInput | DocumentInput, Field(discriminat
 TurnContent = str | list[InputBlock]
 
 
+def _null_is_absent(value: Any) -> Any:
+    # PROTOCOL.md section 5: ``null`` means absent (a Go client marshals a nil payload as null).
+    return {} if value is None else value
+
+
 class InitFrame(_Strict):
     type: Literal["init"]
-    payload: SessionOptions = Field(default_factory=SessionOptions)
+    payload: Annotated[SessionOptions, BeforeValidator(_null_is_absent)] = Field(
+        default_factory=SessionOptions
+    )
 
 
 class UserTurnBody(_Strict):
@@ -146,7 +155,8 @@ class PromptPayload(BaseModel):
     # Flat form: every key besides ``message``/``options`` is an option.
     model_config = ConfigDict(extra="allow")
     message: TurnContent
-    options: dict[str, Any] | None = None
+    # Validated by :func:`turn_content`, so that bad options are ``invalid_options`` (section 8).
+    options: Any = None
 
 
 class PromptFrame(_Strict):
@@ -196,12 +206,13 @@ class ClientControlFrame(_Strict):
 
 
 class PingBody(_Strict):
-    timestamp: float | None = None
+    # ``int`` first: a millisecond timestamp is echoed exactly (a float loses digits above 2**53).
+    timestamp: int | float | None = None
 
 
 class PingFrame(_Strict):
     type: Literal["ping"]
-    payload: PingBody = Field(default_factory=PingBody)
+    payload: Annotated[PingBody, BeforeValidator(_null_is_absent)] = Field(default_factory=PingBody)
 
 
 ClientFrame = Annotated[
@@ -222,6 +233,20 @@ _CLIENT_TYPES: Final = frozenset(
 _client_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 
+_UNION_LABELS: Final = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error frames quote client input, and a
+    frame the server sends must stay small whatever the client sent."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _clip_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _describe(exc: pydantic.ValidationError, tag: str | None = None) -> str:
     # The deepest error is the most specific one (unions report one error per member).
     errors = exc.errors(include_url=False)
@@ -231,21 +256,51 @@ def _describe(exc: pydantic.ValidationError, tag: str | None = None) -> str:
         loc = loc[1:]
     # Drop union-member labels such as ``str`` or ``list[...]``; keep field names and indexes.
     where = ".".join(
-        str(part) for part in loc if not (isinstance(part, str) and ("[" in part or part == "str"))
+        _clip_text(str(part), 40)
+        for part in loc
+        if not (isinstance(part, str) and ("[" in part or part in _UNION_LABELS))
     )
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
+    message = _clip_text(str(first["msg"]), 200)  # pydantic quotes the offending input
+    return f"{_clip_text(where, 200)}: {message}" if where else message
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # ``1e999``: JSON has no infinities
+        raise ValueError(f"number out of range: {literal}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # ``NaN``/``Infinity``, which json.loads allows
+
+
+def _load(text: str | bytes, *, strict: bool) -> Any:
+    # A frame is UTF-8 text; json.loads would also sniff UTF-16/32 in bytes.
+    if isinstance(text, bytes | bytearray):
+        text = text.decode("utf-8")
+    if strict:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+    return json.loads(text)
+
+
+def _invalid_options(exc: pydantic.ValidationError | RecursionError, kind: str) -> FrameError:
+    text = _describe(exc) if isinstance(exc, pydantic.ValidationError) else "nested too deeply"
+    return FrameError(
+        f"Invalid options: {text}", details={"reason": "invalid_options", "type": kind}
+    )
 
 
 def decode_client_frame(text: str | bytes) -> ClientFrame:
     """Decode one frame a client sent.
 
     Raises:
-        FrameError: not JSON, not an object, an unknown ``type``, or fields that do not fit
-            (``details.reason`` = ``invalid_options`` for a bad ``init`` payload).
+        FrameError: not JSON (or not UTF-8), not an object, an unknown ``type``, or fields that
+            do not fit (``details.reason`` = ``invalid_options`` for a bad ``init`` payload).
     """
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = _load(text, strict=True)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise FrameError(
             "Invalid frame: not valid JSON", details={"reason": "invalid_frame"}
         ) from exc
@@ -254,10 +309,13 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
             "Invalid frame: a frame must be a JSON object", details={"reason": "invalid_frame"}
         )
     kind = data.get("type")
-    if kind not in _CLIENT_TYPES:
+    if not isinstance(kind, str) or kind not in _CLIENT_TYPES:
         raise FrameError(
-            f"Invalid frame: unknown frame type {kind!r}",
-            details={"reason": "invalid_frame", "type": kind if isinstance(kind, str) else None},
+            f"Invalid frame: unknown frame type {clip(kind)}",
+            details={
+                "reason": "invalid_frame",
+                "type": _clip_text(kind, 80) if isinstance(kind, str) else None,
+            },
         )
     try:
         return _client_adapter.validate_python(data)
@@ -266,6 +324,13 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         noun = "options" if kind == "init" else f"{kind} frame"
         raise FrameError(
             f"Invalid {noun}: {_describe(exc, kind)}", details={"reason": reason, "type": kind}
+        ) from exc
+    except RecursionError as exc:  # schema clean-up of a pathologically nested inputSchema
+        if kind == "init":
+            raise _invalid_options(exc, kind) from exc
+        raise FrameError(
+            f"Invalid {kind} frame: nested too deeply",
+            details={"reason": "invalid_frame", "type": kind},
         ) from exc
 
 
@@ -287,16 +352,14 @@ def turn_content(
         return _plain_content(frame.message.content), None
     if isinstance(frame, PromptFrame):
         payload = frame.payload
+        # Nested ``options``, else the flat form's extra keys; ``null`` or ``{}`` = none.
         raw_options = payload.options if payload.options is not None else payload.model_extra
         options = None
-        if raw_options:
+        if raw_options is not None and raw_options != {}:
             try:
                 options = SessionOptions.model_validate(raw_options)
-            except pydantic.ValidationError as exc:
-                raise FrameError(
-                    f"Invalid options: {_describe(exc)}",
-                    details={"reason": "invalid_options", "type": "prompt"},
-                ) from exc
+            except (pydantic.ValidationError, RecursionError) as exc:
+                raise _invalid_options(exc, "prompt") from exc
         return _plain_content(payload.message), options
     body = frame.payload.message
     if isinstance(body, UserTurnBody):
@@ -333,6 +396,17 @@ class ServerControlFrame(_Tolerant):
 class ErrorFrame(_Tolerant):
     type: Literal["error"] = "error"
     payload: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _any_payload(cls, value: Any) -> Any:
+        # An error frame must always reach the client as an error (it may end the turn), so
+        # a payload that is not an object is kept as its message.
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        return {"message": value if isinstance(value, str) else json.dumps(value)}
 
 
 class PongFrame(_Tolerant):
@@ -380,8 +454,8 @@ def decode_server_frame(text: str | bytes) -> ServerFrame:
     unusable as :class:`UnknownFrame` with a ``reason``.
     """
     try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        data = _load(text, strict=False)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return UnknownFrame(reason="not valid JSON")
     if not isinstance(data, dict):
         return UnknownFrame(reason="not a JSON object")
@@ -391,15 +465,22 @@ def decode_server_frame(text: str | bytes) -> ServerFrame:
         if not isinstance(inner, dict):
             return UnknownFrame(type=kind, reason="sdk_message without a payload object")
         data, kind = inner, inner.get("type")
+    if not isinstance(kind, str):
+        return UnknownFrame(type=kind, reason="unknown frame type")
     try:
         if kind in _SDK_TYPES:
             return parse_message(data)
-        model = _FRAME_MODELS.get(kind) if isinstance(kind, str) else None
+        model = _FRAME_MODELS.get(kind)
         if model is None:
             return UnknownFrame(type=kind, reason="unknown frame type")
         return model.model_validate(data)  # type: ignore[return-value]
     except pydantic.ValidationError as exc:
+        if kind == "result":
+            # Section 4: a turn ends with its result; never leave the turn open over a field.
+            return ResultMessage.salvage(data)
         return UnknownFrame(type=kind, reason=_describe(exc))
+    except RecursionError:
+        return UnknownFrame(type=kind, reason="nested too deeply")
 
 
 def error_message_from_frame(frame: ErrorFrame) -> ErrorMessage:

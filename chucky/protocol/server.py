@@ -47,6 +47,7 @@ from .frames import (
     ToolResultFrame,
     ToolResultPayload,
     UserFrame,
+    clip,
     decode_client_frame,
     encode,
     turn_content,
@@ -147,7 +148,9 @@ class ServerProtocol:
 
     @staticmethod
     def session_info(data: Mapping[str, Any]) -> str:
-        return encode({"type": "control", "payload": {"action": "session_info", "data": data}})
+        return encode(
+            {"type": "control", "payload": {"action": "session_info", "data": dict(data)}}
+        )
 
     def close(self) -> str:
         """``control`` ``close`` (only after the turn's ``result``); the session is over."""
@@ -169,7 +172,8 @@ class ServerProtocol:
         return encode(
             {
                 "type": "tool_call",
-                "payload": {"callId": call_id, "toolName": tool_name, "input": tool_input},
+                # dict(): json cannot encode other Mapping types.
+                "payload": {"callId": call_id, "toolName": tool_name, "input": dict(tool_input)},
             }
         )
 
@@ -211,7 +215,7 @@ class ServerProtocol:
             call_id = frame.payload.call_id
             if self._pending_calls.pop(call_id, None) is None:
                 raise FrameError(
-                    f"Invalid tool_result: no pending tool call with callId {call_id!r}",
+                    f"Invalid tool_result: no pending tool call with callId {clip(call_id)}",
                     details={"reason": "invalid_frame", "type": "tool_result"},
                 )
             return [ToolResultReceived(call_id, frame.payload.result)]

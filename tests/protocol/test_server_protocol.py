@@ -1,0 +1,627 @@
+"""The server state machine (chucky.protocol.server), fed frames by hand: no sockets."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chucky.errors import BudgetExceededError, SessionNotFoundError, ValidationError
+from chucky.messages import (
+    AssistantBody,
+    AssistantMessage,
+    ResultMessage,
+    StreamEventMessage,
+    SystemMessage,
+    TextBlock,
+    ToolResultBlock,
+    Usage,
+    UserBody,
+    UserMessage,
+)
+from chucky.options import SessionOptions
+from chucky.protocol.frames import FrameError, ToolResultPayload
+from chucky.protocol.server import (
+    DEFAULT_MAX_INVALID_FRAMES,
+    ControlReceived,
+    FrameRejected,
+    InitReceived,
+    PingReceived,
+    ServerEvent,
+    ServerProtocol,
+    ServerState,
+    ToolResultReceived,
+    TurnReceived,
+)
+
+
+def send(proto: ServerProtocol, value: dict[str, Any] | str) -> list[ServerEvent]:
+    return proto.receive(value if isinstance(value, str) else json.dumps(value))
+
+
+def one(events: list[ServerEvent]) -> ServerEvent:
+    assert len(events) == 1, events
+    return events[0]
+
+
+def rejection(events: list[ServerEvent]) -> FrameRejected:
+    event = one(events)
+    assert isinstance(event, FrameRejected)
+    return event
+
+
+def user(content: Any) -> dict[str, Any]:
+    return {
+        "type": "user",
+        "session_id": "unknown",
+        "message": {"role": "user", "content": content},
+        "parent_tool_use_id": None,
+    }
+
+
+def tool_result(call_id: str, *, is_error: bool | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": f"answer {call_id}"}]}
+    if is_error is not None:
+        result["isError"] = is_error
+    return {"type": "tool_result", "payload": {"callId": call_id, "result": result}}
+
+
+def opened(**kwargs: Any) -> ServerProtocol:
+    proto = ServerProtocol(**kwargs)
+    send(proto, {"type": "init", "payload": {}})
+    assert proto.state is ServerState.OPEN
+    return proto
+
+
+# --- handshake --------------------------------------------------------------------------------
+
+
+def test_ready_frame() -> None:
+    assert ServerProtocol.ready() == '{"type":"control","payload":{"action":"ready"}}'
+    assert ServerProtocol().state is ServerState.AWAITING_INIT
+
+
+def test_init() -> None:
+    proto = ServerProtocol()
+    event = one(send(proto, {"type": "init", "payload": {"model": "opus", "resume": "s1"}}))
+    assert event == InitReceived(SessionOptions(model="opus", session_id="s1"), implicit=False)
+    assert proto.state is ServerState.OPEN
+
+
+def test_a_second_init_is_rejected_without_closing() -> None:
+    proto = opened()
+    rejected = rejection(send(proto, {"type": "init", "payload": {"model": "x"}}))
+    assert not rejected.fatal
+    assert isinstance(rejected.error, FrameError)
+    assert rejected.error.details == {"reason": "invalid_frame", "type": "init"}
+    assert "init" in rejected.error.message
+    assert proto.state is ServerState.OPEN
+    assert proto.invalid_frames == 1
+    assert isinstance(one(send(proto, user("still here"))), TurnReceived)
+
+
+def test_invalid_init_options_are_rejected_and_init_is_still_awaited() -> None:
+    proto = ServerProtocol()
+    rejected = rejection(send(proto, {"type": "init", "payload": {"maxTurns": "lots"}}))
+    assert rejected.error.details["reason"] == "invalid_options"
+    assert proto.state is ServerState.AWAITING_INIT
+    assert isinstance(one(send(proto, {"type": "init", "payload": {}})), InitReceived)
+
+
+def test_a_turn_before_init_is_an_implicit_init() -> None:
+    proto = ServerProtocol()
+    events = send(proto, user("hello"))
+    assert events == [
+        InitReceived(SessionOptions(), implicit=True),
+        TurnReceived("hello", None, "user"),
+    ]
+    assert proto.state is ServerState.OPEN
+    assert rejection(send(proto, {"type": "init", "payload": {}})).error.details["type"] == "init"
+
+
+def test_the_implicit_init_uses_the_prompt_options() -> None:
+    # The official Python client repeats its options in every prompt frame.
+    proto = ServerProtocol()
+    events = send(
+        proto,
+        {
+            "type": "prompt",
+            "payload": {"message": "2 + 2?", "options": {"model": "opus", "maxTurns": 3}},
+        },
+    )
+    options = SessionOptions(model="opus", max_turns=3)
+    assert events == [
+        InitReceived(options, implicit=True),
+        TurnReceived("2 + 2?", options, "prompt"),
+    ]
+
+
+def test_a_rejected_turn_before_init_does_not_open_the_session() -> None:
+    proto = ServerProtocol()
+    rejected = rejection(send(proto, {"type": "sdk_message", "payload": {"type": "user"}}))
+    assert rejected.error.details == {"reason": "invalid_frame", "type": "sdk_message"}
+    assert proto.state is ServerState.AWAITING_INIT
+    assert isinstance(one(send(proto, {"type": "init"})), InitReceived)
+
+
+# --- turns ------------------------------------------------------------------------------------
+
+IMAGE = {
+    "type": "image",
+    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+}
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (user("hi"), TurnReceived("hi", None, "user")),
+        (
+            user([{"type": "text", "text": "see"}, IMAGE]),
+            TurnReceived([{"type": "text", "text": "see"}, IMAGE], None, "user"),
+        ),
+        (
+            {"type": "prompt", "payload": {"message": "hi", "options": {"model": "haiku"}}},
+            TurnReceived("hi", SessionOptions(model="haiku"), "prompt"),
+        ),
+        (
+            {"type": "prompt", "payload": {"message": "hi", "systemPrompt": "S", "maxTurns": 2}},
+            TurnReceived("hi", SessionOptions(system_prompt="S", max_turns=2), "prompt"),
+        ),
+        ({"type": "prompt", "payload": {"message": "hi"}}, TurnReceived("hi", None, "prompt")),
+        (
+            {"type": "sdk_message", "payload": {"type": "user", "message": "hi"}},
+            TurnReceived("hi", None, "sdk_message"),
+        ),
+        (
+            {
+                "type": "sdk_message",
+                "payload": {"type": "user_message", "message": {"role": "user", "content": "hi"}},
+            },
+            TurnReceived("hi", None, "sdk_message"),
+        ),
+        (
+            {"type": "sdk_message", "payload": {"type": "user", "content": [IMAGE]}},
+            TurnReceived([IMAGE], None, "sdk_message"),
+        ),
+    ],
+)
+def test_every_turn_form(frame: dict[str, Any], expected: TurnReceived) -> None:
+    assert send(opened(), frame) == [expected]
+
+
+def test_turns_right_after_init_are_all_returned() -> None:
+    # Section 2.3: a turn may follow init before the session is set up; never dropped.
+    proto = ServerProtocol()
+    assert isinstance(one(send(proto, {"type": "init"})), InitReceived)
+    turns = [one(send(proto, user(f"t{i}"))) for i in range(3)]
+    assert turns == [TurnReceived(f"t{i}", None, "user") for i in range(3)]
+
+
+def test_bad_prompt_options_are_rejected() -> None:
+    proto = opened()
+    rejected = rejection(
+        send(proto, {"type": "prompt", "payload": {"message": "hi", "options": {"maxTurns": 0}}})
+    )
+    assert rejected.error.details == {"reason": "invalid_options", "type": "prompt"}
+    assert "maxTurns" in rejected.error.message
+    assert not rejected.fatal
+
+
+# --- tool calls -------------------------------------------------------------------------------
+
+
+def test_tool_call_frame_registers_a_pending_call() -> None:
+    proto = opened()
+    assert proto.tool_call("c1", "add", {"a": 1, "b": 2}) == (
+        '{"type":"tool_call","payload":{"callId":"c1","toolName":"add","input":{"a":1,"b":2}}}'
+    )
+    assert proto.pending_calls == 1
+
+
+def test_tool_call_accepts_any_mapping() -> None:
+    proto = opened()
+    text = proto.tool_call("c1", "add", MappingProxyType({"a": 1}))
+    assert json.loads(text)["payload"]["input"] == {"a": 1}
+
+
+def test_tool_results_in_any_order() -> None:
+    proto = opened()
+    for call_id in ("c1", "c2", "c3"):
+        proto.tool_call(call_id, "t", {})
+    assert proto.pending_calls == 3
+    for call_id, is_error in (("c3", True), ("c1", None), ("c2", False)):
+        event = one(send(proto, tool_result(call_id, is_error=is_error)))
+        assert event == ToolResultReceived(
+            call_id,
+            ToolResultPayload(
+                content=[{"type": "text", "text": f"answer {call_id}"}], isError=is_error
+            ),
+        )
+    assert proto.pending_calls == 0
+    assert proto.invalid_frames == 0
+
+
+def test_a_result_for_an_unknown_call_is_rejected() -> None:
+    proto = opened()
+    proto.tool_call("c1", "t", {})
+    rejected = rejection(send(proto, tool_result("nope")))
+    assert rejected.error.details == {"reason": "invalid_frame", "type": "tool_result"}
+    assert "'nope'" in rejected.error.message
+    assert not rejected.fatal
+    assert proto.pending_calls == 1
+
+
+def test_a_second_result_for_the_same_call_is_rejected() -> None:
+    proto = opened()
+    proto.tool_call("c1", "t", {})
+    assert isinstance(one(send(proto, tool_result("c1"))), ToolResultReceived)
+    assert isinstance(one(send(proto, tool_result("c1"))), FrameRejected)
+
+
+def test_a_late_result_for_an_abandoned_call_is_rejected() -> None:
+    proto = opened()
+    proto.tool_call("c1", "t", {})
+    proto.tool_call("c2", "t", {})
+    proto.abandon("c1")
+    proto.abandon("never-sent")  # no-op
+    assert proto.pending_calls == 1
+    assert isinstance(one(send(proto, tool_result("c1"))), FrameRejected)
+    assert isinstance(one(send(proto, tool_result("c2"))), ToolResultReceived)
+
+
+# --- ping, control ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "stamp"),
+    [
+        ({"timestamp": 1_700_000_000_123}, 1_700_000_000_123),
+        ({"timestamp": 2**60 + 1}, 2**60 + 1),
+        ({"timestamp": 1_700_000_000_123.9}, 1_700_000_000_123),
+        ({}, 0),
+        (None, 0),
+    ],
+)
+def test_ping_is_answered_with_an_integer_timestamp(payload: Any, stamp: int) -> None:
+    proto = opened()
+    event = one(send(proto, {"type": "ping", "payload": payload}))
+    assert event == PingReceived(f'{{"type":"pong","payload":{{"timestamp":{stamp}}}}}')
+
+
+@pytest.mark.parametrize("stamp", ['"inf"', '"nan"', "NaN", "Infinity", "1e999"])
+def test_ping_with_a_non_finite_timestamp_is_rejected(stamp: str) -> None:
+    proto = opened()
+    rejected = rejection(send(proto, f'{{"type":"ping","payload":{{"timestamp":{stamp}}}}}'))
+    assert rejected.error.details["reason"] == "invalid_frame"
+    assert not rejected.fatal
+
+
+def test_ping_before_init_is_answered_and_does_not_open() -> None:
+    proto = ServerProtocol()
+    assert isinstance(one(send(proto, {"type": "ping", "payload": {"timestamp": 5}})), PingReceived)
+    assert proto.state is ServerState.AWAITING_INIT
+
+
+def test_control_close_ends_everything() -> None:
+    proto = opened()
+    proto.tool_call("c1", "t", {})
+    assert send(proto, {"type": "control", "payload": {"action": "close"}}) == [
+        ControlReceived("close")
+    ]
+    assert proto.state is ServerState.CLOSED
+    for frame in (user("hi"), tool_result("c1"), {"type": "ping"}, "garbage", {"type": "init"}):
+        assert send(proto, frame) == []
+    assert proto.invalid_frames == 0
+
+
+def test_end_input_refuses_later_turns() -> None:
+    proto = opened()
+    proto.tool_call("c1", "t", {})
+    assert send(proto, {"type": "control", "payload": {"action": "end_input"}}) == [
+        ControlReceived("end_input")
+    ]
+    assert proto.state is ServerState.ENDING
+    for frame in (
+        user("more"),
+        {"type": "prompt", "payload": {"message": "more"}},
+        {"type": "sdk_message", "payload": {"type": "user", "message": "more"}},
+    ):
+        rejected = rejection(send(proto, frame))
+        assert "end_input" in rejected.error.message
+        assert rejected.error.details["reason"] == "invalid_frame"
+    # The running turn may still finish: its tool results and pings are accepted.
+    assert isinstance(one(send(proto, tool_result("c1"))), ToolResultReceived)
+    assert isinstance(one(send(proto, {"type": "ping"})), PingReceived)
+    assert proto.state is ServerState.ENDING
+    assert send(proto, {"type": "control", "payload": {"action": "close"}}) == [
+        ControlReceived("close")
+    ]
+    assert proto.state is ServerState.CLOSED
+
+
+def test_interrupt_does_not_change_state() -> None:
+    proto = opened()
+    assert send(proto, {"type": "control", "payload": {"action": "interrupt"}}) == [
+        ControlReceived("interrupt")
+    ]
+    assert proto.state is ServerState.OPEN
+
+
+# --- invalid frames -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, DEFAULT_MAX_INVALID_FRAMES])
+def test_the_frame_after_max_invalid_frames_is_fatal(limit: int) -> None:
+    proto = opened(max_invalid_frames=limit)
+    garbage = ["not json", "[1]", '{"type":"hello"}', '{"type":"user"}', json.dumps(user([5]))]
+    for i in range(limit):
+        rejected = rejection(send(proto, garbage[i % len(garbage)]))
+        assert not rejected.fatal
+        assert proto.invalid_frames == i + 1
+        assert proto.state is ServerState.OPEN
+        assert "too many" not in rejected.error.message
+    # Valid frames in between neither reset nor add to the count.
+    assert isinstance(one(send(proto, user("ok"))), TurnReceived)
+    assert proto.invalid_frames == limit
+    rejected = rejection(send(proto, '{"type":"hello"}'))
+    assert rejected.fatal
+    assert proto.state is ServerState.CLOSED
+    assert isinstance(rejected.error, ValidationError)
+    assert rejected.error.code == "VALIDATION_ERROR"
+    assert rejected.error.message == (
+        "Invalid frame: unknown frame type 'hello'"
+        " (too many invalid frames: closing the connection)"
+    )
+    assert rejected.error.details == {"reason": "invalid_frame", "type": "hello"}
+    assert send(proto, user("after")) == []
+    assert proto.invalid_frames == limit + 1
+
+
+def test_default_limit() -> None:
+    assert ServerProtocol().max_invalid_frames == DEFAULT_MAX_INVALID_FRAMES == 10
+
+
+def test_rejections_are_error_frames_with_validation_error() -> None:
+    proto = opened()
+    rejected = rejection(send(proto, "not json"))
+    assert json.loads(ServerProtocol.error(rejected.error)) == {
+        "type": "error",
+        "payload": {
+            "message": "Invalid frame: not valid JSON",
+            "code": "VALIDATION_ERROR",
+            "details": {"reason": "invalid_frame"},
+        },
+    }
+
+
+# --- outgoing frames ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            AssistantMessage(
+                uuid="u1",
+                session_id="s",
+                message=AssistantBody(content=[TextBlock(text="Hi")], model="m"),
+            ),
+            '{"type":"assistant","uuid":"u1","session_id":"s","message":{"role":"assistant",'
+            '"content":[{"type":"text","text":"Hi"}],"model":"m"},"parent_tool_use_id":null}',
+        ),
+        (
+            UserMessage(
+                uuid="u2",
+                session_id="s",
+                message=UserBody(content=[ToolResultBlock(tool_use_id="t1", content="4")]),
+            ),
+            '{"type":"user","uuid":"u2","session_id":"s","message":{"role":"user","content":'
+            '[{"type":"tool_result","tool_use_id":"t1","content":"4"}]},"parent_tool_use_id":null}',
+        ),
+        (
+            StreamEventMessage(uuid="u3", session_id="s", event={"type": "message_stop"}),
+            '{"type":"stream_event","uuid":"u3","session_id":"s","event":{"type":"message_stop"},'
+            '"parent_tool_use_id":null}',
+        ),
+        (
+            AssistantMessage(parent_tool_use_id="tu9", message=AssistantBody()),
+            '{"type":"assistant","parent_tool_use_id":"tu9","message":{"role":"assistant",'
+            '"content":[]}}',
+        ),
+    ],
+)
+def test_message_frames_are_bare_with_parent_tool_use_id(message: Any, expected: str) -> None:
+    assert ServerProtocol.message(message) == expected
+
+
+def test_result_frame_has_integer_fields_and_no_parent_tool_use_id() -> None:
+    text = ServerProtocol.message(
+        ResultMessage(
+            uuid="u",
+            session_id="s",
+            num_turns=1,
+            duration_ms=12,
+            duration_api_ms=10,
+            total_cost_usd=0.5,
+            usage=Usage(input_tokens=3, output_tokens=4),
+            result="done",
+        )
+    )
+    assert text == (
+        '{"type":"result","subtype":"success","uuid":"u","session_id":"s","is_error":false,'
+        '"num_turns":1,"duration_ms":12,"duration_api_ms":10,"total_cost_usd":0.5,"usage":'
+        '{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":0,'
+        '"cache_read_input_tokens":0},"result":"done"}'
+    )
+
+
+def test_system_frame_uses_permission_mode_alias() -> None:
+    text = ServerProtocol.message(
+        SystemMessage(session_id="s", tools=["t"], model="m", permission_mode="default")
+    )
+    assert json.loads(text) == {
+        "type": "system",
+        "subtype": "init",
+        "session_id": "s",
+        "tools": ["t"],
+        "model": "m",
+        "permissionMode": "default",
+    }
+
+
+def test_error_frame() -> None:
+    error = BudgetExceededError(
+        "Budget exceeded: AI budget used up",
+        details={"reason": "user_budget_exhausted", "limit": 5},
+    )
+    assert ServerProtocol.error(error) == (
+        '{"type":"error","payload":{"message":"Budget exceeded: AI budget used up",'
+        '"code":"BUDGET_EXCEEDED","details":{"reason":"user_budget_exhausted","limit":5}}}'
+    )
+
+
+def test_error_frame_of_a_session_not_found_carries_its_reason() -> None:
+    assert json.loads(ServerProtocol.error(SessionNotFoundError("Session not found: s1"))) == {
+        "type": "error",
+        "payload": {
+            "message": "Session not found: s1",
+            "code": "SESSION_ERROR",
+            "details": {"reason": "session_not_found"},
+        },
+    }
+
+
+def test_session_info_frame() -> None:
+    data = {"sessionId": "s", "model": "m", "tools": ["a"], "createdAt": "2025-01-01T00:00:00Z"}
+    assert ServerProtocol.session_info(MappingProxyType(data)) == (
+        '{"type":"control","payload":{"action":"session_info","data":{"sessionId":"s",'
+        '"model":"m","tools":["a"],"createdAt":"2025-01-01T00:00:00Z"}}}'
+    )
+
+
+def test_close_frame() -> None:
+    proto = opened()
+    assert proto.close() == '{"type":"control","payload":{"action":"close"}}'
+    assert proto.state is ServerState.CLOSED
+    assert send(proto, user("x")) == []
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+FIELD_NAMES = [
+    *("type", "payload", "message", "content", "role", "options", "model", "maxTurns"),
+    *("callId", "toolName", "input", "result", "isError", "action", "timestamp", "text"),
+    *("source", "media_type", "data", "session_id", "sessionId", "subtype", "num_turns"),
+    *("usage", "output_tokens", "event", "delta", "details", "reason", "code", "tools"),
+]
+TYPES = [
+    *("init", "user", "prompt", "sdk_message", "tool_result", "control", "ping", "pong"),
+    *("system", "assistant", "stream_event", "result", "error", "tool_call", "text", "image"),
+    *("ready", "close", "end_input", "interrupt", "session_info", "user_message", "init"),
+]
+# Leaves include what json.loads accepts beyond JSON (NaN, Infinity), numbers as strings, and
+# (through the recursion) unhashable values where a ``type`` is expected.
+leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=6)
+    | st.sampled_from(["3", "2.5", "inf", "1e999", "c1", "c2"])
+    | st.sampled_from(TYPES)
+)
+
+
+def shaped(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.dictionaries(st.sampled_from(FIELD_NAMES), children, max_size=5)
+
+
+frame_like = st.recursive(
+    leaves, lambda children: st.lists(children, max_size=3) | shaped(children), max_leaves=25
+)
+frames = st.builds(
+    lambda kind, body: {**body, "type": kind},
+    st.sampled_from(TYPES) | frame_like,
+    shaped(frame_like),
+).map(lambda value: json.dumps(value, allow_nan=True))
+
+
+def shape(kind: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:
+    """Frames of one ``kind`` whose (optional) fields hold arbitrary leaves, as JSON text."""
+    return st.fixed_dictionaries({"type": st.just(kind)}, optional=fields).map(
+        lambda value: json.dumps(value, allow_nan=True)
+    )
+
+
+def fields(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+targeted = st.one_of(
+    shape("ping", payload=fields(timestamp=leaves) | frame_like),
+    shape("init", payload=shaped(frame_like) | frame_like),
+    shape("prompt", payload=fields(message=leaves, options=shaped(frame_like) | leaves)),
+    shape("sdk_message", payload=fields(type=leaves, message=frame_like, content=frame_like)),
+    shape("tool_result", payload=fields(callId=leaves, result=fields(content=frame_like))),
+    shape("control", payload=fields(action=leaves)),
+)
+inputs = st.lists(
+    st.one_of(
+        st.text(),
+        st.binary(),
+        frames,
+        targeted,
+        st.sampled_from(
+            [
+                json.dumps(user("hi")),
+                json.dumps(tool_result("c1")),
+                '{"type":"init"}',
+                '{"type":"control","payload":{"action":"end_input"}}',
+            ]
+        ),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300)
+@given(inputs, st.integers(min_value=0, max_value=5))
+def test_the_server_machine_never_raises_and_counts_monotonically(
+    frames: list[str | bytes], limit: int
+) -> None:
+    proto = ServerProtocol(max_invalid_frames=limit)
+    proto.tool_call("c1", "t", {})
+    proto.tool_call("c2", "t", {})
+    for text in frames:
+        before, was_closed = proto.invalid_frames, proto.state is ServerState.CLOSED
+        events = proto.receive(text)
+        assert proto.invalid_frames >= before
+        if was_closed:
+            assert events == []
+            assert proto.invalid_frames == before
+        for event in events:
+            if isinstance(event, FrameRejected):
+                assert event.fatal == (proto.invalid_frames > limit)
+                assert event.error.code == "VALIDATION_ERROR"
+                ServerProtocol.error(event.error).encode("utf-8")
+            if isinstance(event, PingReceived):
+                assert isinstance(json.loads(event.pong)["payload"]["timestamp"], int)
+        if proto.invalid_frames > limit:
+            assert proto.state is ServerState.CLOSED
+
+
+def test_unknown_call_id_is_clipped_in_the_error() -> None:
+    proto = ServerProtocol()
+    proto.receive(json.dumps({"type": "init", "payload": {}}))
+    frame = {
+        "type": "tool_result",
+        "payload": {"callId": "c" * 1_000_000, "result": {"content": []}},
+    }
+    (event,) = proto.receive(json.dumps(frame))
+    assert isinstance(event, FrameRejected)
+    assert len(proto.error(event.error)) < 2_000
