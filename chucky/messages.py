@@ -29,7 +29,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
+    PlainValidator,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -82,6 +82,14 @@ def _lax_int(value: Any) -> Any:
 LaxInt = Annotated[int, BeforeValidator(_lax_int)]
 
 
+def _json_object(value: Any) -> dict[str, Any]:
+    # Checked, not copied: pydantic's dict[str, Any] validation rebuilds the dict, and a
+    # stream_event is decoded once per streamed delta.
+    if isinstance(value, dict):
+        return value
+    raise ValueError("Input should be a valid dictionary")
+
+
 class WireModel(BaseModel):
     """A model that is also a read-only mapping over its JSON form.
 
@@ -93,13 +101,17 @@ class WireModel(BaseModel):
 
     # Fields that the wire form carries even when they are None (``parent_tool_use_id: null``).
     _always_null: ClassVar[tuple[str, ...]] = ()
-    _raw: dict[str, Any] | None = PrivateAttr(default=None)
+    # Caches live in the instance ``__dict__`` under these keys, not in pydantic private
+    # attributes: pydantic initialises private attributes in Python for every instance, which
+    # doubled the cost of decoding a streamed delta. pydantic serialises, copies and compares
+    # only the declared fields, and ``__eq__`` below skips these keys.
+    _CACHE_KEYS: ClassVar[frozenset[str]] = frozenset({"_wire_view", "_exception_cache"})
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Any:
         """Validate ``data`` and keep it as the mapping view."""
         obj = cls.model_validate(data)
-        obj._raw = data
+        obj.__dict__["_wire_view"] = data
         return obj
 
     def to_wire(self) -> dict[str, Any]:
@@ -110,14 +122,15 @@ class WireModel(BaseModel):
         return data
 
     def _mapping(self) -> dict[str, Any]:
-        raw = self._raw
-        if raw is None:
-            raw = self._raw = self.to_wire()
-        return raw
+        view: dict[str, Any] | None = self.__dict__.get("_wire_view")
+        if view is None:
+            view = self.__dict__["_wire_view"] = self.to_wire()
+        return view
 
     def _forget_caches(self) -> None:
-        # Private attributes hold views derived from the fields; they go when the fields change.
-        self._raw = None
+        # The caches are views derived from the fields; they go when the fields change.
+        for key in self._CACHE_KEYS:
+            self.__dict__.pop(key, None)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """Like :meth:`pydantic.BaseModel.model_copy`; with ``update``, the mapping view follows."""
@@ -126,14 +139,16 @@ class WireModel(BaseModel):
             copied._forget_caches()
         return copied
 
+    def _data(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._CACHE_KEYS}
+
     def __eq__(self, other: object) -> bool:
-        # Equal data, whether or not the mapping view (a cache) has been computed yet; pydantic's
-        # own __eq__ also compares private attributes.
+        # Equal data, whether or not a cache (the mapping view) has been filled yet.
         if not isinstance(other, WireModel):
             return NotImplemented
         return (
             type(self) is type(other)
-            and self.__dict__ == other.__dict__
+            and self._data() == other._data()
             and (self.__pydantic_extra__ or {}) == (other.__pydantic_extra__ or {})
         )
 
@@ -327,7 +342,7 @@ class StreamEventMessage(WireModel):
     uuid: str | None = None
     session_id: str | None = None
     parent_tool_use_id: str | None = None
-    event: dict[str, Any]
+    event: Annotated[dict[str, Any], PlainValidator(_json_object)]
 
     @property
     def text_delta(self) -> str | None:
@@ -383,7 +398,7 @@ class ResultMessage(WireModel):
                 continue
             kept[name] = value
         message = cls.model_validate(kept)
-        message._raw = data
+        message.__dict__["_wire_view"] = data
         return message
 
 
@@ -392,23 +407,19 @@ class ErrorMessage(WireModel):
 
     type: Literal["error"] = "error"
     error: dict[str, Any]
-    _exception: ChuckyError | None = PrivateAttr(default=None)
 
     @property
     def exception(self) -> ChuckyError:
         """The typed exception this error maps to (PROTOCOL.md section 8)."""
-        if self._exception is None:
-            self._exception = error_from_payload(self.error)
-        return self._exception
-
-    def _forget_caches(self) -> None:
-        super()._forget_caches()
-        self._exception = None
+        exc: ChuckyError | None = self.__dict__.get("_exception_cache")
+        if exc is None:
+            exc = self.__dict__["_exception_cache"] = error_from_payload(self.error)
+        return exc
 
     @classmethod
     def from_exception(cls, exc: ChuckyError) -> ErrorMessage:
         msg = cls(error=exc.to_payload())
-        msg._exception = exc
+        msg.__dict__["_exception_cache"] = exc
         return msg
 
 
@@ -438,18 +449,31 @@ SDKMessage = Annotated[
 ]
 """Any message a session yields."""
 
-_message_adapter: TypeAdapter[SDKMessage] = TypeAdapter(SDKMessage)
+
+_MODEL_BY_TAG: dict[str, type[WireModel]] = {
+    "system": SystemMessage,
+    "assistant": AssistantMessage,
+    "user": UserMessage,
+    "stream_event": StreamEventMessage,
+    "result": ResultMessage,
+    "error": ErrorMessage,
+}
 
 
 def parse_message(data: dict[str, Any]) -> SDKMessage:
     """Validate a decoded SDK message dict; the dict stays available as the mapping view.
 
+    Same result as validating with the :data:`SDKMessage` union, but dispatched on ``type``
+    with a dict lookup: this runs once per streamed delta.
+
     Raises:
         pydantic.ValidationError: the message does not fit its model (callers at the I/O
             boundary translate it).
     """
-    msg = _message_adapter.validate_python(data)
-    msg._raw = data
+    kind = data.get("type")
+    model = _MODEL_BY_TAG.get(kind) if isinstance(kind, str) else None
+    msg: SDKMessage = (model or UnknownMessage).model_validate(data)  # type: ignore[assignment]
+    msg.__dict__["_wire_view"] = data
     return msg
 
 

@@ -142,7 +142,7 @@ class ClientConnection:
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._runner = ToolRunner(registry, self._send_tool_result, timeout=settings.tool_timeout)
-        self._last_inbound = time.monotonic()
+        self._inbound = 0  # frames received; the keepalive compares counts
         self._last_error: ChuckyError | None = None
         self._closed = False
 
@@ -238,10 +238,11 @@ class ClientConnection:
         error: ChuckyError | None = None
         try:
             async for text in ws:
-                self._last_inbound = time.monotonic()
+                self._inbound += 1
                 event = proto.receive(text)
                 if isinstance(event, WireModel):
-                    await inbox.put(event)
+                    if not inbox.try_put(event):
+                        await inbox.put(event)  # full: wait (backpressure)
                 elif isinstance(event, ToolCall):
                     self._runner.submit(event.call_id, event.tool_name, event.input)
                 elif isinstance(event, TurnFailed):
@@ -314,7 +315,7 @@ class ClientConnection:
             await asyncio.sleep(interval)
             if self.inbox.full:
                 continue  # the application is slow to read; reading is paused on purpose
-            sent = time.monotonic()
+            seen = self._inbound
             try:
                 await ws.send(self.proto.send_ping(int(time.time() * 1000)))
                 pong = await ws.ping()
@@ -328,7 +329,7 @@ class ClientConnection:
                 pass
             except ConnectionClosed:
                 return
-            if self._last_inbound > sent or self.inbox.full:
+            if self._inbound != seen or self.inbox.full:
                 continue
             error = ConnectionError(
                 f"the server stopped answering: no pong and no frame for {interval:g} s",

@@ -58,6 +58,30 @@ class Inbox(Generic[T]):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def try_put(self, item: T) -> bool:
+        """Append ``item`` if there is room, without waiting; ``False`` when full.
+
+        The reader's fast path: no coroutine per streamed frame when the consumer keeps up.
+        """
+        if self._error is not None:
+            return True  # dropped, as put() does after fail()
+        if len(self._items) >= self._maxsize:
+            return False
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        return True
+
+    def try_get(self) -> tuple[bool, T | None]:
+        """``(True, item)`` if one is ready, else ``(False, None)``; never waits or raises."""
+        if not self._items:
+            return False, None
+        item = self._items.popleft()
+        if self._putter is not None:
+            self._wake(self._putter)
+        return True, item
+
     async def put(self, item: T) -> None:
         """Append ``item``, waiting while the inbox is full. After :meth:`fail`, drops it."""
         while len(self._items) >= self._maxsize and self._error is None:

@@ -157,29 +157,33 @@ class Session:
             raise InvalidStateError("nothing to read: send() a message first")
         conn = self._conn
         inbox = conn.inbox
-        idle = self._idle_timeout
         while True:
-            if not len(inbox):
-                if inbox.waiting:
-                    raise InvalidStateError("another stream() is already reading this session")
-                # The reader counts a turn's result before it can queue it (when the inbox is
-                # full), so a blocked put also means more is coming.
-                if not (conn.proto.open_turns or inbox.pending_put or inbox.error):
-                    raise InvalidStateError("no turn in progress: send() a message first")
-            if idle is None:
-                message = await inbox.get()
-            else:
-                try:
-                    async with asyncio.timeout(idle):
-                        message = await inbox.get()
-                except builtins.TimeoutError as exc:
-                    raise TimeoutError(
-                        f"no message from the server for {idle:g} s",
-                        session_id=self.session_id,
-                    ) from exc
+            ready, message = inbox.try_get()
+            if not ready:
+                message = await self._wait(conn)
+            assert message is not None
             yield message
             if isinstance(message, ResultMessage | ErrorMessage):
                 return
+
+    async def _wait(self, conn: ClientConnection) -> SDKMessage:
+        inbox = conn.inbox
+        if inbox.waiting:
+            raise InvalidStateError("another stream() is already reading this session")
+        # The reader counts a turn's result before it can queue it (when the inbox is full),
+        # so a blocked put also means more is coming.
+        if not (conn.proto.open_turns or inbox.pending_put or inbox.error):
+            raise InvalidStateError("no turn in progress: send() a message first")
+        idle = self._idle_timeout
+        if idle is None:
+            return await inbox.get()
+        try:
+            async with asyncio.timeout(idle):
+                return await inbox.get()
+        except builtins.TimeoutError as exc:
+            raise TimeoutError(
+                f"no message from the server for {idle:g} s", session_id=self.session_id
+            ) from exc
 
     def receive(self) -> AsyncIterator[SDKMessage]:
         """Alias of :meth:`stream` (the official V2 API name)."""

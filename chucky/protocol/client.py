@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import ChuckyError, InvalidStateError, error_from_payload
-from ..messages import ResultMessage, SDKMessage, SystemMessage
+from ..messages import (
+    AssistantMessage,
+    ResultMessage,
+    SDKMessage,
+    StreamEventMessage,
+    SystemMessage,
+    UserMessage,
+)
 from .frames import (
     ErrorFrame,
     PongFrame,
@@ -195,6 +202,8 @@ class ClientProtocol:
     def receive(self, text: str | bytes) -> ClientEvent:
         """Process one received frame and return what it means."""
         frame = decode_server_frame(text)
+        if isinstance(frame, StreamEventMessage | AssistantMessage | UserMessage):
+            return frame  # the bulk of a turn: nothing to track
         if isinstance(frame, ResultMessage):
             if self.open_turns:
                 self.open_turns -= 1

@@ -157,7 +157,7 @@ class AgentTurn:
         settings = self.settings
         session = self.session
         await self.io.send(self._system_init())
-        session.transcript.append({"uuid": _uuid(), "role": "user", "content": self.content})
+        session.append("user", self.content)
         while True:
             if self._over_budget():
                 return await self._finish("error_max_budget_usd", ["max budget reached"])
@@ -218,7 +218,7 @@ class AgentTurn:
         self.stop_reason = accumulator.stop_reason
         content = accumulator.content
         message_uuid = _uuid()
-        session.transcript.append({"uuid": message_uuid, "role": "assistant", "content": content})
+        session.append("assistant", content, message_uuid)
         self.final_text = accumulator.text
         await send(
             {
@@ -254,18 +254,14 @@ class AgentTurn:
             # result, so the transcript never holds a tool_use without its tool_result.
             for call in calls:
                 call.cancel()
-            self.session.transcript.append(
-                {
-                    "uuid": _uuid(),
-                    "role": "user",
-                    "content": _result_blocks(tool_uses, [_outcome(call) for call in calls]),
-                }
+            self.session.append(
+                "user", _result_blocks(tool_uses, [_outcome(call) for call in calls])
             )
             await asyncio.gather(*calls, return_exceptions=True)
             raise
         blocks = _result_blocks(tool_uses, results)
         message_uuid = _uuid()
-        self.session.transcript.append({"uuid": message_uuid, "role": "user", "content": blocks})
+        self.session.append("user", blocks, message_uuid)
         await self.io.send(
             {
                 "type": "user",

@@ -288,9 +288,9 @@ class Connection:
             fork = await self.server.store.create(
                 record.project_id, record.user_id, record.model, now
             )
-            fork.transcript = [dict(m) for m in transcript]
+            fork.replace_transcript([dict(m) for m in transcript])
             return fork
-        record.transcript = list(transcript)
+        record.replace_transcript(list(transcript))
         return record
 
     # -- turns ---------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class SessionRecord:
     """One session: its owner, its model and its transcript.
 
     ``transcript`` holds every message in the Anthropic Messages API shape plus its ``uuid``:
-    ``{"uuid": ..., "role": "user" | "assistant", "content": str | [blocks]}``.
+    ``{"uuid": ..., "role": "user" | "assistant", "content": str | [blocks]}``. Change it only
+    through :meth:`append` and :meth:`replace_transcript`, which keep the provider's view.
     """
 
     session_id: str
@@ -36,10 +37,31 @@ class SessionRecord:
     last_activity_at: float
     transcript: list[dict[str, Any]] = field(default_factory=list)
     spent_microdollars: int = 0
+    # The transcript as providers take it, kept alongside so a model call does not copy the
+    # whole history (every call of a long session used to).
+    _model_view: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._model_view = [{"role": m["role"], "content": m["content"]} for m in self.transcript]
+
+    def append(self, role: str, content: Any, message_uuid: str | None = None) -> str:
+        """Add a message; returns its uuid."""
+        message_uuid = message_uuid or new_session_id()
+        self.transcript.append({"uuid": message_uuid, "role": role, "content": content})
+        self._model_view.append({"role": role, "content": content})
+        return message_uuid
+
+    def replace_transcript(self, transcript: list[dict[str, Any]]) -> None:
+        """Set the whole transcript (resume at a message, fork)."""
+        self.transcript = transcript
+        self.__post_init__()
 
     def model_messages(self) -> list[dict[str, Any]]:
-        """The transcript as a provider takes it (``role`` and ``content`` only)."""
-        return [{"role": m["role"], "content": m["content"]} for m in self.transcript]
+        """The transcript as a provider takes it (``role`` and ``content`` only).
+
+        The same list on every call: providers read it and must not change it.
+        """
+        return self._model_view
 
     def first_user_text(self) -> str | None:
         for message in self.transcript:

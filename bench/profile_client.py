@@ -1,0 +1,146 @@
+"""Profile our client's hot paths (the loops of ``bench_client.py``), servers out of process.
+
+Usage::
+
+    python bench/profile_client.py stream   # session.stream() of replayed `stream 5000` turns
+    python bench/profile_client.py turns    # echo turns on an open session (chucky serve)
+    python bench/profile_client.py tool     # tool round trips (raw tool server)
+
+By default the loop runs under :mod:`cProfile` and the top functions are printed (by own time
+and by cumulative time). ``--no-profile`` just runs the loop, for a sampling profiler::
+
+    py-spy record -o stream.svg -- python bench/profile_client.py stream --no-profile
+    py-spy top -- python bench/profile_client.py stream --no-profile --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import bench_token, chucky_server, raw_server
+from bench_client import ECHO_HI, STREAM_N, get_time, init_frame, our_turn, raw_open
+
+from chucky import Chucky
+
+
+async def record(url: str, token: str) -> list[str]:
+    ws = await raw_open(url, token, init_frame(includePartialMessages=True))
+    await ws.send(ECHO_HI)
+    while json.loads(await ws.recv())["type"] != "result":
+        pass
+    await ws.send(
+        json.dumps(
+            {
+                "type": "user",
+                "session_id": "",
+                "message": {"role": "user", "content": f"stream {STREAM_N}"},
+                "parent_tool_use_id": None,
+            }
+        )
+    )
+    frames: list[str] = []
+    while True:
+        text = await ws.recv()
+        assert isinstance(text, str)
+        frames.append(text)
+        if json.loads(text)["type"] == "result":
+            break
+    await ws.close()
+    return frames
+
+
+async def loop(args: argparse.Namespace, profiler: cProfile.Profile | None) -> float:
+    token = bench_token()
+    deadline_s = args.seconds
+    async with chucky_server() as server:
+        if args.what == "stream":
+            frames = await record(server.url, token)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "turn.json"
+                path.write_text(json.dumps(frames), encoding="utf-8")
+                async with (
+                    raw_server("--replay", str(path)) as replay,
+                    Chucky(token, f"{replay.url}/replay", include_partial_messages=True) as c,
+                ):
+                    session = c.create_session()
+                    await our_turn(session, "go")
+                    return await _run(
+                        lambda: our_turn(session, "go"), deadline_s, profiler, len(frames)
+                    )
+        if args.what == "turns":
+            async with Chucky(token, server.url) as c:
+                session = c.create_session()
+                await our_turn(session, "echo hi")
+                return await _run(lambda: our_turn(session, "echo hi"), deadline_s, profiler, 1)
+    # tool
+    async with raw_server() as raw, Chucky(token, f"{raw.url}/tool?n=200000&warmup=0&label=p") as c:
+        session = c.create_session(tools=[get_time])
+        task = asyncio.ensure_future(our_turn(session, "go"))
+        await asyncio.sleep(0.5)
+        if profiler:
+            profiler.enable()
+        await asyncio.sleep(deadline_s)
+        if profiler:
+            profiler.disable()
+        task.cancel()
+        return 0.0
+
+
+async def _run(once: Any, seconds: float, profiler: cProfile.Profile | None, per: int) -> float:
+    for _ in range(3):
+        await once()
+    n = 0
+    start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    while time.perf_counter() - start < seconds:
+        await once()
+        n += 1
+    if profiler:
+        profiler.disable()
+    elapsed = time.perf_counter() - start
+    print(f"{n} iterations in {elapsed:.1f} s: {n * per / elapsed:,.0f} per s", file=sys.stderr)
+    return elapsed
+
+
+def _short(func: tuple[str, int, str]) -> tuple[str, int, str]:
+    # Like pstats.func_strip_path, but keep the package (chucky/messages.py is not
+    # websockets/asyncio/messages.py).
+    filename, line, name = func
+    for marker in ("site-packages/", f"{Path(__file__).resolve().parent.parent}/", "lib/python"):
+        if marker in filename:
+            filename = filename.split(marker, 1)[1]
+            break
+    return filename, line, name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["stream", "turns", "tool"])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    profiler = None if args.no_profile else cProfile.Profile()
+    asyncio.run(loop(args, profiler))
+    if profiler is not None:
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        pstats.func_strip_path = _short  # type: ignore[assignment]  # used by strip_dirs()
+        stats.strip_dirs()
+        print("\n== by own time ==")
+        stats.sort_stats("tottime").print_stats(args.top)
+        print("\n== by cumulative time ==")
+        stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
