@@ -91,3 +91,27 @@ def test_everything_put_comes_out_in_order(items: list[int], size: int) -> None:
         return out
 
     assert asyncio.run(scenario()) == items
+
+
+async def test_try_put_and_try_get_never_wait() -> None:
+    inbox: Inbox[int] = Inbox(1)
+    assert inbox.try_get() == (False, None)
+    assert inbox.try_put(1) is True
+    assert inbox.try_put(2) is False  # full: the caller must await put()
+    blocked = asyncio.create_task(inbox.put(2))
+    await asyncio.sleep(0)
+    assert inbox.try_get() == (True, 1)  # and it wakes the blocked producer
+    await blocked
+    assert inbox.try_get() == (True, 2)
+
+
+async def test_try_put_wakes_a_waiting_consumer_and_drops_after_fail() -> None:
+    inbox: Inbox[str] = Inbox(2)
+    getter = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert inbox.try_put("x") is True
+    assert await getter == "x"
+    inbox.fail(EOFError())
+    assert inbox.try_put("late") is True  # accepted and dropped, as put() does
+    with pytest.raises(EOFError):
+        await inbox.get()

@@ -1195,3 +1195,17 @@ def test_error_messages_never_quote_client_input_in_full(frame: dict[str, object
     with pytest.raises(FrameError) as info:
         decode_client_frame(json.dumps(frame))
     assert len(json.dumps(info.value.to_payload())) < 2_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"assistant","message":{"content":[{"type":"text","text":"a\\udc00b"}]}}',
+        '{"type":"assistant","message":{"content":[]},"deep":' + "[" * 300 + "]" * 300 + "}",
+    ],
+    ids=["lone-surrogate-escape", "nesting-over-200"],
+)
+def test_client_decoding_falls_back_where_the_fast_parser_refuses(text: str) -> None:
+    frame = decode_server_frame(text)
+    assert isinstance(frame, AssistantMessage)
+    assert frame == decode_server_frame(text.encode())
