@@ -8,6 +8,7 @@ its handlers up. ``allowedTools`` / ``disallowedTools`` narrow what is offered.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,10 @@ from .providers.base import ToolSpec
 
 __all__ = ["ClientTool", "ToolCatalog", "mcp_content_to_blocks"]
 
+logger = logging.getLogger("chucky.server")
+
 LEGACY_SERVER = "inline-tools"
+MAX_TOOL_NAME = 128  # of mcp__<server>__<tool>; keeps every frame that lists tools small
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +73,13 @@ class ToolCatalog:
         servers: list[dict[str, Any]] = []
         for server in options.mcp_server_list():
             name = server.name or "tools"
-            servers.append({"name": name, "status": "connected"})
             if server.is_client_tools:
+                servers.append({"name": name, "status": "connected"})
                 found.extend(ClientTool(name, definition) for definition in server.tools or ())
+            else:
+                # stdio / sse / http servers are accepted and recorded, not run (yet).
+                logger.info("MCP server %r (%s) is not run by this server", name, server.type)
+                servers.append({"name": name, "status": "failed"})
         if isinstance(options.tools, list):
             legacy = [item for item in options.tools if isinstance(item, ToolDefinition)]
             if legacy:
@@ -79,6 +87,7 @@ class ToolCatalog:
                 found.extend(ClientTool(LEGACY_SERVER, definition) for definition in legacy)
         seen: dict[str, ClientTool] = {}
         for tool in found:
+            _check_definition(tool)
             other = seen.get(tool.name)
             if other is not None:
                 raise ValidationError(
@@ -118,6 +127,30 @@ class ToolCatalog:
 
     def bare_names(self) -> list[str]:
         return [tool.name for tool in self._by_full_name.values()]
+
+
+def _check_definition(tool: ClientTool) -> None:
+    """A tool the model cannot be offered is refused at ``init``, not at the first call."""
+    if len(tool.full_name) > MAX_TOOL_NAME:
+        raise ValidationError(
+            f"Invalid options: tool name {tool.full_name[:40]!r}... is longer than "
+            f"{MAX_TOOL_NAME} characters",
+            details={"reason": "invalid_options"},
+        )
+    try:
+        from jsonschema import SchemaError, validators
+    except ImportError:  # pragma: no cover - jsonschema comes with the server extra
+        return
+    schema = tool.definition.input_schema
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path) or "(root)"
+        raise ValidationError(
+            f"Invalid options: the input schema of tool {tool.name!r} is not a valid JSON "
+            f"Schema at {where}: {exc.message[:200]}",
+            details={"reason": "invalid_options", "tool": tool.name},
+        ) from exc
 
 
 def mcp_content_to_blocks(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
