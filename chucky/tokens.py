@@ -1,5 +1,6 @@
-"""Chucky tokens: mint, decode and verify the HS256 JWTs of PROTOCOL.md section 7, and the budget
-window math the server keys usage by.
+"""Chucky tokens: mint, decode and verify the HS256 JWTs of PROTOCOL.md section 7.
+
+The budget window math lives in :mod:`chucky.windows` (re-exported here).
 
 Everything here is pure: no I/O, and no hidden clock. Each function that needs the time takes
 ``now`` (an aware or naive-UTC :class:`~datetime.datetime`, or Unix seconds) and reads the real
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import json
 import math
 import re
@@ -32,14 +32,24 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, cast, get_args
+from datetime import datetime
+from typing import Any, Final, cast
 
 import jwt
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import AuthenticationError, ValidationError
+from .windows import (
+    WINDOWS,
+    Window,
+    as_datetime,
+    format_utc,
+    parse_window_start,
+    to_utc,
+    window_bounds,
+    window_key,
+)
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -61,19 +71,10 @@ __all__ = [
     "window_key",
 ]
 
-Window = Literal["hour", "day", "week", "month", "lifetime"]
-WINDOWS: Final[tuple[str, ...]] = get_args(Window)
 CLOCK_SKEW_SECONDS: Final = 30.0  # PROTOCOL.md section 7: allow 30 s clock skew on ``exp``
 DEFAULT_EXPIRES_IN: Final = 3600
 _ALGORITHM: Final = "HS256"  # the only one accepted, whatever the header says
-_FIXED_WINDOWS: Final = {
-    "hour": timedelta(hours=1),
-    "day": timedelta(days=1),
-    "week": timedelta(weeks=1),
-}
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
-_BROKEN_UTC = re.compile(r"([+-]\d{2}(?::?\d{2})?)[Zz]$")  # the official client's "+00:00Z"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # Only HS256 is registered, so no other algorithm can ever be used to verify.
 _JWS: Final = jwt.PyJWS(algorithms=[_ALGORITHM])
 # pyjwt >= 2.10 warns (InsecureKeyLengthWarning) for HMAC keys under 32 bytes. PROTOCOL.md says
@@ -90,28 +91,12 @@ def _short_keys_allowed() -> Iterator[None]:
         yield
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _now_datetime(now: datetime | float | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if isinstance(now, datetime):
-        return _utc(now)
-    return datetime.fromtimestamp(now, UTC)
-
-
 def _now_seconds(now: datetime | float | None) -> float:
     if now is None:
         return time.time()
     if isinstance(now, datetime):
-        return _utc(now).timestamp()
+        return to_utc(now).timestamp()
     return float(now)
-
-
-def _format_utc(value: datetime) -> str:
-    return _utc(value).replace(tzinfo=None).isoformat() + "Z"
 
 
 def _pydantic_reason(exc: PydanticValidationError) -> str:
@@ -315,16 +300,16 @@ def create_budget(
     if window not in WINDOWS:
         raise ValidationError(f"Invalid budget window {window!r}: expected one of {WINDOWS}")
     if window_start is None:
-        start = _now_datetime(now)
+        start = as_datetime(now)
     elif isinstance(window_start, datetime):
-        start = _utc(window_start)
+        start = to_utc(window_start)
     else:
         start = parse_window_start(window_start)
     return TokenBudget(
         ai=round(ai_dollars * 1_000_000),
         compute=round(compute_hours * 3600),
         window=cast(Window, window),  # checked against WINDOWS above
-        window_start=_format_utc(start),
+        window_start=format_utc(start),
     )
 
 
@@ -550,102 +535,3 @@ def is_token_expired(
     if isinstance(exp, float) and not math.isfinite(exp):
         return True
     return _now_seconds(now) - leeway >= exp
-
-
-def parse_window_start(value: str) -> datetime:
-    """Parse a ``windowStart`` leniently.
-
-    Accepts ISO 8601 with ``Z`` or ``+hh:mm`` offsets, fractions of a second, a bare date, no
-    offset (UTC), and the official client's broken ``+00:00Z``.
-
-    Args:
-        value: The string from the token.
-
-    Returns:
-        An aware datetime in UTC.
-
-    Raises:
-        ValidationError: Not an ISO 8601 date or date-time.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"Invalid windowStart {value!r}: expected an ISO 8601 string")
-    text = _BROKEN_UTC.sub(r"\1", value.strip())
-    if text[-1] in "zZ":
-        text = text[:-1] + "+00:00"
-    try:
-        return _utc(datetime.fromisoformat(text))
-    except ValueError as exc:
-        raise ValidationError(f"Invalid windowStart {value!r}: not ISO 8601") from exc
-
-
-def _add_months(anchor: datetime, months: int) -> datetime:
-    index = anchor.year * 12 + anchor.month - 1 + months
-    year, month = divmod(index, 12)
-    day = min(anchor.day, calendar.monthrange(year, month + 1)[1])
-    return anchor.replace(year=year, month=month + 1, day=day)
-
-
-def window_bounds(
-    budget: TokenBudget, now: datetime | float | None = None, *, issued_at: int | None = None
-) -> tuple[datetime, datetime | None]:
-    """The window instance ``[start, end)`` that contains ``now`` (PROTOCOL.md section 7).
-
-    ``hour``, ``day`` and ``week`` are fixed-length periods counted from the anchor; ``month``
-    is a calendar month on the anchor's day-of-month and time (clamped to short months: anchor
-    Jan 31 gives Feb 28/29, then Mar 31); ``lifetime`` is ``(anchor, None)``. The anchor is
-    ``windowStart``, else ``issued_at``, else the Unix epoch. If ``now`` is before the anchor the
-    first window is returned.
-
-    Args:
-        budget: The token's budget.
-        now: The current time (default: the real clock).
-        issued_at: The token's ``iat``, the anchor when ``windowStart`` is missing.
-
-    Returns:
-        ``(start, end)`` as aware UTC datetimes; ``end`` is ``None`` for ``lifetime``.
-
-    Raises:
-        ValidationError: A bad ``windowStart`` or unknown window, or dates out of range.
-    """
-    current = _now_datetime(now)
-    anchor = _EPOCH
-    if budget.window_start is not None:
-        anchor = parse_window_start(budget.window_start)
-    try:
-        if budget.window_start is None and issued_at is not None:
-            anchor = datetime.fromtimestamp(issued_at, UTC)
-        if budget.window == "lifetime":
-            return anchor, None
-        if budget.window == "month":
-            months = (current.year - anchor.year) * 12 + current.month - anchor.month
-            if months > 0 and _add_months(anchor, months) > current:
-                months -= 1
-            months = max(months, 0)
-            return _add_months(anchor, months), _add_months(anchor, months + 1)
-        length = _FIXED_WINDOWS[budget.window]
-        start = anchor + max((current - anchor) // length, 0) * length
-        return start, start + length
-    except KeyError as exc:
-        raise ValidationError(f"Unknown budget window {budget.window!r}") from exc
-    except (OverflowError, OSError, ValueError) as exc:
-        raise ValidationError(f"Budget window out of range: {exc}") from exc
-
-
-def window_key(
-    budget: TokenBudget, now: datetime | float | None = None, issued_at: int | None = None
-) -> str:
-    """A stable name for the window instance containing ``now``, for usage ledger keys.
-
-    Args:
-        budget: The token's budget.
-        now: The current time (default: the real clock).
-        issued_at: The token's ``iat`` (anchor when ``windowStart`` is missing).
-
-    Returns:
-        ``"<window>:<start as ISO 8601 UTC with Z>"``, e.g. ``"day:2024-05-01T00:00:00Z"``.
-
-    Raises:
-        ValidationError: As :func:`window_bounds`.
-    """
-    start, _ = window_bounds(budget, now, issued_at=issued_at)
-    return f"{budget.window}:{_format_utc(start)}"
