@@ -107,13 +107,6 @@ class WireModel(BaseModel):
     # only the declared fields, and ``__eq__`` below skips these keys.
     _CACHE_KEYS: ClassVar[frozenset[str]] = frozenset({"_wire_view", "_exception_cache"})
 
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Any:
-        """Validate ``data`` and keep it as the mapping view."""
-        obj = cls.model_validate(data)
-        obj.__dict__["_wire_view"] = data
-        return obj
-
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent on the wire (``None`` fields left out, aliases used)."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -417,8 +410,11 @@ class ErrorMessage(WireModel):
         return exc
 
     @classmethod
-    def from_exception(cls, exc: ChuckyError) -> ErrorMessage:
-        msg = cls(error=exc.to_payload())
+    def from_exception(
+        cls, exc: ChuckyError, payload: Mapping[str, Any] | None = None
+    ) -> ErrorMessage:
+        """The message for ``exc``; ``payload`` is the error frame's, when there was one."""
+        msg = cls(error=dict(payload) if payload is not None else exc.to_payload())
         msg.__dict__["_exception_cache"] = exc
         return msg
 

@@ -246,7 +246,7 @@ class ClientConnection:
                 elif isinstance(event, ToolCall):
                     self._runner.submit(event.call_id, event.tool_name, event.input)
                 elif isinstance(event, TurnFailed):
-                    await inbox.put(ErrorMessage.from_exception(event.error))
+                    await inbox.put(ErrorMessage.from_exception(event.error, event.payload))
                 else:
                     self._on_control(event)
         except ConnectionClosed as exc:

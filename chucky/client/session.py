@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ..errors import ChuckyError, InvalidStateError, TimeoutError, ValidationError
+from ..errors import InvalidStateError, TimeoutError, ValidationError
 from ..messages import ErrorMessage, ResultMessage, SDKMessage, WireModel
 from .connection import ClientConnection, ConnectionSettings
 from .settings import SessionSpec
@@ -220,10 +220,3 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(session_id={self.session_id!r}, state={self._state.value})"
-
-
-def raise_for_error(message: SDKMessage) -> None:
-    """Raise the typed exception of an :class:`ErrorMessage`; do nothing for other messages."""
-    if isinstance(message, ErrorMessage):
-        exc: ChuckyError = message.exception
-        raise exc

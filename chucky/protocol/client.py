@@ -106,9 +106,10 @@ class HandshakeFailed:
 
 @dataclass(frozen=True, slots=True)
 class TurnFailed:
-    """An ``error`` frame that ended the oldest open turn."""
+    """An ``error`` frame that ended the oldest open turn (``payload`` as the server sent it)."""
 
     error: ChuckyError
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +254,7 @@ class ClientProtocol:
             return HandshakeFailed(error)
         if self.open_turns:
             self.open_turns -= 1
-            return TurnFailed(error)
+            return TurnFailed(error, frame.payload)
         return ServerError(error)
 
     def connection_lost(self) -> int:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from pydantic_core import from_json
 
 from ..errors import ValidationError
-from ..messages import ErrorMessage, ResultMessage, SDKMessage, parse_message
+from ..messages import ResultMessage, SDKMessage, parse_message
 from ..options import SessionOptions
 
 __all__ = [
@@ -495,8 +495,3 @@ def decode_server_frame(text: str | bytes) -> ServerFrame:
         return UnknownFrame(type=kind, reason=_describe(exc))
     except RecursionError:
         return UnknownFrame(type=kind, reason="nested too deeply")
-
-
-def error_message_from_frame(frame: ErrorFrame) -> ErrorMessage:
-    """The :class:`~chucky.messages.ErrorMessage` a session yields for an ``error`` frame."""
-    return ErrorMessage(error=frame.payload)

@@ -125,9 +125,6 @@ class ToolCatalog:
             for tool in self._by_full_name.values()
         ]
 
-    def bare_names(self) -> list[str]:
-        return [tool.name for tool in self._by_full_name.values()]
-
 
 def _check_definition(tool: ClientTool) -> None:
     """A tool the model cannot be offered is refused at ``init``, not at the first call."""

@@ -63,12 +63,6 @@ class SessionRecord:
         """
         return self._model_view
 
-    def first_user_text(self) -> str | None:
-        for message in self.transcript:
-            if message["role"] == "user" and isinstance(message["content"], str):
-                return str(message["content"])
-        return None
-
 
 class SessionStore(ABC):
     """Durable session state, scoped by owner (project ``iss`` + user ``sub``)."""

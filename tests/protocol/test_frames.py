@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from chucky.errors import SessionNotFoundError, ValidationError
 from chucky.messages import (
     AssistantMessage,
+    ErrorMessage,
     ResultMessage,
     StreamEventMessage,
     SystemMessage,
@@ -20,6 +21,7 @@ from chucky.messages import (
     UserMessage,
 )
 from chucky.options import SessionOptions, SystemPromptPreset
+from chucky.protocol.client import ClientProtocol, TurnFailed
 from chucky.protocol.frames import (
     ClientControlFrame,
     ErrorFrame,
@@ -37,7 +39,6 @@ from chucky.protocol.frames import (
     decode_client_frame,
     decode_server_frame,
     encode,
-    error_message_from_frame,
     turn_content,
 )
 
@@ -822,11 +823,19 @@ def test_error_frame_with_a_payload_that_is_not_an_object(
     assert frame.payload == expected
 
 
-def test_error_message_from_an_error_frame() -> None:
-    payload = {"message": "x", "code": "SESSION_ERROR", "details": {"reason": "session_not_found"}}
-    frame = decode_server_frame(dumps({"type": "error", "payload": payload}))
-    assert isinstance(frame, ErrorFrame)
-    msg = error_message_from_frame(frame)
+def test_error_message_keeps_the_frame_payload() -> None:
+    payload = {
+        "message": "x",
+        "code": "SESSION_ERROR",
+        "details": {"reason": "session_not_found"},
+        "requestId": "r-1",
+    }
+    proto = ClientProtocol({})
+    proto.receive(dumps({"type": "control", "payload": {"action": "ready"}}))
+    proto.send_turn("hi")
+    event = proto.receive(dumps({"type": "error", "payload": payload}))
+    assert isinstance(event, TurnFailed)
+    msg = ErrorMessage.from_exception(event.error, event.payload)
     assert dict(msg) == {"type": "error", "error": payload}
     assert isinstance(msg.exception, SessionNotFoundError)
 
