@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Unpack
@@ -103,7 +102,9 @@ class Chucky:
             max_queue=max_queue,
         )
         self._idle_timeout = idle_timeout
-        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        # Strong references: an open session's socket lives on in its reader task even when
+        # the application drops the Session object, and close() must still reach it.
+        self._sessions: set[Session] = set()
         if debug:
             logger.setLevel(logging.DEBUG)
 
@@ -119,7 +120,10 @@ class Chucky:
         """
         check_args(options, "create_session")
         session = Session(
-            resolve(self._defaults, options), self._settings, idle_timeout=self._idle_timeout
+            resolve(self._defaults, options),
+            self._settings,
+            idle_timeout=self._idle_timeout,
+            on_close=self._sessions.discard,
         )
         self._sessions.add(session)
         return session

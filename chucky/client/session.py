@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -69,8 +69,10 @@ class Session:
         settings: ConnectionSettings,
         *,
         idle_timeout: float | None = None,
+        on_close: Callable[[Session], None] | None = None,
     ) -> None:
         self._spec = spec
+        self._on_close = on_close
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._state = SessionState.NEW
@@ -201,6 +203,8 @@ class Session:
         if self._state is SessionState.CLOSED and self._conn is None:
             return
         self._state = SessionState.CLOSED
+        if self._on_close is not None:
+            self._on_close(self)
         conn, self._conn = self._conn, None
         if conn is not None:
             if conn.session_id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import threading
 import time
 
@@ -471,3 +472,26 @@ async def test_error_message_shape_in_sessions(server: ScriptedServer) -> None:
 async def test_testing_kit_fixture_free_usage() -> None:
     async with scripted_server() as running, running.client() as client:
         assert (await client.prompt("echo 4")).result == "4"
+
+
+async def test_client_close_reaches_sessions_the_application_dropped(
+    server: ScriptedServer,
+) -> None:
+    client = server.client()
+
+    async def open_and_forget() -> None:
+        session = client.create_session()
+        await session.send("echo hi")
+        async for _ in session.stream():
+            pass  # the Session object goes out of scope here, its socket stays open
+
+    await open_and_forget()
+    gc.collect()
+    assert len(server.server._connections) == 1
+    await client.close()
+    for _ in range(100):
+        if not server.server._connections:
+            break
+        await asyncio.sleep(ticks(0.2))
+    assert not server.server._connections
+    assert not client._sessions
