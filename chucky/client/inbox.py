@@ -64,23 +64,23 @@ class Inbox(Generic[T]):
         The reader's fast path: no coroutine per streamed frame when the consumer keeps up.
         """
         if self._error is not None:
-            return True  # dropped, as put() does after fail()
+            return True  # dropped: nothing will read it after fail()
         if len(self._items) >= self._maxsize:
             return False
         self._items.append(item)
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
+        self._wake(self._getter)
         return True
 
     def try_get(self) -> tuple[bool, T | None]:
         """``(True, item)`` if one is ready, else ``(False, None)``; never waits or raises."""
         if not self._items:
             return False, None
+        return True, self._pop()
+
+    def _pop(self) -> T:
         item = self._items.popleft()
-        if self._putter is not None:
-            self._wake(self._putter)
-        return True, item
+        self._wake(self._putter)
+        return item
 
     async def put(self, item: T) -> None:
         """Append ``item``, waiting while the inbox is full. After :meth:`fail`, drops it."""
@@ -90,10 +90,7 @@ class Inbox(Generic[T]):
                 await self._putter
             finally:
                 self._putter = None
-        if self._error is not None:
-            return
-        self._items.append(item)
-        self._wake(self._getter)
+        self.try_put(item)
 
     async def get(self) -> T:
         """The oldest item; waits while empty.
@@ -112,10 +109,7 @@ class Inbox(Generic[T]):
                 await self._getter
             finally:
                 self._getter = None
-        item = self._items.popleft()
-        if self._putter is not None:
-            self._wake(self._putter)
-        return item
+        return self._pop()
 
     def fail(self, error: BaseException) -> None:
         """No more items will come: ``get`` raises ``error`` once the queue is drained.

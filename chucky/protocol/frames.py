@@ -240,8 +240,7 @@ _UNION_LABELS: Final = frozenset({"str", "int", "float", "bool", "none"})
 def clip(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: error frames quote client input, and a
     frame the server sends must stay small whatever the client sent."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+    return _clip_text(repr(value), limit)
 
 
 def _clip_text(text: str, limit: int) -> str:

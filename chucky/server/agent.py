@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,7 +24,7 @@ from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
 from .pricing import cost_microdollars, microdollars_to_usd
 from .providers.base import MessageAccumulator, ModelRequest
 from .routing import Route
-from .store import SessionRecord
+from .store import SessionRecord, new_id
 
 __all__ = ["AgentTurn", "TurnIO", "TurnSettings"]
 
@@ -33,10 +32,6 @@ logger = logging.getLogger("chucky.server.agent")
 
 # Room left for the envelope when a tool-result echo is truncated to fit one frame.
 _ECHO_BUDGET = MAX_SERVER_FRAME_BYTES - 64 * 1024
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class TurnIO(Protocol):
@@ -111,7 +106,7 @@ class AgentTurn:
         return {
             "type": "system",
             "subtype": "init",
-            "uuid": _uuid(),
+            "uuid": new_id(),
             "session_id": self.session.session_id,
             "cwd": self.settings.cwd,
             "tools": self.catalog.names,
@@ -131,7 +126,7 @@ class AgentTurn:
                 structured = None
         return ResultMessage(
             subtype=subtype,
-            uuid=_uuid(),
+            uuid=new_id(),
             session_id=self.session.session_id,
             is_error=not success,
             num_turns=self.num_turns,
@@ -204,7 +199,7 @@ class AgentTurn:
                     await send(
                         {
                             "type": "stream_event",
-                            "uuid": _uuid(),
+                            "uuid": new_id(),
                             "session_id": session_id,
                             "parent_tool_use_id": None,
                             "event": event,
@@ -217,7 +212,7 @@ class AgentTurn:
         self.num_turns += 1
         self.stop_reason = accumulator.stop_reason
         content = accumulator.content
-        message_uuid = _uuid()
+        message_uuid = new_id()
         session.append("assistant", content, message_uuid)
         self.final_text = accumulator.text
         await send(
@@ -260,7 +255,7 @@ class AgentTurn:
             await asyncio.gather(*calls, return_exceptions=True)
             raise
         blocks = _result_blocks(tool_uses, results)
-        message_uuid = _uuid()
+        message_uuid = new_id()
         self.session.append("user", blocks, message_uuid)
         await self.io.send(
             {

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from ..protocol.server import (
 from ..tokens import TokenClaims
 from .agent import AgentTurn, TurnSettings
 from .catalog import ClientTool, ToolCatalog
-from .store import SessionRecord
+from .store import SessionRecord, new_id
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
@@ -370,7 +369,7 @@ class Connection:
                         "type": "system",
                         "subtype": "status",
                         "status": "running",
-                        "uuid": str(uuid.uuid4()),
+                        "uuid": new_id(),
                         "session_id": self.session.session_id,
                     }
                 )

@@ -13,10 +13,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MemoryStore", "SessionRecord", "SessionStore", "new_session_id"]
+__all__ = ["MemoryStore", "SessionRecord", "SessionStore", "new_id"]
 
 
-def new_session_id() -> str:
+def new_id() -> str:
+    """A new session or message id (a UUID4 string, as the official SDKs use)."""
     return str(uuid.uuid4())
 
 
@@ -39,14 +40,19 @@ class SessionRecord:
     spent_microdollars: int = 0
     # The transcript as providers take it, kept alongside so a model call does not copy the
     # whole history (every call of a long session used to).
-    _model_view: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _model_view: list[dict[str, Any]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        self._rebuild_view()
+
+    def _rebuild_view(self) -> None:
         self._model_view = [{"role": m["role"], "content": m["content"]} for m in self.transcript]
 
     def append(self, role: str, content: Any, message_uuid: str | None = None) -> str:
         """Add a message; returns its uuid."""
-        message_uuid = message_uuid or new_session_id()
+        message_uuid = message_uuid or new_id()
         self.transcript.append({"uuid": message_uuid, "role": role, "content": content})
         self._model_view.append({"role": role, "content": content})
         return message_uuid
@@ -54,7 +60,7 @@ class SessionRecord:
     def replace_transcript(self, transcript: list[dict[str, Any]]) -> None:
         """Set the whole transcript (resume at a message, fork)."""
         self.transcript = transcript
-        self.__post_init__()
+        self._rebuild_view()
 
     def model_messages(self) -> list[dict[str, Any]]:
         """The transcript as a provider takes it (``role`` and ``content`` only).
@@ -98,7 +104,7 @@ class MemoryStore(SessionStore):
         self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
 
     async def create(self, project_id: str, user_id: str, model: str, now: float) -> SessionRecord:
-        record = SessionRecord(new_session_id(), project_id, user_id, model, now, now)
+        record = SessionRecord(new_id(), project_id, user_id, model, now, now)
         self._sessions[record.session_id] = record
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
