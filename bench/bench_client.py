@@ -147,6 +147,22 @@ async def raw_turn(ws: RawSocket, turn: str) -> int:
             raise RuntimeError(frame)
 
 
+async def record_stream_turn(url: str, token: str) -> list[str]:
+    """The frames of one ``stream`` turn from a real server, as sent (to replay them)."""
+    ws = await raw_open(url, token, init_frame(includePartialMessages=True))
+    await raw_turn(ws, ECHO_HI)  # the session_info and first-turn frames go by
+    await ws.send(STREAM)
+    frames: list[str] = []
+    while True:
+        text = await ws.recv()
+        assert isinstance(text, str)
+        frames.append(text)
+        if json.loads(text)["type"] == "result":
+            break
+    await ws.close()
+    return frames
+
+
 async def raw_turn_nodecode(ws: RawSocket, turn: str, result_prefix: str) -> int:
     """Like :func:`raw_turn` for a streaming turn, without decoding: the end is spotted by the
     ``result`` frame's prefix."""
@@ -475,17 +491,7 @@ class Bench:
 
     async def record_stream_turn(self) -> list[str]:
         """The frames of one ``stream`` turn from the real server, to replay."""
-        ws = await raw_open(self.server.url, self.token, init_frame(includePartialMessages=True))
-        await raw_turn(ws, ECHO_HI)  # the session_info and first-turn frames go by
-        await ws.send(STREAM)
-        frames: list[str] = []
-        while True:
-            text = await ws.recv()
-            assert isinstance(text, str)
-            frames.append(text)
-            if json.loads(text)["type"] == "result":
-                break
-        await ws.close()
+        frames = await record_stream_turn(self.server.url, self.token)
         self.result_prefix = frames[-1][: frames[-1].index('"result"') + len('"result"')]
         assert not any(f.startswith(self.result_prefix) for f in frames[:-1])
         self.frames_per_stream_turn = len(frames)

@@ -27,35 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from _harness import bench_token, chucky_server, raw_server
-from bench_client import ECHO_HI, STREAM_N, get_time, init_frame, our_turn, raw_open
+from bench_client import get_time, our_turn, record_stream_turn
 
 from chucky import Chucky
-
-
-async def record(url: str, token: str) -> list[str]:
-    ws = await raw_open(url, token, init_frame(includePartialMessages=True))
-    await ws.send(ECHO_HI)
-    while json.loads(await ws.recv())["type"] != "result":
-        pass
-    await ws.send(
-        json.dumps(
-            {
-                "type": "user",
-                "session_id": "",
-                "message": {"role": "user", "content": f"stream {STREAM_N}"},
-                "parent_tool_use_id": None,
-            }
-        )
-    )
-    frames: list[str] = []
-    while True:
-        text = await ws.recv()
-        assert isinstance(text, str)
-        frames.append(text)
-        if json.loads(text)["type"] == "result":
-            break
-    await ws.close()
-    return frames
 
 
 async def loop(args: argparse.Namespace, profiler: cProfile.Profile | None) -> float:
@@ -63,7 +37,7 @@ async def loop(args: argparse.Namespace, profiler: cProfile.Profile | None) -> f
     deadline_s = args.seconds
     async with chucky_server() as server:
         if args.what == "stream":
-            frames = await record(server.url, token)
+            frames = await record_stream_turn(server.url, token)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "turn.json"
                 path.write_text(json.dumps(frames), encoding="utf-8")
