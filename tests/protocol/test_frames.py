@@ -8,6 +8,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.strategies import (
+    CLIENT_TYPES,
+    SERVER_TYPES,
+    fields,
+    frame_like,
+    leaves,
+    shaped,
+)
 
 from chucky.errors import SessionNotFoundError, ValidationError
 from chucky.messages import (
@@ -965,37 +973,6 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-CLIENT_TYPES = ["init", "user", "prompt", "sdk_message", "tool_result", "control", "ping"]
-SERVER_TYPES = ["system", "assistant", "stream_event", "result", "error", "pong", "tool_call"]
-BLOCK_TYPES = ["text", "image", "document", "tool_use", "tool_result", "thinking", "base64"]
-# Field names of every frame, message and block, so that generated dicts look like frames.
-FIELD_NAMES = [
-    *("type", "payload", "message", "content", "role", "options", "model", "maxTurns"),
-    *("callId", "toolName", "input", "result", "isError", "action", "timestamp", "text"),
-    *("source", "media_type", "data", "url", "mcpServers", "tools", "inputSchema", "required"),
-    *("event", "delta", "usage", "num_turns", "duration_ms", "output_tokens", "session_id"),
-    *("subtype", "id", "name", "tool_use_id", "systemPrompt", "sessionId", "continue"),
-]
-# Leaves include what json.loads accepts beyond JSON (NaN, Infinity, huge numbers), numbers
-# as strings, and unhashable values where a ``type`` is expected.
-leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=6)
-    | st.sampled_from(["3", "2.5", "inf", "nan", "1e999", "-1"])
-    | st.sampled_from(CLIENT_TYPES + SERVER_TYPES + BLOCK_TYPES + ["user_message", "url"])
-)
-
-
-def shaped(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.dictionaries(st.sampled_from(FIELD_NAMES), children, max_size=5)
-
-
-frame_like = st.recursive(
-    leaves, lambda children: st.lists(children, max_size=3) | shaped(children), max_leaves=25
-)
 
 
 def frames_of(types: list[str]) -> st.SearchStrategy[dict[str, Any]]:
@@ -1006,10 +983,6 @@ def frames_of(types: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 def frame(kind: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Frames of one ``kind`` whose (optional) fields hold arbitrary leaves."""
     return st.fixed_dictionaries({"type": st.just(kind)}, optional=fields)
-
-
-def fields(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.fixed_dictionaries({}, optional=fields)
 
 
 blocks = st.lists(fields(type=leaves | frame_like, text=leaves, source=frame_like), max_size=3)

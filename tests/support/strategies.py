@@ -7,28 +7,47 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["FIELD_NAMES", "TYPES", "fields", "frame_like", "frames", "leaves", "shape", "shaped"]
+__all__ = [
+    "BLOCK_TYPES",
+    "CLIENT_TYPES",
+    "FIELD_NAMES",
+    "SERVER_TYPES",
+    "TYPES",
+    "fields",
+    "frame_like",
+    "frames",
+    "leaves",
+    "shape",
+    "shaped",
+]
 
+CLIENT_TYPES = ["init", "user", "prompt", "sdk_message", "tool_result", "control", "ping"]
+SERVER_TYPES = ["system", "assistant", "stream_event", "result", "error", "pong", "tool_call"]
+BLOCK_TYPES = ["text", "image", "document", "tool_use", "tool_result", "thinking", "base64"]
+# Field names of every frame, message and block, so that generated dicts look like frames.
 FIELD_NAMES = [
     *("type", "payload", "message", "content", "role", "options", "model", "maxTurns"),
     *("callId", "toolName", "input", "result", "isError", "action", "timestamp", "text"),
-    *("source", "media_type", "data", "session_id", "sessionId", "subtype", "num_turns"),
-    *("usage", "output_tokens", "event", "delta", "details", "reason", "code", "tools"),
+    *("source", "media_type", "data", "url", "mcpServers", "tools", "inputSchema", "required"),
+    *("event", "delta", "usage", "num_turns", "duration_ms", "output_tokens", "session_id"),
+    *("subtype", "id", "name", "tool_use_id", "systemPrompt", "sessionId", "continue"),
+    *("details", "reason", "code"),
 ]
 TYPES = [
-    *("init", "user", "prompt", "sdk_message", "tool_result", "control", "ping", "pong"),
-    *("system", "assistant", "stream_event", "result", "error", "tool_call", "text", "image"),
-    *("ready", "close", "end_input", "interrupt", "session_info", "user_message", "init"),
+    *CLIENT_TYPES,
+    *SERVER_TYPES,
+    *BLOCK_TYPES,
+    *("ready", "close", "end_input", "interrupt", "session_info", "user_message", "url"),
 ]
-# Leaves include what json.loads accepts beyond JSON (NaN, Infinity), numbers as strings, and
-# (through the recursion) unhashable values where a ``type`` is expected.
+# Leaves include what json.loads accepts beyond JSON (NaN, Infinity, huge numbers), numbers as
+# strings, and (through the recursion) unhashable values where a ``type`` is expected.
 leaves = (
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats()
     | st.text(max_size=6)
-    | st.sampled_from(["3", "2.5", "inf", "1e999", "c1", "c2"])
+    | st.sampled_from(["3", "2.5", "inf", "nan", "1e999", "-1", "c1", "c2"])
     | st.sampled_from(TYPES)
 )
 
