@@ -1,26 +1,46 @@
 """The ``chucky`` command.
 
-* ``chucky serve [--host H] [--port P] [--project ID:SECRET]...`` runs a server; the first line
-  it prints is ``chucky serve listening on ws://HOST:PORT/ws``.
-* ``chucky token --project ID --user USER --secret S [--ai-dollars 1] ...`` prints a token.
+* ``chucky serve [--host H] [--port P] [--db URL] [--project ID:SECRET]...`` runs a server; the
+  first line it prints is ``chucky serve listening on ws://HOST:PORT/ws``, the second the
+  database. SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
+* ``chucky project create --name NAME`` / ``list`` / ``rotate ID`` / ``revoke ID
+  --secret-prefix P`` manage the projects in the database.
+* ``chucky token --project ID --user USER [--secret S] [--ai-dollars 1] ...`` prints a token
+  (the secret is read from the database unless given).
 * ``chucky prompt --url URL --token T "message"`` runs one turn and prints the result.
+
+Every command that uses the database takes ``--db URL`` (also ``CHUCKY_DB``); without it, a
+SQLite file in the user's data directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
+import secrets
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from . import __version__
 from .errors import ChuckyError
 
+if TYPE_CHECKING:
+    from .server.store import Store
+
+T = TypeVar("T")
+
 __all__ = ["main"]
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    from .server.sql import default_database_url
+
+    return str(args.db or os.environ.get("CHUCKY_DB") or default_database_url())
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,17 +56,61 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         projects=projects,
         tool_timeout=args.tool_timeout,
+        database_url=_database_url(args),
+        max_sessions_per_user=args.max_sessions_per_user,
+        max_sessions_per_project=args.max_sessions_per_project,
+        turns_per_minute=args.turns_per_minute,
+        lease_ttl=args.lease_ttl,
+        shutdown_grace=args.shutdown_grace,
     )
-    if not config.projects:
-        print(
-            "chucky serve: no project configured; every token will be refused. "
-            "Pass --project ID:SECRET or set CHUCKY_PROJECTS.",
-            file=sys.stderr,
-            flush=True,
-        )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_server(config))
+    asyncio.run(run_server(config))
     return 0
+
+
+async def _with_store(args: argparse.Namespace, action: Callable[[Store], Awaitable[T]]) -> T:
+    from .server.sql import SqlStore
+
+    store = SqlStore(_database_url(args))
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.aclose()
+
+
+def _new_secret() -> str:
+    return f"hk_live_{secrets.token_hex(16)}"
+
+
+def _project(args: argparse.Namespace) -> int:
+    async def create(store: Store) -> int:
+        secret = _new_secret()
+        project = await store.create_project(args.name, secret, time.time(), project_id=args.id)
+        print(f"project {project.project_id}")
+        print(f"secret  {secret}")
+        return 0
+
+    async def list_(store: Store) -> int:
+        for project in await store.list_projects():
+            hints = ", ".join(f"{secret[:12]}..." for secret in project.secrets)
+            count = len(project.secrets)
+            print(f"{project.project_id}\t{project.name}\t{count} secret(s): {hints}")
+        return 0
+
+    async def rotate(store: Store) -> int:
+        secret = _new_secret()
+        await store.add_secret(args.id, secret, time.time())
+        print(f"secret  {secret}")
+        print("the old secrets work until revoked: chucky project revoke ID --secret-prefix P")
+        return 0
+
+    async def revoke(store: Store) -> int:
+        count = await store.revoke_secrets(args.id, args.secret_prefix, time.time())
+        print(f"revoked {count} secret(s)")
+        return 0 if count else 1
+
+    actions = {"create": create, "list": list_, "rotate": rotate, "revoke": revoke}
+    return asyncio.run(_with_store(args, actions[args.action]))
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -54,11 +118,26 @@ def _token(args: argparse.Namespace) -> int:
 
     secret = args.secret or os.environ.get("CHUCKY_SECRET")
     if not secret:
-        print("chucky token: --secret (or CHUCKY_SECRET) is required", file=sys.stderr)
+        try:
+            secret = asyncio.run(_with_store(args, lambda store: _stored_secret(store, args)))
+        except ImportError:  # pragma: no cover - the server extra is missing
+            secret = None
+    if not secret:
+        print(
+            f"chucky token: no secret for project {args.project!r}: pass --secret (or "
+            "CHUCKY_SECRET), or create the project with chucky project create",
+            file=sys.stderr,
+        )
         return 2
     budget = create_budget(args.ai_dollars, args.compute_hours, args.window)
     print(create_token(args.user, args.project, secret, budget, expires_in=args.expires_in))
     return 0
+
+
+async def _stored_secret(store: Store, args: argparse.Namespace) -> str | None:
+    project = await store.get_project(args.project)
+    # The newest secret: after a rotation, new tokens use the new key.
+    return project.secrets[-1] if project is not None and project.secrets else None
 
 
 async def _prompt(args: argparse.Namespace) -> int:
@@ -104,12 +183,48 @@ def _parser() -> argparse.ArgumentParser:
         help="a project and its token secret (repeatable; also CHUCKY_PROJECTS)",
     )
     serve.add_argument("--tool-timeout", type=float, default=120.0, metavar="SECONDS")
+    _db_option(serve)
+    serve.add_argument("--max-sessions-per-user", type=int, metavar="N")
+    serve.add_argument("--max-sessions-per-project", type=int, metavar="N")
+    serve.add_argument("--turns-per-minute", type=int, metavar="N", help="per user")
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a crashed node's sessions and reservations stay held",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running turns may take to finish",
+    )
     serve.set_defaults(run=_serve)
+
+    project = commands.add_parser("project", help="manage projects and their secrets")
+    actions = project.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a project; prints its id and secret")
+    create.add_argument("--name", required=True)
+    create.add_argument("--id", help="the project id (generated if omitted)")
+    actions.add_parser("list", help="list the projects")
+    rotate = actions.add_parser("rotate", help="add a secret; the old ones keep working")
+    rotate.add_argument("id")
+    revoke = actions.add_parser("revoke", help="revoke the secrets starting with a prefix")
+    revoke.add_argument("id")
+    revoke.add_argument("--secret-prefix", required=True)
+    for parser_ in (create, rotate, revoke, actions.choices["list"]):
+        _db_option(parser_)
+    project.set_defaults(run=_project)
 
     token = commands.add_parser("token", help="mint an end-user token")
     token.add_argument("--project", required=True)
     token.add_argument("--user", required=True)
-    token.add_argument("--secret", help="the project secret (or CHUCKY_SECRET)")
+    token.add_argument(
+        "--secret", help="the project secret (or CHUCKY_SECRET; else read from the database)"
+    )
+    _db_option(token)
     token.add_argument("--ai-dollars", type=float, default=1.0)
     token.add_argument("--compute-hours", type=float, default=1.0)
     token.add_argument(
@@ -125,6 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("--model", default="claude-sonnet-4-5-20250929")
     prompt.set_defaults(run=lambda args: asyncio.run(_prompt(args)))
     return parser
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB "
+        "(also CHUCKY_DB; default: a SQLite file in the user data directory)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

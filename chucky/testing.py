@@ -19,7 +19,8 @@ provides the ``chucky_server`` and ``chucky_client`` fixtures. Needs the ``serve
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,10 +52,26 @@ class ScriptedServer:
         compute_hours: float = 10.0,
         window: str = "day",
         expires_in: int = 3600,
+        window_start: str | None = None,
+        permissions: Mapping[str, Any] | None = None,
+        sdk_config: Mapping[str, Any] | None = None,
     ) -> str:
-        """A valid token for this server's project."""
-        budget = create_budget(ai_dollars, compute_hours, window)
-        return create_token(user_id, self.project_id, self.secret, budget, expires_in=expires_in)
+        """A valid token for this server's project (``expires_in`` may be negative)."""
+        budget = create_budget(ai_dollars, compute_hours, window, window_start)
+        return create_token(
+            user_id,
+            self.project_id,
+            self.secret,
+            budget,
+            expires_in=expires_in,
+            permissions=permissions,
+            sdk_config=sdk_config,
+        )
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP routes (``http://127.0.0.1:PORT``)."""
+        return self.server.http_url
 
     def client(self, user_id: str = "test-user", **options: Any) -> Chucky:
         """A :class:`Chucky` client for this server (keyword options as for ``Chucky``)."""
@@ -67,15 +84,21 @@ async def scripted_server(
 ) -> AsyncIterator[ScriptedServer]:
     """Run a scripted-model server on ``127.0.0.1`` with a free port for the ``with`` block.
 
+    Its state lives in a fresh SQLite file in a temporary directory, removed afterwards, unless
+    ``database_url`` is given (not ``None``).
+
     Args:
         project_id: The project whose tokens are accepted.
         secret: Its secret (random by default).
         **config: :class:`~chucky.server.config.ServerConfig` fields (``tool_timeout`` ...).
     """
     secret = secret or f"hk_live_{secrets.token_hex(16)}"
-    settings = ServerConfig(host="127.0.0.1", port=0, projects={project_id: [secret]}, **config)
-    async with ChuckyServer(settings) as server:
-        yield ScriptedServer(server, project_id, secret)
+    with tempfile.TemporaryDirectory(prefix="chucky-test-") as directory:
+        if config.get("database_url") is None:
+            config["database_url"] = f"sqlite+aiosqlite:///{directory}/chucky.db"
+        settings = ServerConfig(host="127.0.0.1", port=0, projects={project_id: [secret]}, **config)
+        async with ChuckyServer(settings) as server:
+            yield ScriptedServer(server, project_id, secret)
 
 
 try:  # pytest fixtures, when pytest-asyncio is available

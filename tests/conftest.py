@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The public test kit's fixtures (chucky_server, chucky_client), registered the way its
 # docstring tells users to; it must not be imported before this line is processed.
-pytest_plugins = ["chucky.testing"]
+pytest_plugins = ["chucky.testing", "support.postgres"]
 
 
 @pytest.fixture(scope="session")

@@ -5,23 +5,32 @@ provider, forwards the raw events as ``stream_event`` frames when the session as
 messages, folds them into the ``assistant`` message, runs the tool calls through the client, and
 repeats until the model stops, ``maxTurns`` or ``maxBudgetUsd``. Then it emits the ``result``
 (PROTOCOL.md section 4: exactly one per turn, always last, integer counters).
+
+Every model call is paid for in advance (:mod:`chucky.server.budget`): its worst case is
+reserved in the ledger, its ``max_tokens`` lowered to what the user's window budget and the
+session's ``maxBudgetUsd`` can pay for, and its actual cost settled after it. The first call is
+reserved before anything is sent, so a user with nothing left gets ``BUDGET_EXCEEDED`` and the
+turn does not run; a later call that cannot be paid for ends the turn with
+``error_max_budget_usd``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..messages import ResultMessage, Usage
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
+from .budget import CallGrant, UserBudget
 from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
-from .pricing import cost_microdollars, microdollars_to_usd
+from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
 from .routing import Route
 from .store import SessionRecord, new_id
@@ -42,6 +51,12 @@ class TurnIO(Protocol):
 
     async def call_tool(self, tool: ClientTool, call_id: str, arguments: Any) -> ToolResultPayload:
         """Have the client run ``tool``; always returns a result (errors included)."""
+
+    async def checkpoint(self) -> None:
+        """Persist the session's new messages."""
+
+    async def turn_ending(self) -> None:
+        """The ``result`` is about to be sent: persist, and settle the turn's compute."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +93,9 @@ class AgentTurn:
         catalog: ToolCatalog,
         route: Route,
         io: TurnIO,
+        budget: UserBudget,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
         self.content = content
@@ -86,7 +103,9 @@ class AgentTurn:
         self.catalog = catalog
         self.route = route
         self.io = io
+        self.budget = budget
         self._clock = clock
+        self._wall_clock = wall_clock
         self.started = clock()
         self.api_seconds = 0.0
         self.num_turns = 0
@@ -146,47 +165,74 @@ class AgentTurn:
         """Run the turn to its ``result`` (which is sent, and returned).
 
         Raises:
+            BudgetExceededError: the user's window budget cannot pay for the first call;
+                nothing was sent and the transcript is unchanged.
             ProviderError: the model failed; the caller reports it as an ``error`` frame.
             asyncio.CancelledError: the turn was interrupted or the socket went away.
         """
         settings = self.settings
         session = self.session
+        grant: CallGrant | str = "max_turns"
+        if settings.max_turns > 0:
+            user_message = {"role": "user", "content": self.content}
+            grant = await self._reserve(self._request([*session.model_messages(), user_message]))
+            if grant == "window":
+                raise await self.budget.exceeded_now("ai", self._wall_clock())
         await self.io.send(self._system_init())
         session.append("user", self.content)
+        await self.io.checkpoint()
         while True:
-            if self._over_budget():
-                return await self._finish("error_max_budget_usd", ["max budget reached"])
             if self.num_turns >= settings.max_turns:
                 return await self._finish("error_max_turns", ["max turns reached"])
-            message = await self._call_model()
+            if not isinstance(grant, CallGrant):
+                return await self._finish("error_max_budget_usd", ["max budget reached"])
+            message = await self._call_model(self._request(session.model_messages()), grant)
             tool_uses = [b for b in message if b.get("type") == "tool_use"]
             if not tool_uses:
                 return await self._finish("success")
             await self._run_tools(tool_uses)
+            await self.io.checkpoint()
+            if self.num_turns < settings.max_turns:
+                grant = await self._reserve(self._request(session.model_messages()))
 
     async def _finish(self, subtype: str, errors: list[str] | None = None) -> ResultMessage:
+        # Stored and settled before the client hears of it: a client that reconnects (or asks
+        # for its usage) at once finds it.
+        await self.io.turn_ending()
         result = self.result(subtype, errors=errors)
         await self.io.send(result.to_wire())
         return result
 
-    def _over_budget(self) -> bool:
-        cap = self.settings.max_budget_usd
-        if cap is None:
-            return False
-        # A float comparison: a huge cap (1e303 USD) must not overflow an int conversion.
-        return self.session.spent_microdollars >= cap * 1_000_000
-
-    async def _call_model(self) -> list[dict[str, Any]]:
+    def _request(self, messages: list[dict[str, Any]]) -> ModelRequest:
         settings = self.settings
-        session = self.session
-        request = ModelRequest(
+        return ModelRequest(
             model=self.route.model,
             system=settings.system_prompt,
-            messages=session.model_messages(),
+            messages=messages,
             tools=self.catalog.specs,
             max_tokens=settings.max_tokens,
             params=settings.params,
         )
+
+    async def _reserve(self, request: ModelRequest) -> CallGrant | Literal["session", "window"]:
+        """Reserve the call's worst case, or say which budget refuses it."""
+        room: int | None = None
+        cap = self.settings.max_budget_usd
+        if cap is not None and cap < 1e12:  # larger caps cannot bind (and would not convert)
+            room = max(0, usd_to_microdollars(cap) - self.session.spent_microdollars)
+        return await self.budget.reserve_call(
+            input_tokens=self.route.provider.estimate_input_tokens(request),
+            max_tokens=request.max_tokens,
+            price=self.route.price,
+            session_room=room,
+            now=self._wall_clock(),
+        )
+
+    async def _call_model(self, request: ModelRequest, grant: CallGrant) -> list[dict[str, Any]]:
+        settings = self.settings
+        session = self.session
+        if grant.max_tokens != request.max_tokens:
+            request = dataclasses.replace(request, max_tokens=grant.max_tokens)
         accumulator = MessageAccumulator()
         partial = settings.include_partial_messages
         send = self.io.send
@@ -207,8 +253,9 @@ class AgentTurn:
                     )
         finally:
             self.api_seconds += self._clock() - started
-            # A call that failed part-way still used tokens; charge what was reported.
-            self._charge(accumulator.usage)
+            # A call that failed part-way still used tokens: charge what was reported, and
+            # release the rest of the reservation.
+            await self._charge(grant, accumulator.usage)
         self.num_turns += 1
         self.stop_reason = accumulator.stop_reason
         content = accumulator.content
@@ -233,9 +280,9 @@ class AgentTurn:
         )
         return content
 
-    def _charge(self, usage: Mapping[str, int]) -> None:
+    async def _charge(self, grant: CallGrant, usage: Mapping[str, int]) -> None:
         _add_usage(self.usage, usage)
-        cost = cost_microdollars(usage, self.route.price)
+        cost = await self.budget.settle_call(grant, usage, self.route.price, self._wall_clock())
         self.cost_microdollars += cost
         self.session.spent_microdollars += cost
 

@@ -13,31 +13,42 @@ import asyncio
 import http
 import json
 import logging
+import os
+import secrets
+import signal
+import socket
+import time
 from types import TracebackType
 from urllib.parse import urlsplit
 
 import websockets.http11
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import __version__
 from .._redact import redact, redacting_logger
-from ..errors import ChuckyError, InvalidStateError, SessionError
+from ..errors import ChuckyError, InvalidStateError
 from ..protocol.server import ServerProtocol
+from ..tokens import TokenClaims
 from .auth import authenticate, extract_token
+from .budget import BudgetSettings
 from .config import ServerConfig
-from .connection import CLOSE_POLICY, Connection
+from .connection import CLOSE_POLICY, Connection, FrameSocket
+from .http import HttpExchanges, serve_http_and_ws
+from .metrics import ServerMetrics
 from .providers.scripted import ScriptedProvider
+from .routes import Routes
 from .routing import ModelRouter
-from .store import MemoryStore, SessionStore
+from .store import Store
 
 __all__ = ["ChuckyServer"]
 
 logger = logging.getLogger("chucky.server")
 
 WS_PATHS = frozenset({"/ws", "/ws/"})
+SECRET_CACHE_SECONDS = 5.0
 
 # PROTOCOL.md section 1: URLs of at least 16 KiB (a token may carry a long system prompt).
 # websockets reads this module constant at parse time; raise it, never lower it.
@@ -50,9 +61,11 @@ class ChuckyServer:
     """A Chucky-compatible server.
 
     Args:
-        config: Listening address, projects and limits.
+        config: Listening address, projects, limits and the database.
         router: Model routing; by default every model is served by the scripted provider.
-        store: Session storage; by default in memory.
+        store: The state store; by default a :class:`~chucky.server.sql.SqlStore` on
+            ``config.database_url`` (a SQLite file in the user's data directory if unset).
+            The server opens it at :meth:`start` and closes it at :meth:`close`.
     """
 
     def __init__(
@@ -60,31 +73,53 @@ class ChuckyServer:
         config: ServerConfig | None = None,
         *,
         router: ModelRouter | None = None,
-        store: SessionStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.router = router or ModelRouter(ScriptedProvider())
-        self.store = store or MemoryStore(max_sessions=self.config.max_sessions)
+        if store is None:
+            from .sql import SqlStore, default_database_url
+
+            store = SqlStore(self.config.database_url or default_database_url())
+        self.store = store
+        self.metrics = ServerMetrics()
+        self.node_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.budget_settings = BudgetSettings(
+            min_output_tokens=self.config.min_output_tokens,
+            compute_grant=self.config.compute_grant,
+            reservation_ttl=self.config.lease_ttl,
+        )
         self._server: Server | None = None
-        self._active: dict[str, Connection] = {}
+        self._http = HttpExchanges()
         self._connections: set[Connection] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._secrets: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening.
+        """Open the store, then start listening.
 
         Raises:
             InvalidStateError: the server was already started.
+            StoreError: the database cannot be used.
             OSError: the address is in use or not available.
         """
         if self._server is not None:
             raise InvalidStateError("server already started")
         config = self.config
-        self._server = await serve(
+        await self.store.open()
+        now = time.time()
+        for project_id, project_secrets in config.projects.items():
+            await self.store.upsert_project(project_id, list(project_secrets), now)
+        await self.store.recover(now)
+        self._server = await serve_http_and_ws(
             self._handle,
+            Routes(self),
             config.host,
             config.port,
+            exchanges=self._http,
             process_request=self._process_request,
             compression=None,
             max_size=config.max_frame_bytes,
@@ -93,7 +128,8 @@ class ChuckyServer:
             server_header=f"chucky/{__version__}",
             logger=redacting_logger("chucky.server.websockets"),
         )
-        logger.info("listening on %s", self.url)
+        self._heartbeat = asyncio.create_task(self._beat(), name="chucky-heartbeat")
+        logger.info("listening on %s (store %s, node %s)", self.url, self.store.url, self.node_id)
 
     @property
     def port(self) -> int:
@@ -110,20 +146,50 @@ class ChuckyServer:
             host = f"[{host}]"
         return f"ws://{host}:{self.port}/ws"
 
+    @property
+    def http_url(self) -> str:
+        """The base URL of the HTTP routes (``/healthz``, ``/usage``, ``/prompt``, ``/metrics``)."""
+        return self.url.removeprefix("ws").replace("://", "http://", 1).removesuffix("/ws")
+
     async def serve_forever(self) -> None:
         if self._server is None:
             await self.start()
         assert self._server is not None
         await self._server.serve_forever()
 
-    async def close(self) -> None:
-        """Stop listening, close every connection, release the provider and store."""
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop without losing anything (issue: graceful shutdown).
+
+        Stop accepting; let running turns finish within ``grace`` seconds (default
+        ``config.shutdown_grace``); interrupt the rest, which still end with their ``result``;
+        refuse queued turns with an ``error`` frame; close every socket with 1001; settle the
+        ledger and release the leases (each connection does as it ends); close the store.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        grace = self.config.shutdown_grace if grace is None else grace
         server, self._server = self._server, None
+        if server is not None:
+            server.close(close_connections=False)  # the listener only; sockets drain below
+        self._http.close()
+        await asyncio.gather(
+            *(connection.drain(grace) for connection in list(self._connections)),
+            self._http.shutdown(grace + 1.0),  # POST /prompt answers once its turn has ended
+            return_exceptions=True,
+        )
         if server is not None:
             server.close(close_connections=True)
             await server.wait_closed()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.router.aclose()
         await self.store.aclose()
+
+    async def close(self) -> None:
+        """Shut down at once: running turns are interrupted (each still gets its ``result``)."""
+        await self.shutdown(grace=0)
 
     async def __aenter__(self) -> ChuckyServer:
         await self.start()
@@ -137,58 +203,80 @@ class ChuckyServer:
     ) -> None:
         await self.close()
 
-    # -- sessions held by live connections (node-local) ----------------------------------------
+    async def _beat(self) -> None:
+        """Keep this node's leases and reservations alive; recover those of dead nodes."""
+        ttl = self.config.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                now = time.time()
+                await self.store.heartbeat(self.node_id, now, ttl)
+                await self.store.recover(now)
+            except ChuckyError:
+                logger.exception("heartbeat failed")
 
-    def claim_session(self, session_id: str, connection: Connection) -> None:
-        """Mark ``session_id`` as served by ``connection``.
+    def holds_live(self, session_id: str) -> bool:
+        """Whether a socket of this node that is not closing serves ``session_id``."""
+        return any(
+            c.session is not None and c.session.session_id == session_id and not c.closing
+            for c in self._connections
+        )
 
-        Raises:
-            SessionError: another live connection serves it (``session_busy``).
-        """
-        holder = self._active.get(session_id)
-        if holder is not None and holder is not connection:
-            raise SessionError(
-                "Session busy: it is open on another connection",
-                details={"reason": "session_busy"},
-            )
-        self._active[session_id] = connection
+    def releasing(self, claims: TokenClaims) -> bool:
+        """Whether a socket of this node of the same user is closing with a lease still held."""
+        return any(
+            c.closing
+            and c.opened is not None
+            and (c.claims.iss, c.claims.sub) == (claims.iss, claims.sub)
+            for c in self._connections
+        )
 
-    def release_session(self, session_id: str, connection: Connection) -> None:
-        if self._active.get(session_id) is connection:
-            del self._active[session_id]
+    async def secrets_of(self, project_id: str) -> tuple[str, ...]:
+        """The project's active secrets, cached for a few seconds (a revoked secret stops
+        working within ``SECRET_CACHE_SECONDS``)."""
+        now = time.monotonic()
+        cached = self._secrets.get(project_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        project = await self.store.get_project(project_id)
+        found = project.secrets if project is not None else ()
+        if len(self._secrets) > 10_000:
+            self._secrets.clear()
+        self._secrets[project_id] = (now + SECRET_CACHE_SECONDS, found)
+        return found
 
     # -- HTTP and WebSocket --------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """WebSocket upgrades only (plain HTTP goes to :class:`~chucky.server.routes.Routes`)."""
         path = urlsplit(request.path).path
         if path in WS_PATHS:
-            if request.headers.get("Upgrade", "").lower() != "websocket":
-                return _json_response(
-                    http.HTTPStatus.UPGRADE_REQUIRED,
-                    {"error": "this endpoint speaks WebSocket"},
-                )
             return None
-        if path == "/healthz":
-            return _json_response(http.HTTPStatus.OK, {"status": "ok", "version": __version__})
-        return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no route for {path}"})
+        return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no WebSocket at {path[:200]}"})
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
         token = extract_token(request.path, request.headers)
         try:
-            claims = authenticate(token, self.config.projects)
+            claims = await authenticate(token, self.secrets_of)
         except ChuckyError as exc:
             # Section 1: accept the upgrade, send one error frame, close with 1008.
             logger.info("rejected connection to %s: %s", redact(request.path), redact(exc.message))
+            self.metrics.error_sent(exc.code or "INTERNAL_ERROR")
             try:
                 await ws.send(ServerProtocol.error(exc))
                 await ws.close(CLOSE_POLICY, "unauthorized")
             except ConnectionClosed:
                 pass
             return
-        connection = Connection(self, ws, claims)
+        await self.run_connection(ws, claims)
+
+    async def run_connection(self, socket: FrameSocket, claims: TokenClaims) -> None:
+        """Serve one authenticated socket (a WebSocket, or a ``POST /prompt``) to its end."""
+        connection = Connection(self, socket, claims)
         self._connections.add(connection)
+        self.metrics.connection_opened()
         try:
             await connection.run()
         except ConnectionClosed:
@@ -198,6 +286,7 @@ class ChuckyServer:
             raise
         finally:
             self._connections.discard(connection)
+            self.metrics.connection_closed()
 
 
 def _json_response(status: http.HTTPStatus, body: object) -> Response:
@@ -213,14 +302,23 @@ def _json_response(status: http.HTTPStatus, body: object) -> Response:
 
 
 async def run_server(config: ServerConfig, *, announce: bool = True) -> None:
-    """Run a server until cancelled; print the listening URL first when ``announce``."""
+    """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
+
+    When ``announce``, the first line printed is the listening URL, the second the database.
+    """
     server = ChuckyServer(config)
     await server.start()
     if announce:
         print(f"chucky serve listening on {server.url}", flush=True)
+        print(f"chucky serve database {server.store.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await server.serve_forever()
-    except asyncio.CancelledError:
-        pass
+        await stop.wait()
+        logger.info("shutting down (grace %g s)", config.shutdown_grace)
     finally:
-        await server.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await server.shutdown()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import AuthenticationError, ChuckyError
-from ..tokens import TokenClaims, decode_token, verify_claims
+from ..tokens import CLOCK_SKEW_SECONDS, TokenClaims, decode_token, verify_claims
+from ..windows import parse_window_start
 
-__all__ = ["authenticate", "extract_token"]
+__all__ = ["SecretLookup", "authenticate", "extract_token"]
 
 logger = logging.getLogger("chucky.server.auth")
 
@@ -26,14 +28,19 @@ def extract_token(path: str, headers: Mapping[str, str] | None) -> str | None:
     return values[0] if values and values[0] else None
 
 
-def authenticate(
-    token: str | None, projects: Mapping[str, Sequence[str]], *, now: float | None = None
+SecretLookup = Callable[[str], Awaitable[Sequence[str]]]
+"""Gives the active secrets of a project id (empty for an unknown project)."""
+
+
+async def authenticate(
+    token: str | None, secrets_of: SecretLookup, *, now: float | None = None
 ) -> TokenClaims:
     """Verify ``token`` against the secrets of the project it names.
 
     Raises:
         AuthenticationError: no token, a malformed or badly signed token (``invalid_token``),
-            an expired one (``token_expired``), or an unknown project (``unknown_project``).
+            an expired one (``token_expired``), an unknown project (``unknown_project``), or a
+            budget whose ``windowStart`` is still in the future (``invalid_token``).
     """
     if not token:
         raise AuthenticationError(
@@ -50,15 +57,30 @@ def authenticate(
         raise AuthenticationError(
             "Unauthorized: invalid token (no iss claim)", details={"reason": "invalid_token"}
         )
-    secrets = projects.get(issuer)
+    secrets = await secrets_of(issuer)
     if not secrets:
         raise AuthenticationError(
-            f"Unauthorized: unknown project {issuer!r}", details={"reason": "unknown_project"}
+            f"Unauthorized: unknown project {issuer[:200]!r}", details={"reason": "unknown_project"}
         )
     try:
-        return verify_claims(token, list(secrets), now=now)
+        claims = verify_claims(token, list(secrets), now=now)
     except AuthenticationError as exc:
         raise AuthenticationError(
             exc.message if "nauthorized" in exc.message else f"Unauthorized: {exc.message}",
             details=exc.details,
         ) from exc
+    _check_window_start(claims, time.time() if now is None else now)
+    return claims
+
+
+def _check_window_start(claims: TokenClaims, now: float) -> None:
+    """A budget whose first window has not begun is not valid yet (like a JWT ``nbf``)."""
+    start = claims.budget.window_start
+    if start is None:
+        return
+    begins = parse_window_start(start).timestamp()
+    if begins > now + CLOCK_SKEW_SECONDS:
+        raise AuthenticationError(
+            f"Unauthorized: invalid token (budget windowStart {start[:40]} is in the future)",
+            details={"reason": "invalid_token"},
+        )

@@ -114,6 +114,11 @@ class ToolCatalog:
         return matches[0] if len(matches) == 1 else None
 
     @property
+    def tools(self) -> list[ClientTool]:
+        """The offered tools, in the order they are offered."""
+        return list(self._by_full_name.values())
+
+    @property
     def names(self) -> list[str]:
         """Full names, as the ``system`` init message lists them."""
         return list(self._by_full_name)

@@ -60,7 +60,18 @@ class ServerConfig:
         idle_timeout: close a connection after this many seconds with no turn and no frame
             from the client (longer than the 5 minutes between the official clients' pings).
         ping_interval, ping_timeout: WebSocket-level keepalive of each connection.
-        max_sessions: in-memory sessions kept for resumption (least recently used dropped).
+        database_url: the store (SQLAlchemy URL): ``sqlite+aiosqlite:///path`` or
+            ``postgresql+asyncpg://user:password@host/db``; ``None`` is a SQLite file in the
+            user's data directory (:func:`chucky.server.sql.default_database_url`).
+        max_sessions_per_user, max_sessions_per_project: live sessions allowed at once
+            (``CONCURRENCY_LIMIT`` beyond); ``None`` is no limit.
+        turns_per_minute: turns one user may start per minute (``RATE_LIMIT`` beyond).
+        lease_ttl: seconds a concurrency slot or budget reservation of a node that stopped
+            sending heartbeats (it crashed) is kept before it is recovered.
+        min_output_tokens: a model call is made only if the budget pays for its input plus
+            this many output tokens.
+        compute_grant: seconds of compute a running turn sets aside at a time.
+        shutdown_grace: on SIGTERM/SIGINT, seconds running turns get to finish.
     """
 
     host: str = DEFAULT_HOST
@@ -77,7 +88,14 @@ class ServerConfig:
     idle_timeout: float = 900.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 120.0
-    max_sessions: int = 10_000
+    database_url: str | None = None
+    max_sessions_per_user: int | None = None
+    max_sessions_per_project: int | None = None
+    turns_per_minute: int | None = None
+    lease_ttl: float = 30.0
+    min_output_tokens: int = 16
+    compute_grant: float = 60.0
+    shutdown_grace: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
-from ..errors import ChuckyError, SessionError, SessionNotFoundError, ValidationError
+from ..errors import ChuckyError, RateLimitError, SessionError
 from ..options import SessionOptions
 from ..protocol.frames import ToolResultPayload, encode
 from ..protocol.server import (
@@ -39,28 +40,45 @@ from ..protocol.server import (
 )
 from ..tokens import TokenClaims
 from .agent import AgentTurn, TurnSettings
+from .budget import UserBudget
 from .catalog import ClientTool, ToolCatalog
-from .store import SessionRecord, new_id
+from .sessions import OpenSession, open_session
+from .store import Reservation, SessionRecord, new_id
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "FrameSocket"]
 
 logger = logging.getLogger("chucky.server")
 
 CLOSE_POLICY = 1008
 
 
-class Connection:
-    """Serves one authenticated WebSocket until it closes."""
+class FrameSocket(Protocol):
+    """What a connection needs of its socket: a websockets ``ServerConnection``, or the
+    in-process socket of an HTTP ``POST /prompt``."""
 
-    def __init__(self, server: ChuckyServer, ws: ServerConnection, claims: TokenClaims) -> None:
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str | bytes, *, text: bool | None = None) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class Connection:
+    """Serves one authenticated socket until it closes."""
+
+    def __init__(self, server: ChuckyServer, ws: FrameSocket, claims: TokenClaims) -> None:
         self.server = server
         self.config = server.config
         self.ws = ws
         self.claims = claims
+        self.budget = UserBudget(
+            server.store, claims, server.budget_settings, node_id=server.node_id
+        )
         self.proto = ServerProtocol(max_invalid_frames=self.config.max_invalid_frames)
+        self.opened: OpenSession | None = None
         self.session: SessionRecord | None = None
         self.options = SessionOptions()
         self.catalog = ToolCatalog((), ())
@@ -70,13 +88,18 @@ class Connection:
         self._interrupts = 0
         self._last_sent = time.monotonic()
         self._closing = False
+        self._draining = False
+        self._out_of_compute = False
+        self._compute: tuple[list[Reservation], float] | None = None
         self._idle = asyncio.Event()  # set while no turn is running or being reported
         self._idle.set()
 
     @property
     def closing(self) -> bool:
-        """Whether the connection is being closed (no more frames are processed)."""
-        return self._closing
+        """Whether the connection is being closed (no more frames are processed), or its
+        socket already is."""
+        state = getattr(self.ws, "state", State.OPEN)
+        return self._closing or state is not State.OPEN
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -91,6 +114,7 @@ class Connection:
         await self._send_text(encode(frame))
 
     async def _send_error(self, error: ChuckyError) -> None:
+        self.server.metrics.error_sent(error.code or "INTERNAL_ERROR")
         with contextlib.suppress(ConnectionClosed):
             await self._send_text(self.proto.error(error))
 
@@ -106,12 +130,16 @@ class Connection:
         """Send a ``tool_call`` and wait for its ``tool_result`` (or the timeout)."""
         future: asyncio.Future[ToolResultPayload] = asyncio.get_running_loop().create_future()
         self._tool_waiters[call_id] = future
+        metrics = self.server.metrics
         try:
             await self._send_text(self.proto.tool_call(call_id, tool.name, arguments))
             async with asyncio.timeout(self.config.tool_timeout):
-                return await future
+                result = await future
+            metrics.tool_called("error" if result.is_error else "ok")
+            return result
         except TimeoutError:
             logger.info("tool call %s (%s) timed out", call_id, tool.name)
+            metrics.tool_called("timeout")
             return ToolResultPayload(
                 content=[
                     {
@@ -137,13 +165,12 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
+            self._closing = True
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
             for future in self._tool_waiters.values():
                 future.cancel()
-            if self.session is not None:
-                self.server.release_session(self.session.session_id, self)
-                await self.server.store.save(self.session)
+            await self._release()
 
     async def _read_loop(self) -> None:
         idle_timeout = self.config.idle_timeout
@@ -185,6 +212,15 @@ class Connection:
     async def _accept_turn(self, turn: TurnReceived) -> None:
         if self.session is None:
             return  # the session could not be opened; the connection is closing
+        if self._draining:
+            await self._send_error(
+                ChuckyError(
+                    "Session closed: the server is shutting down; the turn did not run",
+                    code="SESSION_ERROR",
+                    details={"reason": "server_shutdown"},
+                )
+            )
+            return
         busy = self._turn is not None or not self._turns.empty()
         if busy and self.config.busy_policy == "reject":
             await self._send_error(
@@ -216,93 +252,47 @@ class Connection:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    async def _open_session(self, options: SessionOptions) -> None:
-        server = self.server
-        project, user = self.claims.iss, self.claims.sub
-        now = time.time()
-        claimed: SessionRecord | None = None
+    async def _open_session(self, requested: SessionOptions) -> None:
         try:
-            catalog = ToolCatalog.from_options(options)
-            record: SessionRecord | None
-            if options.session_id:
-                record = await server.store.get(options.session_id, project, user)
-                if record is None:
-                    raise SessionNotFoundError(
-                        f"Session not found: {options.session_id:.200}",
-                        details={"reason": "session_not_found"},
-                    )
-                if not options.fork_session:
-                    # Claim before cutting: a session live on another socket stays untouched.
-                    server.claim_session(record.session_id, self)
-                    claimed = record
-                record = await self._fork_or_cut(record, options, now)
-            elif options.continue_session:
-                record = await server.store.latest(project, user)
-            else:
-                record = None
-            if record is None:
-                model = options.model or self.config.default_model
-                record = await server.store.create(project, user, model, now)
-            if record is not claimed:
-                server.claim_session(record.session_id, self)
+            opened = await open_session(self.server, self.claims, requested)
         except ChuckyError as exc:
-            if claimed is not None:
-                server.release_session(claimed.session_id, self)
             await self._fail(exc)
             return
-        if options.model:
-            # The session's model is the init's; a prompt's per-turn model never sticks to it.
-            record.model = options.model
-        self.session, self.options, self.catalog = record, options, catalog
-        await self._send_text(
-            self.proto.session_info(
-                {
-                    "sessionId": record.session_id,
-                    "model": record.model,
-                    "tools": catalog.names,
-                    "messageCount": len(record.transcript),
-                    "createdAt": _iso(record.created_at),
-                    "lastActivityAt": _iso(record.last_activity_at),
-                }
-            )
-        )
+        self.opened = opened
+        self.session, self.options, self.catalog = opened.record, opened.options, opened.catalog
+        await self._send_text(self.proto.session_info(opened.info()))
 
-    async def _fork_or_cut(
-        self, record: SessionRecord, options: SessionOptions, now: float
-    ) -> SessionRecord:
-        transcript = record.transcript
-        if options.resume_session_at:
-            cut = next(
-                (i for i, m in enumerate(transcript) if m.get("uuid") == options.resume_session_at),
-                None,
-            )
-            if cut is None:
-                raise ValidationError(
-                    f"Invalid options: resumeSessionAt {options.resume_session_at!r:.200} is not a "
-                    "message of this session",
-                    details={"reason": "invalid_options"},
-                )
-            transcript = transcript[: cut + 1]
-        if options.fork_session:
-            fork = await self.server.store.create(
-                record.project_id, record.user_id, record.model, now
-            )
-            fork.replace_transcript([dict(m) for m in transcript])
-            return fork
-        record.replace_transcript(list(transcript))
-        return record
+    async def _release(self) -> None:
+        opened = self.opened
+        if opened is None:
+            return
+        store = self.server.store
+        try:
+            opened.record.state = "idle"
+            await store.save_session(opened.record)
+        finally:
+            try:
+                await store.release_lease(opened.lease)
+            finally:
+                self.opened = None
 
     # -- turns ---------------------------------------------------------------------------------
 
     def _settings(self, overrides: SessionOptions | None) -> TurnSettings:
-        options = self.options.merged(overrides) if overrides is not None else self.options
-        assert self.session is not None
+        assert self.opened is not None and self.session is not None
+        options = self.options
+        if overrides is not None:
+            # A prompt's per-turn options go through the token's policy like the init's.
+            options = self.opened.policy.apply(
+                options.merged(overrides),
+                default_model=self.session.model or self.config.default_model,
+            )
         model = options.model or self.session.model or self.config.default_model
         output_format = options.output_format
         return TurnSettings(
             model=model,
             system_prompt=options.system_prompt_text(),
-            max_turns=options.max_turns or self.config.max_turns,
+            max_turns=options.max_turns if options.max_turns is not None else self.config.max_turns,
             max_tokens=self.config.max_tokens,
             include_partial_messages=bool(options.include_partial_messages),
             max_budget_usd=options.max_budget_usd,
@@ -322,10 +312,43 @@ class Connection:
                 return
             await self._run_turn(turn)
 
+    async def _admit(self) -> Reservation:
+        """The checks before a turn runs: the rate limit, then the compute budget.
+
+        Raises:
+            RateLimitError: the user started too many turns this minute.
+            BudgetExceededError: no compute left in the window.
+        """
+        config, claims = self.config, self.claims
+        now = time.time()
+        if config.turns_per_minute is not None:
+            decision = await self.server.store.count_turn(
+                claims.iss, claims.sub, now=now, limit=config.turns_per_minute
+            )
+            if not decision.allowed:
+                retry = max(1, math.ceil(decision.retry_after))
+                raise RateLimitError(
+                    f"Rate limit exceeded: {config.turns_per_minute} turns per minute; "
+                    f"retry in {retry} s",
+                    details={
+                        "reason": "rate_limited",
+                        "retryAfter": retry,
+                        "limit": config.turns_per_minute,
+                    },
+                )
+        grant = await self.budget.reserve_compute(now, first=True)
+        assert grant is not None
+        return grant
+
     async def _run_turn(self, turn: TurnReceived) -> None:
         session = self.session
         assert session is not None
-        settings = self._settings(turn.options)
+        try:
+            settings = self._settings(turn.options)
+            compute = [await self._admit()]
+        except ChuckyError as exc:
+            await self._send_error(exc)
+            return
         route = self.server.router.resolve(settings.model)
         agent = AgentTurn(
             session=session,
@@ -334,14 +357,18 @@ class Connection:
             catalog=self.catalog,
             route=route,
             io=self,
+            budget=self.budget,
         )
         interrupts = self._interrupts
+        started = time.monotonic()
+        self._compute = (compute, started)
         task = asyncio.create_task(agent.run(), name=f"chucky-turn-{session.session_id}")
         self._turn = (agent, task)
         self._idle.clear()
+        session.state = "running"
         try:
             try:
-                await self._supervise(task)
+                await self._supervise(task, compute, started)
             except asyncio.CancelledError:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -349,19 +376,53 @@ class Connection:
             finally:
                 self._turn = None
                 session.last_activity_at = time.time()
+                session.state = "idle"
+                # Stored and settled before the client hears of the end of the turn.
+                await self._settle_compute()
+                await self._checkpoint_quietly()
             await self._report(agent, task, interrupted=self._interrupts != interrupts)
-            await self.server.store.save(session)
         except ConnectionClosed:
             return
         finally:
             self._idle.set()
 
-    async def _supervise(self, task: asyncio.Task[Any]) -> None:
+    async def _settle_compute(self) -> None:
+        """Charge the running turn's wall-clock time (once)."""
+        turn, self._compute = self._compute, None
+        if turn is None:
+            return
+        grants, started = turn
+        elapsed = time.monotonic() - started
+        charged = await self.budget.settle_compute(list(grants), elapsed, time.time())
+        self.server.metrics.compute_used(self.claims.iss, charged / 1000)
+
+    async def turn_ending(self) -> None:
+        """The agent is about to send the ``result`` (its :class:`TurnIO`)."""
+        await self._settle_compute()
+        await self.checkpoint()
+
+    async def _supervise(
+        self, task: asyncio.Task[Any], compute: list[Reservation], started: float
+    ) -> None:
+        """Wait for the turn; keep the client informed and the compute grant ahead of it."""
         interval = self.config.status_interval
         while True:
-            done, _ = await asyncio.wait({task}, timeout=interval / 2)
+            granted = sum(grant.amount for grant in compute) / 1000
+            left = granted - (time.monotonic() - started)
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(interval / 2, left)))
             if done:
                 return
+            if time.monotonic() - started >= granted:
+                if self._compute is None:  # the turn is ending; its time is settled
+                    await asyncio.wait({task})
+                    return
+                more = await self.budget.reserve_compute(time.time(), first=False)
+                if more is None:
+                    self._out_of_compute = True
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return
+                compute.append(more)
             if time.monotonic() - self._last_sent >= interval:
                 assert self.session is not None
                 await self.send(
@@ -377,13 +438,25 @@ class Connection:
     async def _report(
         self, agent: AgentTurn, task: asyncio.Task[Any], *, interrupted: bool
     ) -> None:
+        metrics = self.server.metrics
+        metrics.spent(self.claims.iss, agent.cost_microdollars)
         if task.cancelled():
-            if interrupted:
-                result = agent.result("error_during_execution", errors=["interrupted"])
-                await self.send(result.to_wire())
+            if self._out_of_compute:
+                self._out_of_compute = False
+                result = agent.result("error_during_execution", errors=["compute budget exhausted"])
+            elif interrupted:
+                reason = "server shutting down" if self._draining else "interrupted"
+                result = agent.result("error_during_execution", errors=[reason])
+            else:
+                return
+            metrics.turn_finished(result.subtype)
+            await self.send(result.to_wire())
             return
         exc = task.exception()
-        if exc is None or isinstance(exc, ConnectionClosed):
+        if exc is None:
+            metrics.turn_finished(task.result().subtype)
+            return
+        if isinstance(exc, ConnectionClosed):
             return
         if isinstance(exc, ChuckyError):
             await self._send_error(exc)
@@ -393,6 +466,50 @@ class Connection:
             ChuckyError("Internal error: the turn failed", code="INTERNAL_ERROR")
         )
 
+    # -- persistence ---------------------------------------------------------------------------
 
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    async def checkpoint(self) -> None:
+        """Write the session's new messages (the agent's :class:`TurnIO`)."""
+        if self.session is not None:
+            await self.server.store.save_session(self.session)
+
+    async def _checkpoint_quietly(self) -> None:
+        try:
+            await self.checkpoint()
+        except ChuckyError:
+            logger.exception("could not save session")
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Server shutdown: no new turns; the running one has ``grace`` seconds to finish,
+        then it is interrupted (and still ends with its ``result``). Then the socket closes
+        with 1001 (going away)."""
+        self._draining = True
+        for turn in self._queued_turns():
+            await self._send_error(
+                ChuckyError(
+                    "Session closed: the server is shutting down; the turn did not run",
+                    code="SESSION_ERROR",
+                    details={"reason": "server_shutdown"},
+                )
+            )
+            del turn
+        if self._turn is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        self._closing = True
+        self._interrupt()
+        await self._idle.wait()
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_text(self.proto.close())
+        await self.ws.close(1001, "server shutting down")
+
+    def _queued_turns(self) -> list[TurnReceived]:
+        turns: list[TurnReceived] = []
+        while not self._turns.empty():
+            turn = self._turns.get_nowait()
+            if turn is not None:
+                turns.append(turn)
+        return turns

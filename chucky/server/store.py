@@ -1,19 +1,49 @@
-"""Where sessions live: the :class:`SessionStore` seam and its in-memory implementation.
+"""Where the server's state lives: the :class:`Store` interface and the records it deals in.
 
-The agent loop and the connection handler only talk to :class:`SessionStore`. This module holds
-the in-memory store (sessions survive reconnects, not restarts); a SQL store behind the same
-interface is a later step (ARCHITECTURE.md, "State and scale-out").
+Everything durable sits behind :class:`Store` (ARCHITECTURE.md, "State and scale-out"):
+projects and their secrets, sessions and their transcripts, the budget ledger, concurrency
+leases and rate counters. It is implemented once, with SQLAlchemy 2 async Core, in
+:mod:`chucky.server.sql` (SQLite through ``aiosqlite`` by default, PostgreSQL through
+``asyncpg`` for several nodes). The connection handler and the agent loop only talk to this
+interface.
+
+Times are Unix seconds (``float``) passed in by the caller: the store never reads the clock, so
+tests can move time. Money is integer microdollars; compute is integer milliseconds.
 """
 
 from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["MemoryStore", "SessionRecord", "SessionStore", "new_id"]
+from ..errors import ChuckyError
+
+__all__ = [
+    "Lease",
+    "LedgerKey",
+    "LedgerUsage",
+    "Project",
+    "RateDecision",
+    "Reservation",
+    "ResourceKind",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "new_id",
+]
+
+ResourceKind = Literal["ai", "compute"]
+
+
+class StoreError(ChuckyError):
+    """The database cannot be used: unreachable, or its schema is newer than this version.
+
+    Reported to clients as ``INTERNAL_ERROR``; the cause is chained and logged, never sent.
+    """
+
+    default_code = "INTERNAL_ERROR"
 
 
 def new_id() -> str:
@@ -27,7 +57,13 @@ class SessionRecord:
 
     ``transcript`` holds every message in the Anthropic Messages API shape plus its ``uuid``:
     ``{"uuid": ..., "role": "user" | "assistant", "content": str | [blocks]}``. Change it only
-    through :meth:`append` and :meth:`replace_transcript`, which keep the provider's view.
+    through :meth:`append` and :meth:`replace_transcript`, which keep the provider's view and
+    tell the store what it has not written yet.
+
+    Attributes:
+        persisted: How many messages of ``transcript`` the store holds (the store sets it).
+        rewritten: The transcript was replaced since the last save (the store rewrites it).
+        state: ``idle`` or ``running`` (recorded; informative).
     """
 
     session_id: str
@@ -38,6 +74,9 @@ class SessionRecord:
     last_activity_at: float
     transcript: list[dict[str, Any]] = field(default_factory=list)
     spent_microdollars: int = 0
+    state: str = "idle"
+    persisted: int = 0
+    rewritten: bool = False
     # The transcript as providers take it, kept alongside so a model call does not copy the
     # whole history (every call of a long session used to).
     _model_view: list[dict[str, Any]] = field(
@@ -60,6 +99,7 @@ class SessionRecord:
     def replace_transcript(self, transcript: list[dict[str, Any]]) -> None:
         """Set the whole transcript (resume at a message, fork)."""
         self.transcript = transcript
+        self.rewritten = True
         self._rebuild_view()
 
     def model_messages(self) -> list[dict[str, Any]]:
@@ -70,59 +110,265 @@ class SessionRecord:
         return self._model_view
 
 
-class SessionStore(ABC):
-    """Durable session state, scoped by owner (project ``iss`` + user ``sub``)."""
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project: the issuer (``iss``) of tokens, and the secrets that sign them."""
+
+    project_id: str
+    name: str
+    created_at: float
+    secrets: tuple[str, ...]
+    """Active (not revoked) secrets, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerKey:
+    """Whose usage, in which window instance (PROTOCOL.md section 7)."""
+
+    project_id: str
+    user_id: str
+    window: str
+    """The window instance, :func:`chucky.windows.window_key` (``day:2026-11-21T00:00:00Z``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerUsage:
+    """One resource's counters in one window instance (microdollars or milliseconds)."""
+
+    used: int
+    reserved: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An amount set aside in the ledger for one model call (``ai``) or one turn (``compute``).
+
+    Until settled, ``amount`` counts against the budget. A reservation whose ``expires_at``
+    passes without a heartbeat (its node died) is settled at its full amount by
+    :meth:`Store.recover`: the worst case, so a crash never lets a user over budget.
+    """
+
+    reservation_id: str
+    key: LedgerKey
+    kind: ResourceKind
+    amount: int
+    used: int
+    """The window's settled usage when the reservation was granted."""
+    reserved: int
+    """The window's reserved total (this reservation included) when it was granted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A concurrency slot held by one live session on one node."""
+
+    lease_id: str
+    project_id: str
+    user_id: str
+    session_id: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The outcome of counting a turn against the per-minute rate limit."""
+
+    allowed: bool
+    count: int
+    """Turns counted in the current minute, this one included."""
+    retry_after: float
+    """Seconds until the current minute ends (when ``allowed`` is false)."""
+
+
+class Store(ABC):
+    """Durable state shared by every node of one deployment.
+
+    Every method is atomic on its own: two nodes (or two tasks) calling at once can never
+    both take the last unit of a budget or the last concurrency slot.
+    """
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     @abstractmethod
-    async def create(self, project_id: str, user_id: str, model: str, now: float) -> SessionRecord:
-        """A new, empty session owned by (project, user)."""
+    async def open(self) -> None:
+        """Connect, then create or migrate the schema.
+
+        Raises:
+            StoreError: the database holds a newer schema than this version knows, or cannot
+                be reached.
+        """
 
     @abstractmethod
-    async def get(self, session_id: str, project_id: str, user_id: str) -> SessionRecord | None:
-        """The session if it exists AND belongs to (project, user); else ``None``.
+    async def aclose(self) -> None:
+        """Release every connection."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The database URL, password hidden."""
+
+    # -- projects ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_project(
+        self, name: str, secret: str, now: float, *, project_id: str | None = None
+    ) -> Project:
+        """A new project with one secret (``project_id`` generated unless given).
+
+        Raises:
+            ValidationError: ``project_id`` is taken (``reason`` ``invalid_options``).
+        """
+
+    @abstractmethod
+    async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
+        """Make sure the project exists and accepts each of ``secrets`` (``--project ID:SECRET``).
+
+        A secret revoked before is accepted again. Existing secrets stay.
+        """
+
+    @abstractmethod
+    async def get_project(self, project_id: str) -> Project | None:
+        """The project and its active secrets, or ``None``."""
+
+    @abstractmethod
+    async def list_projects(self) -> list[Project]:
+        """Every project, oldest first."""
+
+    @abstractmethod
+    async def add_secret(self, project_id: str, secret: str, now: float) -> Project:
+        """Add a secret (rotation); the old ones keep working.
+
+        Raises:
+            ValidationError: no such project.
+        """
+
+    @abstractmethod
+    async def revoke_secrets(self, project_id: str, prefix: str, now: float) -> int:
+        """Revoke the active secrets starting with ``prefix``; returns how many.
+
+        Raises:
+            ValidationError: no such project, an empty prefix, or revoking would leave the
+                project with no active secret.
+        """
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_session(
+        self,
+        project_id: str,
+        user_id: str,
+        model: str,
+        now: float,
+        *,
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        """A new, empty session owned by (project, user), already written.
+
+        ``session_id`` is generated (:func:`new_id`) unless given.
+        """
+
+    @abstractmethod
+    async def get_session(
+        self, session_id: str, project_id: str, user_id: str
+    ) -> SessionRecord | None:
+        """The session with its whole transcript if it exists AND belongs to (project, user).
 
         A session of someone else is indistinguishable from one that does not exist.
         """
 
     @abstractmethod
-    async def latest(self, project_id: str, user_id: str) -> SessionRecord | None:
-        """The owner's most recently active session."""
+    async def latest_session(self, project_id: str, user_id: str) -> SessionRecord | None:
+        """The owner's most recently active session, with its transcript."""
 
     @abstractmethod
-    async def save(self, record: SessionRecord) -> None:
-        """Persist the record's transcript, model, spend and activity time."""
+    async def save_session(self, record: SessionRecord) -> None:
+        """Write what changed: new messages (or the whole transcript when ``rewritten``), the
+        model, spend, state and activity time. Sets ``persisted`` and clears ``rewritten``."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+    # -- the budget ledger ---------------------------------------------------------------------
 
+    @abstractmethod
+    async def reserve(
+        self,
+        key: LedgerKey,
+        kind: ResourceKind,
+        *,
+        want: int,
+        limit: int,
+        minimum: int,
+        now: float,
+        ttl: float,
+        node_id: str,
+    ) -> Reservation | None:
+        """Atomically set aside ``min(want, limit - used - reserved)``.
 
-class MemoryStore(SessionStore):
-    """Sessions in this process's memory, the ``max_sessions`` most recently used."""
+        Returns ``None`` (and changes nothing) when ``limit - used - reserved < minimum``.
+        ``minimum`` may be 0 (then a grant of 0 is possible). The reservation expires at
+        ``now + ttl`` unless :meth:`heartbeat` extends it.
+        """
 
-    def __init__(self, *, max_sessions: int = 10_000) -> None:
-        self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
+    @abstractmethod
+    async def settle(self, reservation: Reservation, actual: int, now: float) -> int:
+        """Charge ``min(actual, amount)`` and release the rest; returns what was charged.
 
-    async def create(self, project_id: str, user_id: str, model: str, now: float) -> SessionRecord:
-        record = SessionRecord(new_id(), project_id, user_id, model, now, now)
-        self._sessions[record.session_id] = record
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return record
+        Settling a reservation twice, or one already recovered, charges nothing.
+        """
 
-    async def get(self, session_id: str, project_id: str, user_id: str) -> SessionRecord | None:
-        record = self._sessions.get(session_id)
-        if record is None or record.project_id != project_id or record.user_id != user_id:
-            return None
-        self._sessions.move_to_end(session_id)
-        return record
+    @abstractmethod
+    async def usage(self, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
+        """The counters of one resource in one window instance (zeros if none)."""
 
-    async def latest(self, project_id: str, user_id: str) -> SessionRecord | None:
-        for record in reversed(self._sessions.values()):
-            if record.project_id == project_id and record.user_id == user_id:
-                return record
-        return None
+    # -- concurrency leases --------------------------------------------------------------------
 
-    async def save(self, record: SessionRecord) -> None:
-        if record.session_id in self._sessions:
-            self._sessions.move_to_end(record.session_id)
+    @abstractmethod
+    async def acquire_lease(
+        self,
+        project_id: str,
+        user_id: str,
+        session_id: str,
+        *,
+        node_id: str,
+        now: float,
+        ttl: float,
+        user_limit: int | None,
+        project_limit: int | None,
+    ) -> Lease:
+        """Take a slot for a live session.
+
+        Raises:
+            SessionError: a live lease already holds ``session_id`` (``session_busy``).
+            ConcurrencyLimitError: the user (or the project) already holds ``limit`` live
+                leases; ``details`` carry ``reason`` ``concurrent_limit_reached``, ``scope``
+                (``user`` or ``project``), ``limit`` and ``active``.
+        """
+
+    @abstractmethod
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the slot back at once (idempotent)."""
+
+    @abstractmethod
+    async def heartbeat(self, node_id: str, now: float, ttl: float) -> None:
+        """Extend every lease and open reservation of ``node_id`` to ``now + ttl``."""
+
+    @abstractmethod
+    async def recover(self, now: float) -> tuple[int, int]:
+        """Drop expired leases and settle expired reservations at their full amount.
+
+        Returns ``(leases dropped, reservations settled)``.
+        """
+
+    @abstractmethod
+    async def count_active(self, project_id: str, user_id: str | None, now: float) -> int:
+        """Live leases of the user (or of the whole project when ``user_id`` is ``None``)."""
+
+    # -- rate counters -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def count_turn(
+        self, project_id: str, user_id: str, *, now: float, limit: int
+    ) -> RateDecision:
+        """Count one turn in the user's current minute (``floor(now / 60)``) and decide.
+
+        A refused turn is not counted.
+        """

@@ -54,7 +54,7 @@ async def _pending_call(ws: ClientConnection) -> Frame:
 
 async def _settled(server: ScriptedServer) -> None:
     """The server forgets closed connections and the sessions they held."""
-    await poll_until(lambda: not server.server._connections and not server.server._active)
+    await poll_until(lambda: not server.server._connections)
 
 
 # -- ping --------------------------------------------------------------------------------------

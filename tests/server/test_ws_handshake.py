@@ -189,7 +189,7 @@ async def test_every_secret_of_a_rotated_project_is_accepted() -> None:
     # Key rotation: a project with two secrets accepts tokens signed by either.
     old, new = "hk_live_" + "1" * 32, "hk_live_" + "2" * 32
     async with scripted_server(secret=new) as server:
-        server.server.config.projects[server.project_id].append(old)
+        await server.server.store.add_secret(server.project_id, old, 0.0)
         token = create_token("u", server.project_id, old, create_budget(1.0, 1.0))
         async with open_raw(server, token=token) as ws:
             await init(ws)

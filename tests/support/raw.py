@@ -167,10 +167,10 @@ async def init(ws: ClientConnection, **options: Any) -> Frame:
 
 @asynccontextmanager
 async def open_session(
-    server: ScriptedServer, *, user: str = "test-user", **options: Any
+    server: ScriptedServer, *, user: str = "test-user", token: str | None = None, **options: Any
 ) -> AsyncIterator[tuple[ClientConnection, Frame]]:
     """A connection with its session open: ``(ws, session_info data)``."""
-    async with open_raw(server, user=user) as ws:
+    async with open_raw(server, user=user, token=token) as ws:
         info = await init(ws, **options)
         yield ws, info
 

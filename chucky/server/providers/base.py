@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 from chucky.errors import ProviderError
 
 __all__ = [
+    "ATTACHMENT_TOKENS_BOUND",
     "MessageAccumulator",
     "ModelRequest",
     "Provider",
@@ -93,8 +94,51 @@ class Provider(ABC):
                 may help).
         """
 
+    def estimate_input_tokens(self, request: ModelRequest) -> int:
+        """An upper bound of the input tokens ``request`` will be billed for.
+
+        The budget reserves ``input + max_tokens x output price`` before each call from this
+        number, so it must not be below the real count. This default needs no tokenizer: a
+        token covers at least one UTF-8 byte of text, so the byte length of the JSON of the
+        system prompt, messages and tools (plus a per-message allowance for the chat template)
+        bounds every byte-level BPE tokenizer. Images and documents count
+        :data:`ATTACHMENT_TOKENS_BOUND` each instead of their base64 bytes. Providers that can
+        count exactly (a local tokenizer, a count endpoint) override it.
+        """
+        total = len((request.system or "").encode()) + 16
+        for message in request.messages:
+            total += 16 + _content_bytes(message.get("content"))
+        for tool in request.tools:
+            spec = {"name": tool.name, "description": tool.description, "input": tool.input_schema}
+            total += 16 + len(json.dumps(spec, ensure_ascii=False, default=str).encode())
+        return total
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients, models and threads held by the provider."""
+
+
+ATTACHMENT_TOKENS_BOUND = 4_800
+"""Tokens counted for one image or document block by the default estimate (Claude bills an
+image at most about 1,600 tokens; three times that leaves room for other tokenizers)."""
+
+
+def _content_bytes(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.encode("utf-8", "surrogatepass"))
+    if not isinstance(content, Sequence):
+        return len(json.dumps(content, default=str).encode())
+    total = 0
+    for block in content:
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind in ("image", "document"):
+            total += ATTACHMENT_TOKENS_BOUND
+        elif kind == "tool_result":
+            total += 16 + _content_bytes(block.get("content"))
+        else:
+            total += len(
+                json.dumps(block, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
+            )
+    return total
 
 
 def provider_error(message: str, *, kind: str, retryable: bool, **extra: Any) -> ProviderError:

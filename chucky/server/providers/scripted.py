@@ -422,6 +422,10 @@ class ScriptedProvider(Provider):
 
     name: ClassVar[str] = "scripted"
 
+    def estimate_input_tokens(self, request: ModelRequest) -> int:
+        """The exact input tokens the reply will report (:func:`count_input_tokens`)."""
+        return count_input_tokens(request)
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
         """Run the script of the last user message, yielding raw stream events.
 

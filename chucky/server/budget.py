@@ -1,0 +1,298 @@
+"""Budgets that hold: one user's AI and compute budget, enforced through the ledger.
+
+The token's ``budget`` claim is a promise (PROTOCOL.md section 7): the user's spend in a window
+instance never exceeds it. Every model call goes through :meth:`UserBudget.reserve_call`, which
+atomically sets aside the call's worst case in the :class:`~chucky.server.store.Store` ledger --
+the input cost plus ``max_tokens`` x the output price -- after lowering ``max_tokens`` to what the
+remaining budget (and the session's ``maxBudgetUsd``) can pay for. :meth:`UserBudget.settle_call`
+charges the actual cost and releases the rest. A call whose input plus ``min_output_tokens``
+cannot be paid for is not made.
+
+Compute is the wall-clock time of running turns, in milliseconds in the ledger: a turn takes a
+grant when it starts (:meth:`UserBudget.reserve_compute`), extends it while it runs, and settles
+the time it really took when it ends, is interrupted or its socket goes away.
+
+The settle never charges more than was reserved, so the promise holds even if a provider
+reports more input tokens than it was estimated to use; the overrun is logged. A node that dies
+leaves its reservations to expire: :meth:`~chucky.server.store.Store.recover` settles them at
+their full amount.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any, Literal
+
+from ..errors import BudgetExceededError
+from ..tokens import TokenClaims
+from ..windows import format_utc, window_bounds, window_key
+from .pricing import ModelPrice, cost_microdollars
+from .store import LedgerKey, LedgerUsage, Reservation, ResourceKind, Store
+
+__all__ = ["BudgetSettings", "CallGrant", "UserBudget", "affordable_output_tokens"]
+
+logger = logging.getLogger("chucky.server.budget")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """How budgets are enforced.
+
+    Attributes:
+        min_output_tokens: A call is made only if the budget pays for its input plus this many
+            output tokens.
+        compute_grant: Seconds of compute a turn sets aside at a time (extended while it runs).
+        reservation_ttl: Seconds an unsettled reservation lives without a heartbeat.
+    """
+
+    min_output_tokens: int = 16
+    compute_grant: float = 60.0
+    reservation_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallGrant:
+    """What a model call may spend: its reservation and its lowered ``max_tokens``."""
+
+    reservation: Reservation | None
+    """``None`` when the call costs nothing (a free model)."""
+    max_tokens: int
+
+
+def _worst_input_rate(price: ModelPrice) -> Decimal:
+    # An input token may be billed as a cache write, which costs more than a plain one.
+    return max(Decimal(str(price.input)), Decimal(str(price.cache_write)))
+
+
+def _input_cost(tokens: int, price: ModelPrice) -> int:
+    key = "cache_creation_input_tokens" if price.cache_write > price.input else "input_tokens"
+    return cost_microdollars({key: tokens}, price)
+
+
+def affordable_output_tokens(room: int, input_tokens: int, price: ModelPrice) -> int | None:
+    """The most output tokens a call with ``input_tokens`` can have for ``room`` microdollars.
+
+    Returns ``None`` when output is free (any number is affordable), and a negative number when
+    not even the input fits.
+    """
+    rate = Decimal(str(price.output))
+    if rate == 0:
+        return None
+    input_cost = _input_cost(input_tokens, price)
+    # Prices are USD per million tokens, i.e. microdollars per token: the cost is
+    # round_half_up(input_exact + n * rate) <= room. Start from the exact bound; step down
+    # over the rounding (at most a step or two).
+    exact_input = input_tokens * _worst_input_rate(price)
+    bound = ((Decimal(room) + Decimal("0.5") - exact_input) / rate).to_integral_value(ROUND_FLOOR)
+    tokens = int(bound)
+    while tokens >= 0 and input_cost + _output_cost(tokens, price) > room:
+        tokens -= 1
+    return tokens
+
+
+def _output_cost(tokens: int, price: ModelPrice) -> int:
+    return cost_microdollars({"output_tokens": max(tokens, 0)}, price)
+
+
+def _worst_cost(input_tokens: int, output_tokens: int, price: ModelPrice) -> int:
+    key = "cache_creation_input_tokens" if price.cache_write > price.input else "input_tokens"
+    return cost_microdollars({key: input_tokens, "output_tokens": output_tokens}, price)
+
+
+class UserBudget:
+    """The budget of one token's user (project ``iss``, user ``sub``), enforced in ``store``."""
+
+    def __init__(
+        self, store: Store, claims: TokenClaims, settings: BudgetSettings, *, node_id: str
+    ) -> None:
+        self.store = store
+        self.claims = claims
+        self.settings = settings
+        self.node_id = node_id
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def key(self, now: float) -> LedgerKey:
+        budget = self.claims.budget
+        return LedgerKey(
+            self.claims.iss, self.claims.sub, window_key(budget, now, issued_at=self.claims.iat)
+        )
+
+    def window(self, now: float) -> tuple[str, str | None]:
+        """The current window instance as ISO 8601 ``(start, end)``; ``end`` is ``None`` for
+        ``lifetime``."""
+        start, end = window_bounds(self.claims.budget, now, issued_at=self.claims.iat)
+        return format_utc(start), format_utc(end) if end is not None else None
+
+    def limit(self, kind: ResourceKind) -> int:
+        """The budget of ``kind``: microdollars (``ai``) or milliseconds (``compute``)."""
+        budget = self.claims.budget
+        return budget.ai if kind == "ai" else budget.compute * 1000
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def exceeded(self, kind: ResourceKind, usage: LedgerUsage, now: float) -> BudgetExceededError:
+        """The ``BUDGET_EXCEEDED`` error for ``kind`` (details in microdollars or seconds)."""
+        limit = self.limit(kind)
+        spent = usage.used + usage.reserved
+        remaining = max(0, limit - spent)
+        _, end = self.window(now)
+        if kind == "ai":
+            what, reason = "AI budget", "user_budget_exhausted"
+            numbers: dict[str, Any] = {"limit": limit, "used": spent, "remaining": remaining}
+        else:
+            what, reason = "compute budget", "compute_budget_exhausted"
+            numbers = {"limit": limit / 1000, "used": spent / 1000, "remaining": remaining / 1000}
+        window = self.claims.budget.window
+        return BudgetExceededError(
+            f"Budget exceeded: the {what} of this {window} window is used up"
+            + (f" until {end}" if end else ""),
+            details={
+                "reason": reason,
+                "kind": kind,
+                "window": window,
+                "windowEnd": end,
+                **numbers,
+            },
+        )
+
+    # -- AI ------------------------------------------------------------------------------------
+
+    async def reserve_call(
+        self,
+        *,
+        input_tokens: int,
+        max_tokens: int,
+        price: ModelPrice,
+        session_room: int | None,
+        now: float,
+    ) -> CallGrant | Literal["session", "window"]:
+        """Reserve the worst case of one model call.
+
+        Args:
+            input_tokens: An upper bound of the call's input tokens.
+            max_tokens: The call's output bound before the budget lowers it.
+            price: The model's price.
+            session_room: Microdollars the session's ``maxBudgetUsd`` leaves, if it has one.
+            now: The current time.
+
+        Returns:
+            The grant; or which budget -- the session's ``maxBudgetUsd`` (``"session"``) or the
+            user's window (``"window"``) -- cannot pay for the input plus ``min_output_tokens``
+            (nothing is reserved then).
+        """
+        minimum_out = min(self.settings.min_output_tokens, max_tokens)
+        minimum = _worst_cost(input_tokens, minimum_out, price)
+        if session_room is not None:
+            if session_room < minimum:
+                return "session"
+            fits = affordable_output_tokens(session_room, input_tokens, price)
+            if fits is not None:
+                max_tokens = min(max_tokens, fits)
+        want = _worst_cost(input_tokens, max_tokens, price)
+        if want == 0:
+            return CallGrant(None, max_tokens)
+        reservation = await self.store.reserve(
+            self.key(now),
+            "ai",
+            want=want,
+            limit=self.limit("ai"),
+            minimum=max(minimum, 1),
+            now=now,
+            ttl=self.settings.reservation_ttl,
+            node_id=self.node_id,
+        )
+        if reservation is None:
+            return "window"
+        if reservation.amount < want:
+            fits = affordable_output_tokens(reservation.amount, input_tokens, price)
+            if fits is not None:
+                max_tokens = max(min(max_tokens, fits), minimum_out)
+        return CallGrant(reservation, max_tokens)
+
+    async def settle_call(
+        self, grant: CallGrant, usage: Mapping[str, int], price: ModelPrice, now: float
+    ) -> int:
+        """Charge the call's actual cost (at most its reservation); returns what was charged."""
+        cost = cost_microdollars(usage, price)
+        if grant.reservation is None:
+            return cost
+        charged = await self.store.settle(grant.reservation, cost, now)
+        if cost > grant.reservation.amount:
+            logger.warning(
+                "model call cost %d microdollars, more than its reservation of %d; "
+                "charged the reservation (the input estimate was too low)",
+                cost,
+                grant.reservation.amount,
+            )
+        return charged
+
+    async def exceeded_now(self, kind: ResourceKind, now: float) -> BudgetExceededError:
+        """:meth:`exceeded` with the ledger's current numbers."""
+        return self.exceeded(kind, await self.store.usage(self.key(now), kind), now)
+
+    # -- compute -------------------------------------------------------------------------------
+
+    async def reserve_compute(self, now: float, *, first: bool) -> Reservation | None:
+        """Set aside up to ``compute_grant`` seconds for a running turn.
+
+        Raises:
+            BudgetExceededError: ``first`` (a turn is starting) and no compute is left.
+        """
+        key = self.key(now)
+        reservation = await self.store.reserve(
+            key,
+            "compute",
+            want=round(self.settings.compute_grant * 1000),
+            limit=self.limit("compute"),
+            minimum=1,
+            now=now,
+            ttl=self.settings.reservation_ttl,
+            node_id=self.node_id,
+        )
+        if reservation is None and first:
+            raise self.exceeded("compute", await self.store.usage(key, "compute"), now)
+        return reservation
+
+    async def settle_compute(self, grants: list[Reservation], elapsed: float, now: float) -> int:
+        """Charge ``elapsed`` seconds across a turn's grants, in order; returns milliseconds."""
+        left = round(elapsed * 1000)
+        charged = 0
+        for grant in grants:
+            take = min(left, grant.amount)
+            charged += await self.store.settle(grant, take, now)
+            left -= take
+        return charged
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    async def report(self, now: float) -> dict[str, Any]:
+        """The ``GET /usage`` body (PROTOCOL.md section 9): microdollars and seconds."""
+        key = self.key(now)
+        ai = await self.store.usage(key, "ai")
+        compute = await self.store.usage(key, "compute")
+        ai_limit, compute_limit = self.limit("ai"), self.limit("compute")
+        ai_left = max(0, ai_limit - ai.used - ai.reserved)
+        compute_left = max(0, compute_limit - compute.used - compute.reserved)
+        start, end = self.window(now)
+        return {
+            "ai": {
+                "used": ai.used,
+                "reserved": ai.reserved,
+                "remaining": ai_left,
+                "budget": ai_limit,
+            },
+            "compute": {
+                "used": compute.used / 1000,
+                "reserved": compute.reserved / 1000,
+                "remaining": compute_left / 1000,
+                "budget": compute_limit / 1000,
+            },
+            "allowed": ai_left > 0 and compute_left > 0,
+            "window": {"type": self.claims.budget.window, "start": start, "end": end},
+            "projectId": self.claims.iss,
+            "userId": self.claims.sub,
+        }

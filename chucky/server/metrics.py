@@ -1,0 +1,148 @@
+"""Prometheus metrics of one server (PROTOCOL.md section 9, ``GET /metrics``).
+
+Every :class:`ServerMetrics` owns its own :class:`~prometheus_client.CollectorRegistry`, never
+the process-wide default one, so several servers in one process (tests) keep separate counts.
+
+Exposed series::
+
+    chucky_connections_open                     gauge    WebSocket connections open now
+    chucky_connections_total                    counter  WebSocket connections accepted
+    chucky_turns_total{subtype}                 counter  turns finished, by result subtype
+    chucky_errors_total{code}                   counter  error frames sent, by code
+    chucky_tool_calls_total{outcome}            counter  client tool calls: ok, error, timeout
+    chucky_spend_usd_total{project}             counter  AI spend in USD
+    chucky_compute_seconds_total{project}       counter  compute used in seconds
+    chucky_http_requests_total{route,status}    counter  plain-HTTP requests answered
+
+The gauge is not called ``chucky_connections``: a counter ``chucky_connections_total`` owns that
+metric family name in the Prometheus data model, and the client library refuses both.
+
+Label values come from bounded sets (result subtypes, error codes, configured project ids, route
+names); never pass a user id or a raw path. As a guard, each label keeps at most
+:data:`MAX_LABEL_VALUES` distinct values; later newcomers are counted under ``"other"``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import generate_latest as _generate_latest
+
+__all__ = ["MAX_LABEL_VALUES", "OTHER", "ServerMetrics"]
+
+MAX_LABEL_VALUES: Final = 100
+"""Distinct values one label may take before newcomers are folded into :data:`OTHER`."""
+
+OTHER: Final = "other"
+"""The label value that stands for every value beyond :data:`MAX_LABEL_VALUES`."""
+
+
+class _BoundedLabel:
+    """The values seen for one label, capped so a bug cannot explode cardinality."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class ServerMetrics:
+    """The counters and gauges of one server, and their Prometheus text rendering.
+
+    Args:
+        max_label_values: Distinct values each label may take before they fold into ``other``.
+    """
+
+    def __init__(self, *, max_label_values: int = MAX_LABEL_VALUES) -> None:
+        self.registry = CollectorRegistry()
+        """The registry holding this server's metrics (and nothing else)."""
+        registry = self.registry
+        self._connections = Gauge(
+            "chucky_connections_open", "WebSocket connections open now.", registry=registry
+        )
+        self._connections_total = Counter(
+            "chucky_connections_total", "WebSocket connections accepted.", registry=registry
+        )
+        self._turns = Counter(
+            "chucky_turns_total",
+            "Turns finished, by result subtype.",
+            ["subtype"],
+            registry=registry,
+        )
+        self._errors = Counter(
+            "chucky_errors_total", "Error frames sent, by code.", ["code"], registry=registry
+        )
+        self._tool_calls = Counter(
+            "chucky_tool_calls_total",
+            "Client-side tool calls, by outcome (ok, error, timeout).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._spend = Counter(
+            "chucky_spend_usd_total", "AI spend in US dollars.", ["project"], registry=registry
+        )
+        self._compute = Counter(
+            "chucky_compute_seconds_total",
+            "Compute time used, in seconds.",
+            ["project"],
+            registry=registry,
+        )
+        self._http = Counter(
+            "chucky_http_requests_total",
+            "Plain-HTTP requests answered, by route and status.",
+            ["route", "status"],
+            registry=registry,
+        )
+        limit = max_label_values
+        self._subtype = _BoundedLabel(limit)
+        self._code = _BoundedLabel(limit)
+        self._outcome = _BoundedLabel(limit)
+        self._project = _BoundedLabel(limit)
+        self._route = _BoundedLabel(limit)
+
+    def connection_opened(self) -> None:
+        """A WebSocket connection was accepted."""
+        self._connections.inc()
+        self._connections_total.inc()
+
+    def connection_closed(self) -> None:
+        """A WebSocket connection counted by :meth:`connection_opened` ended."""
+        self._connections.dec()
+
+    def turn_finished(self, subtype: str) -> None:
+        """A turn ended with a ``result`` of this ``subtype`` (``success``, ``error_...``)."""
+        self._turns.labels(subtype=self._subtype(subtype)).inc()
+
+    def error_sent(self, code: str) -> None:
+        """An ``error`` frame with this ``code`` was sent (PROTOCOL.md section 8)."""
+        self._errors.labels(code=self._code(code)).inc()
+
+    def tool_called(self, outcome: str) -> None:
+        """A client-side tool call ended: ``ok``, ``error`` or ``timeout``."""
+        self._tool_calls.labels(outcome=self._outcome(outcome)).inc()
+
+    def spent(self, project_id: str, microdollars: int) -> None:
+        """``project_id`` spent this much on the model (negative amounts are ignored)."""
+        if microdollars > 0:
+            self._spend.labels(project=self._project(project_id)).inc(microdollars / 1_000_000)
+
+    def compute_used(self, project_id: str, seconds: float) -> None:
+        """``project_id`` used this much compute time (negative amounts are ignored)."""
+        if seconds > 0:
+            self._compute.labels(project=self._project(project_id)).inc(seconds)
+
+    def http_request(self, route: str, status: int) -> None:
+        """A plain-HTTP request was answered; ``route`` is a route name, not the raw path."""
+        self._http.labels(route=self._route(route), status=str(status)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The metrics in the Prometheus text format, and its ``Content-Type``."""
+        return _generate_latest(self.registry), CONTENT_TYPE_LATEST

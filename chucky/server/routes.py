@@ -1,0 +1,278 @@
+"""The HTTP routes beside the WebSocket (PROTOCOL.md section 9).
+
+* ``GET /healthz`` -- ``{"status": "ok", "version": ...}``, no auth.
+* ``GET /usage`` -- the Bearer token's budget in the current window (``?token=`` also works).
+* ``POST /prompt`` -- one turn without a WebSocket: JSON ``{"result", "messages",
+  "sessionId"}``, or with ``Accept: text/event-stream`` an ``event: message`` per frame.
+* ``GET /metrics`` -- Prometheus text format.
+
+``POST /prompt`` runs through the very same :class:`~chucky.server.connection.Connection` as a
+WebSocket, over an in-process :class:`PromptSocket`: the token, its policy, budgets, limits,
+persistence and shutdown behave identically. It has no client to run client-side tools, so a
+``tool_call`` is answered at once with an error result the model can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
+
+from .. import __version__
+from ..errors import ChuckyError, ConnectionError, ValidationError
+from ..options import SessionOptions
+from .auth import authenticate, extract_token
+from .budget import UserBudget
+from .http import HttpRequest, HttpResponse, sse_event
+
+if TYPE_CHECKING:
+    from .app import ChuckyServer
+
+__all__ = ["PromptSocket", "Routes"]
+
+logger = logging.getLogger("chucky.server.http")
+
+_STATUS = {
+    "AUTHENTICATION_ERROR": http.HTTPStatus.UNAUTHORIZED,
+    "BUDGET_EXCEEDED": http.HTTPStatus.PAYMENT_REQUIRED,
+    "CONCURRENCY_LIMIT": http.HTTPStatus.TOO_MANY_REQUESTS,
+    "RATE_LIMIT": http.HTTPStatus.TOO_MANY_REQUESTS,
+    "VALIDATION_ERROR": http.HTTPStatus.BAD_REQUEST,
+    "PROVIDER_ERROR": http.HTTPStatus.BAD_GATEWAY,
+}
+_NO_CLIENT_TOOLS = (
+    "Tool {name} runs on the client, and this turn came over HTTP (POST /prompt), which has no "
+    "client to run it. Answer without it."
+)
+
+
+def error_status(payload: dict[str, Any]) -> int:
+    """The HTTP status of an ``error`` frame's payload."""
+    code = payload.get("code")
+    if code == "SESSION_ERROR":
+        reason = (payload.get("details") or {}).get("reason")
+        return http.HTTPStatus.CONFLICT if reason == "session_busy" else http.HTTPStatus.NOT_FOUND
+    return _STATUS.get(str(code), http.HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+def _error_headers(payload: dict[str, Any]) -> dict[str, str]:
+    retry = (payload.get("details") or {}).get("retryAfter")
+    return {"Retry-After": str(retry)} if isinstance(retry, int) else {}
+
+
+class PromptSocket:
+    """The socket of a ``POST /prompt`` turn: it plays the client's frames (``init``, the
+    turn, ``end_input``) and hands every frame the server sends to ``sink``."""
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        content: str | list[Any],
+        sink: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._sink = sink
+        for frame in (
+            {"type": "init", "payload": options},
+            {
+                "type": "user",
+                "session_id": "",
+                "message": {"role": "user", "content": content},
+                "parent_tool_use_id": None,
+            },
+            {"type": "control", "payload": {"action": "end_input"}},
+        ):
+            self._inbox.put_nowait(json.dumps(frame))
+        self.closed = False
+
+    async def recv(self) -> str | bytes:
+        text = await self._inbox.get()
+        if text is None:
+            raise ConnectionClosedOK(None, None)
+        return text
+
+    async def send(self, message: str | bytes, *, text: bool | None = None) -> None:
+        if self.closed:
+            raise ConnectionClosedOK(None, None)
+        frame = json.loads(message)
+        if frame.get("type") == "tool_call":
+            payload = frame.get("payload") or {}
+            answer = {
+                "type": "tool_result",
+                "payload": {
+                    "callId": payload.get("callId"),
+                    "result": {
+                        "content": [
+                            {
+                                "type": "text",
+                                "text": _NO_CLIENT_TOOLS.format(name=payload.get("toolName")),
+                            }
+                        ],
+                        "isError": True,
+                    },
+                },
+            }
+            self._inbox.put_nowait(json.dumps(answer))
+            return
+        try:
+            await self._sink(frame)
+        except ConnectionError as exc:  # the HTTP client went away
+            self.closed = True
+            self._inbox.put_nowait(None)
+            raise ConnectionClosedError(None, None) from exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self._inbox.put_nowait(None)
+
+
+class Routes:
+    """The HTTP application of a :class:`~chucky.server.app.ChuckyServer`."""
+
+    def __init__(self, server: ChuckyServer) -> None:
+        self.server = server
+
+    async def __call__(self, request: HttpRequest, response: HttpResponse) -> None:
+        route = (request.method, request.path.rstrip("/") or "/")
+        handler = {
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/usage"): self.usage,
+            ("POST", "/prompt"): self.prompt,
+            ("GET", "/metrics"): self.metrics,
+        }.get(route)
+        status = await self._dispatch(handler, request, response)
+        self.server.metrics.http_request(route[1] if handler else "other", status)
+
+    async def _dispatch(
+        self,
+        handler: Callable[[HttpRequest, HttpResponse], Awaitable[int]] | None,
+        request: HttpRequest,
+        response: HttpResponse,
+    ) -> int:
+        if handler is not None:
+            try:
+                return await handler(request, response)
+            except ChuckyError as exc:
+                payload = exc.to_payload()
+                status = error_status(payload)
+                await response.send_json(status, {"error": payload}, _error_headers(payload))
+                return status
+        path = request.path
+        if path in ("/healthz", "/usage", "/prompt", "/metrics"):
+            status = http.HTTPStatus.METHOD_NOT_ALLOWED
+            await response.send_json(status, {"error": f"{request.method} not allowed on {path}"})
+            return status
+        if path in ("/ws", "/ws/"):
+            status = http.HTTPStatus.UPGRADE_REQUIRED
+            await response.send_json(status, {"error": "this endpoint speaks WebSocket"})
+            return status
+        status = http.HTTPStatus.NOT_FOUND
+        await response.send_json(status, {"error": f"no route for {path[:200]}"})
+        return status
+
+    async def healthz(self, request: HttpRequest, response: HttpResponse) -> int:
+        await response.send_json(200, {"status": "ok", "version": __version__})
+        return 200
+
+    async def metrics(self, request: HttpRequest, response: HttpResponse) -> int:
+        body, content_type = self.server.metrics.render()
+        await response.send_text(200, body.decode(), content_type)
+        return 200
+
+    async def usage(self, request: HttpRequest, response: HttpResponse) -> int:
+        claims = await authenticate(
+            extract_token(_path_with_query(request), request.headers), self.server.secrets_of
+        )
+        budget = UserBudget(
+            self.server.store,
+            claims,
+            self.server.budget_settings,
+            node_id=self.server.node_id,
+        )
+        await response.send_json(200, await budget.report(time.time()))
+        return 200
+
+    async def prompt(self, request: HttpRequest, response: HttpResponse) -> int:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ValidationError(
+                "Invalid request: the body must be a JSON object",
+                details={"reason": "invalid_frame"},
+            )
+        options = body.get("options")
+        options = dict(options) if isinstance(options, dict) else {}
+        token = options.pop("token", None) or body.get("token")
+        if not isinstance(token, str) or not token:
+            token = extract_token(_path_with_query(request), request.headers)
+        claims = await authenticate(token, self.server.secrets_of)
+        content = body.get("message", body.get("prompt"))
+        if not isinstance(content, str | list) or not content:
+            raise ValidationError(
+                "Invalid request: 'message' must be a non-empty string or a list of content blocks",
+                details={"reason": "invalid_frame"},
+            )
+        for key, value in body.items():  # flat options beside the message, as P's prompt frame
+            if key not in ("message", "prompt", "options", "token"):
+                options.setdefault(key, value)
+        SessionOptions.model_validate(options)  # a bad option is a 400, before any work
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            return await self._stream(claims, options, content, response)
+        return await self._collect(claims, options, content, response)
+
+    async def _collect(
+        self, claims: Any, options: dict[str, Any], content: Any, response: HttpResponse
+    ) -> int:
+        frames: list[dict[str, Any]] = []
+
+        async def sink(frame: dict[str, Any]) -> None:
+            if frame.get("type") not in ("control", "pong"):
+                frames.append(frame)
+
+        await self.server.run_connection(PromptSocket(options, content, sink), claims)
+        result = next((f for f in reversed(frames) if f.get("type") == "result"), None)
+        error = next((f for f in frames if f.get("type") == "error"), None)
+        if result is None:
+            payload = (error or {}).get("payload") or {
+                "message": "Internal error: the turn ended without a result",
+                "code": "INTERNAL_ERROR",
+            }
+            status = error_status(payload)
+            await response.send_json(status, {"error": payload}, _error_headers(payload))
+            return status
+        messages = [f for f in frames if f.get("type") not in ("result", "error")]
+        await response.send_json(
+            200, {"result": result, "messages": messages, "sessionId": result.get("session_id")}
+        )
+        return 200
+
+    async def _stream(
+        self, claims: Any, options: dict[str, Any], content: Any, response: HttpResponse
+    ) -> int:
+        await response.start_stream(
+            200, "text/event-stream", {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+        async def sink(frame: dict[str, Any]) -> None:
+            if frame.get("type") not in ("control", "pong"):
+                await response.write(sse_event(json.dumps(frame), event="message"))
+
+        await self.server.run_connection(PromptSocket(options, content, sink), claims)
+        with contextlib.suppress(ConnectionError):
+            await response.end()
+        return 200
+
+
+def _path_with_query(request: HttpRequest) -> str:
+    if not request.query:
+        return request.path
+    from urllib.parse import urlencode
+
+    return f"{request.path}?{urlencode(request.query, doseq=True)}"

@@ -1,0 +1,167 @@
+"""Opening a session at ``init`` (PROTOCOL.md sections 2 and 5).
+
+:func:`open_session` applies the token's policy to the client's options, finds or creates the
+session in the store (``sessionId`` / ``resume``, ``continue``, ``forkSession``,
+``resumeSessionAt``) -- only the owner (same project, same user) may continue a session; anyone
+else gets the same ``session_not_found`` as for an id that does not exist -- and takes the
+session's concurrency lease, which also makes a session live on another socket (of any node)
+``session_busy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConcurrencyLimitError, SessionError, SessionNotFoundError, ValidationError
+from ..options import SessionOptions
+from ..tokens import TokenClaims
+from .catalog import ToolCatalog
+from .policy import Policy
+from .store import Lease, SessionRecord, new_id
+
+if TYPE_CHECKING:
+    from .app import ChuckyServer
+
+__all__ = ["RELEASE_WAIT", "OpenSession", "iso_time", "open_session"]
+
+RELEASE_WAIT = 2.0
+"""Seconds a lease conflict with a socket that is closing is retried."""
+
+
+@dataclass(slots=True)
+class OpenSession:
+    """A session opened on a connection, with what is in force for it."""
+
+    record: SessionRecord
+    lease: Lease
+    options: SessionOptions
+    catalog: ToolCatalog
+    policy: Policy
+
+    def info(self) -> dict[str, Any]:
+        """The ``session_info`` data (PROTOCOL.md section 2)."""
+        record = self.record
+        return {
+            "sessionId": record.session_id,
+            "model": record.model,
+            "tools": self.catalog.names,
+            "messageCount": len(record.transcript),
+            "createdAt": iso_time(record.created_at),
+            "lastActivityAt": iso_time(record.last_activity_at),
+        }
+
+
+def iso_time(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _not_found(session_id: str) -> SessionNotFoundError:
+    return SessionNotFoundError(
+        f"Session not found: {session_id:.200}", details={"reason": "session_not_found"}
+    )
+
+
+async def open_session(
+    server: ChuckyServer, claims: TokenClaims, requested: SessionOptions
+) -> OpenSession:
+    """Open the session an ``init`` asks for.
+
+    Raises:
+        SessionNotFoundError: an unknown session id, or one that belongs to someone else.
+        SessionError: the session is live on another connection (``session_busy``).
+        ConcurrencyLimitError: the user or the project has too many live sessions.
+        ValidationError: invalid options (tools, ``resumeSessionAt``).
+    """
+    store, config = server.store, server.config
+    project, user = claims.iss, claims.sub
+    now = time.time()
+    policy = Policy.from_claims(claims)
+    options = policy.apply(requested, default_model=config.default_model)
+    catalog = policy.filter_catalog(ToolCatalog.from_options(options))
+    record: SessionRecord | None = None
+    if options.session_id:
+        record = await store.get_session(options.session_id, project, user)
+        if record is None:
+            raise _not_found(options.session_id)
+    elif options.continue_session:
+        record = await store.latest_session(project, user)
+    fork = record is not None and bool(options.fork_session)
+    # The lease comes first: a user at a limit must not leave a new session behind each try.
+    session_id = record.session_id if record is not None and not fork else new_id()
+    lease = await _acquire(server, claims, session_id)
+    try:
+        if record is not None and not fork:
+            # Read it again under the lease: the socket that held it may have written more.
+            record = await store.get_session(session_id, project, user)
+            if record is None:
+                raise _not_found(session_id)
+        if record is None or fork:
+            model = options.model or (record.model if record else config.default_model)
+            source = record
+            record = await store.create_session(project, user, model, now, session_id=session_id)
+            if source is not None:
+                record.replace_transcript(_cut(source.transcript, options))
+        elif options.resume_session_at:
+            # Cut under the lease: a session live on another socket stays untouched.
+            record.replace_transcript(_cut(record.transcript, options))
+        if options.model:
+            # The session's model is the init's; a prompt's per-turn model never sticks to it.
+            record.model = options.model
+        await store.save_session(record)
+    except BaseException:
+        await store.release_lease(lease)
+        raise
+    return OpenSession(record, lease, options, catalog, policy)
+
+
+async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -> Lease:
+    """Take the session's lease.
+
+    A socket that has just closed releases its lease a moment after the client saw the close,
+    so a client that reconnects at once would find its own session busy, or its last slot
+    taken. Such a conflict is retried for up to :data:`RELEASE_WAIT` seconds, unless the holder
+    is a live socket of this node (then the answer is known at once).
+    """
+    config = server.config
+    deadline = time.monotonic() + RELEASE_WAIT
+    while True:
+        try:
+            return await server.store.acquire_lease(
+                claims.iss,
+                claims.sub,
+                session_id,
+                node_id=server.node_id,
+                now=time.time(),
+                ttl=config.lease_ttl,
+                user_limit=config.max_sessions_per_user,
+                project_limit=config.max_sessions_per_project,
+            )
+        except SessionError as exc:
+            if exc.reason != "session_busy" or server.holds_live(session_id):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        except ConcurrencyLimitError:
+            if not server.releasing(claims) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.02)
+
+
+def _cut(transcript: list[dict[str, Any]], options: SessionOptions) -> list[dict[str, Any]]:
+    """The transcript up to and including ``resumeSessionAt`` (a copy)."""
+    if not options.resume_session_at:
+        return [dict(message) for message in transcript]
+    cut = next(
+        (i for i, m in enumerate(transcript) if m.get("uuid") == options.resume_session_at),
+        None,
+    )
+    if cut is None:
+        raise ValidationError(
+            f"Invalid options: resumeSessionAt {options.resume_session_at!r:.200} is not a "
+            "message of this session",
+            details={"reason": "invalid_options"},
+        )
+    return [dict(message) for message in transcript[: cut + 1]]

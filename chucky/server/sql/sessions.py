@@ -1,0 +1,151 @@
+"""Sessions and their transcripts in SQL.
+
+A session is one ``sessions`` row; its transcript is one ``messages`` row per message, keyed by
+(session, position). Saving appends the messages the store does not hold yet, or rewrites them
+all after :meth:`~chucky.server.store.SessionRecord.replace_transcript`. Message content (a
+string or a list of blocks) is stored as ASCII JSON, so lone surrogates and NUL characters
+survive both engines.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ...errors import SessionNotFoundError
+from ..store import SessionRecord
+from .schema import messages, sessions
+
+__all__ = ["decode_content", "encode_content", "insert", "latest", "load", "save"]
+
+
+def encode_content(content: Any) -> str:
+    """The stored form of a message's content (ASCII JSON: escapes survive any text column)."""
+    return json.dumps(content, ensure_ascii=True, separators=(",", ":"))
+
+
+def decode_content(stored: str) -> Any:
+    """The content :func:`encode_content` stored."""
+    return json.loads(stored)
+
+
+async def insert(connection: AsyncConnection, record: SessionRecord) -> None:
+    """Write a new session and its transcript (the caller updates ``persisted``)."""
+    await connection.execute(
+        sessions.insert().values(
+            id=record.session_id,
+            project_id=record.project_id,
+            user_id=record.user_id,
+            model=record.model,
+            created_at=record.created_at,
+            last_activity_at=record.last_activity_at,
+            state=record.state,
+            spent_microdollars=record.spent_microdollars,
+            message_count=len(record.transcript),
+        )
+    )
+    await _insert_messages(connection, record, 0)
+
+
+async def load(
+    connection: AsyncConnection, session_id: str, project_id: str, user_id: str
+) -> SessionRecord | None:
+    """The session with its transcript, if it belongs to (project, user)."""
+    row = (
+        await connection.execute(
+            select(sessions).where(
+                sessions.c.id == session_id,
+                sessions.c.project_id == project_id,
+                sessions.c.user_id == user_id,
+            )
+        )
+    ).one_or_none()
+    return None if row is None else await _with_transcript(connection, row)
+
+
+async def latest(
+    connection: AsyncConnection, project_id: str, user_id: str
+) -> SessionRecord | None:
+    """The owner's most recently active session, with its transcript."""
+    row = (
+        await connection.execute(
+            select(sessions)
+            .where(sessions.c.project_id == project_id, sessions.c.user_id == user_id)
+            .order_by(sessions.c.last_activity_at.desc(), sessions.c.created_at.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+    return None if row is None else await _with_transcript(connection, row)
+
+
+async def save(connection: AsyncConnection, record: SessionRecord) -> None:
+    """Write what changed since the last save; the caller updates ``persisted``/``rewritten``.
+
+    Raises:
+        SessionNotFoundError: the session is not in the store.
+    """
+    updated = await connection.scalar(
+        update(sessions)
+        .where(sessions.c.id == record.session_id)
+        .values(
+            model=record.model,
+            last_activity_at=record.last_activity_at,
+            state=record.state,
+            spent_microdollars=record.spent_microdollars,
+            message_count=len(record.transcript),
+        )
+        .returning(sessions.c.id)
+    )
+    if updated is None:
+        raise SessionNotFoundError(
+            f"Session {record.session_id} not found",
+            details={"reason": "session_not_found"},
+            session_id=record.session_id,
+        )
+    if record.rewritten:
+        await connection.execute(delete(messages).where(messages.c.session_id == record.session_id))
+        await _insert_messages(connection, record, 0)
+    else:
+        await _insert_messages(connection, record, record.persisted)
+
+
+async def _insert_messages(connection: AsyncConnection, record: SessionRecord, start: int) -> None:
+    rows = [
+        {
+            "session_id": record.session_id,
+            "position": position,
+            "uuid": message["uuid"],
+            "role": message["role"],
+            "content": encode_content(message["content"]),
+        }
+        for position, message in enumerate(record.transcript[start:], start)
+    ]
+    if rows:
+        await connection.execute(messages.insert(), rows)
+
+
+async def _with_transcript(connection: AsyncConnection, row: Row[Any]) -> SessionRecord:
+    stored = await connection.execute(
+        select(messages.c.uuid, messages.c.role, messages.c.content)
+        .where(messages.c.session_id == row.id)
+        .order_by(messages.c.position)
+    )
+    transcript = [
+        {"uuid": m.uuid, "role": m.role, "content": decode_content(m.content)} for m in stored
+    ]
+    return SessionRecord(
+        session_id=row.id,
+        project_id=row.project_id,
+        user_id=row.user_id,
+        model=row.model,
+        created_at=float(row.created_at),
+        last_activity_at=float(row.last_activity_at),
+        transcript=transcript,
+        spent_microdollars=int(row.spent_microdollars),
+        state=row.state,
+        persisted=len(transcript),
+    )
