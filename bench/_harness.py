@@ -104,18 +104,25 @@ async def child(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[
                 await proc.wait()
 
 
-def chucky_server() -> contextlib.AbstractAsyncContextManager[Subprocess]:
-    """``chucky serve --port 0`` (scripted model) in its own process."""
-    return child(
-        sys.executable,
-        "-m",
-        "chucky.cli",
-        "serve",
-        "--port",
-        "0",
-        "--project",
-        f"{PROJECT_ID}:{SECRET}",
-    )
+@contextlib.asynccontextmanager
+async def chucky_server() -> AsyncIterator[Subprocess]:
+    """``chucky serve --port 0`` (scripted model, a fresh SQLite file) in its own process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="chucky-bench-") as directory:
+        async with child(
+            sys.executable,
+            "-m",
+            "chucky.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            f"sqlite+aiosqlite:///{directory}/bench.db",
+            "--project",
+            f"{PROJECT_ID}:{SECRET}",
+        ) as server:
+            yield server
 
 
 def raw_server(*args: str) -> contextlib.AbstractAsyncContextManager[Subprocess]:

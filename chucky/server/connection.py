@@ -375,11 +375,13 @@ class Connection:
                 raise
             finally:
                 self._turn = None
-                session.last_activity_at = time.time()
-                session.state = "idle"
-                # Stored and settled before the client hears of the end of the turn.
-                await self._settle_compute()
-                await self._checkpoint_quietly()
+                if self._compute is not None:
+                    # The turn did not reach its result (interrupted, failed, socket gone):
+                    # stored and settled here, before the client hears of the end.
+                    session.last_activity_at = time.time()
+                    session.state = "idle"
+                    await self._settle_compute()
+                    await self._checkpoint_quietly()
             await self._report(agent, task, interrupted=self._interrupts != interrupts)
         except ConnectionClosed:
             return
@@ -398,6 +400,9 @@ class Connection:
 
     async def turn_ending(self) -> None:
         """The agent is about to send the ``result`` (its :class:`TurnIO`)."""
+        assert self.session is not None
+        self.session.last_activity_at = time.time()
+        self.session.state = "idle"
         await self._settle_compute()
         await self.checkpoint()
 

@@ -5,8 +5,8 @@ the process-wide default one, so several servers in one process (tests) keep sep
 
 Exposed series::
 
-    chucky_connections_open                     gauge    WebSocket connections open now
-    chucky_connections_total                    counter  WebSocket connections accepted
+    chucky_connections_open                     gauge    session sockets open (WS + POST /prompt)
+    chucky_connections_total                    counter  session sockets served (WS + POST /prompt)
     chucky_turns_total{subtype}                 counter  turns finished, by result subtype
     chucky_errors_total{code}                   counter  error frames sent, by code
     chucky_tool_calls_total{outcome}            counter  client tool calls: ok, error, timeout
@@ -66,10 +66,14 @@ class ServerMetrics:
         """The registry holding this server's metrics (and nothing else)."""
         registry = self.registry
         self._connections = Gauge(
-            "chucky_connections_open", "WebSocket connections open now.", registry=registry
+            "chucky_connections_open",
+            "Sessions served now (WebSockets and POST /prompt turns).",
+            registry=registry,
         )
         self._connections_total = Counter(
-            "chucky_connections_total", "WebSocket connections accepted.", registry=registry
+            "chucky_connections_total",
+            "Sessions served (WebSockets and POST /prompt turns).",
+            registry=registry,
         )
         self._turns = Counter(
             "chucky_turns_total",
@@ -109,7 +113,7 @@ class ServerMetrics:
         self._route = _BoundedLabel(limit)
 
     def connection_opened(self) -> None:
-        """A WebSocket connection was accepted."""
+        """A session socket (a WebSocket, or a POST /prompt turn) was accepted."""
         self._connections.inc()
         self._connections_total.inc()
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError as PydanticValidationError
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from .. import __version__
@@ -168,7 +169,10 @@ class Routes:
         path = request.path
         if path in ("/healthz", "/usage", "/prompt", "/metrics"):
             status = http.HTTPStatus.METHOD_NOT_ALLOWED
-            await response.send_json(status, {"error": f"{request.method} not allowed on {path}"})
+            allow = {"Allow": "POST" if path == "/prompt" else "GET"}
+            await response.send_json(
+                status, {"error": f"{request.method} not allowed on {path}"}, allow
+            )
             return status
         if path in ("/ws", "/ws/"):
             status = http.HTTPStatus.UPGRADE_REQUIRED
@@ -222,10 +226,29 @@ class Routes:
         for key, value in body.items():  # flat options beside the message, as P's prompt frame
             if key not in ("message", "prompt", "options", "token"):
                 options.setdefault(key, value)
-        SessionOptions.model_validate(options)  # a bad option is a 400, before any work
+        try:
+            SessionOptions.model_validate(options)  # a bad option is a 400, before any work
+        except (PydanticValidationError, RecursionError) as exc:
+            raise ValidationError(
+                f"Invalid options: {str(exc)[:300]}", details={"reason": "invalid_options"}
+            ) from exc
         if "text/event-stream" in request.headers.get("Accept", ""):
             return await self._stream(claims, options, content, response)
         return await self._collect(claims, options, content, response)
+
+    async def _run(self, socket: PromptSocket, claims: Any, response: HttpResponse) -> None:
+        """Run the turn; a client that goes away ends it, as a WebSocket that closes does."""
+
+        async def watch() -> None:
+            await response.wait_disconnected()
+            await socket.close()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.server.run_connection(socket, claims)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _collect(
         self, claims: Any, options: dict[str, Any], content: Any, response: HttpResponse
@@ -236,7 +259,7 @@ class Routes:
             if frame.get("type") not in ("control", "pong"):
                 frames.append(frame)
 
-        await self.server.run_connection(PromptSocket(options, content, sink), claims)
+        await self._run(PromptSocket(options, content, sink), claims, response)
         result = next((f for f in reversed(frames) if f.get("type") == "result"), None)
         error = next((f for f in frames if f.get("type") == "error"), None)
         if result is None:
@@ -264,7 +287,7 @@ class Routes:
             if frame.get("type") not in ("control", "pong"):
                 await response.write(sse_event(json.dumps(frame), event="message"))
 
-        await self.server.run_connection(PromptSocket(options, content, sink), claims)
+        await self._run(PromptSocket(options, content, sink), claims, response)
         with contextlib.suppress(ConnectionError):
             await response.end()
         return 200

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.serve import serve_process, sqlite_url
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART_SECRET = "hk_live_0123456789abcdef0123456789abcdef"
@@ -17,34 +18,16 @@ DOC_URL = "ws://127.0.0.1:8765/ws"
 
 
 @pytest.fixture(scope="module")
-def serve() -> Iterator[str]:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``chucky serve --port 0`` in a subprocess; yields the URL from its first line."""
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chucky.cli",
-            "serve",
-            "--port",
-            "0",
-            "--project",
-            f"proj:{QUICKSTART_SECRET}",
-            "--project",
-            "proj:hk_live_...",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            match = re.fullmatch(r"chucky serve listening on (ws://127\.0\.0\.1:\d+/ws)\n", first)
-            assert match, first
-            yield match.group(1)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    data_dir = tmp_path_factory.mktemp("chucky-data")
+    with serve_process(
+        *("--db", sqlite_url(data_dir / "chucky.db")),
+        *("--project", f"proj:{QUICKSTART_SECRET}"),
+        *("--project", "proj:hk_live_..."),
+        data_dir=data_dir,
+    ) as served:
+        yield served.url
 
 
 def _run(code: str, url: str) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "closed_code",
     "collect_turn",
     "http_get",
+    "http_post",
     "init",
     "open_raw",
     "open_session",
@@ -62,6 +63,26 @@ async def open_raw(
     ``token=""`` connects with no token at all.
     """
     token = server.token(user) if token is None else token
+    async with open_url(
+        server.url, token, bearer=bearer, query=query, headers=headers, max_size=max_size
+    ) as ws:
+        yield ws
+
+
+@asynccontextmanager
+async def open_url(
+    url: str,
+    token: str,
+    *,
+    bearer: bool = False,
+    query: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_size: int | None = 64 * 1024 * 1024,
+) -> AsyncIterator[ClientConnection]:
+    """:func:`open_raw` for a server known by its URL (``chucky serve`` in a subprocess).
+
+    ``token=""`` connects with no token at all.
+    """
     params: dict[str, str] = {}
     extra_headers = dict(headers or {})
     if bearer:
@@ -69,7 +90,7 @@ async def open_raw(
     elif token:
         params["token"] = token
     params.update(query or {})
-    url = server.url + (f"?{urlencode(params)}" if params else "")
+    url = url + (f"?{urlencode(params)}" if params else "")
     async with connect(
         url,
         additional_headers=extra_headers,
@@ -197,8 +218,44 @@ async def http_get(
     server: ScriptedServer, path: str, headers: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """A plain HTTP GET on the server's port: ``(status, headers, body)``."""
-    base = server.url.removesuffix("/ws").replace("ws://", "http://", 1)
+    return await http_get_url(server.url, path, headers)
+
+
+async def http_get_url(
+    url: str, path: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """:func:`http_get` for a server known by its WebSocket URL (``ws://HOST:PORT/ws``)."""
+    base = url.removesuffix("/ws").replace("ws://", "http://", 1)
     return await asyncio.to_thread(_get, base + path, headers or {})
+
+
+def _post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=FRAME_TIMEOUT) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+async def http_post(
+    server: ScriptedServer,
+    path: str,
+    body: bytes | object,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP POST on the server's port: ``(status, headers, body)``.
+
+    ``body`` is sent as is when it is ``bytes``, else as JSON (``Content-Type:
+    application/json`` unless ``headers`` name one).
+    """
+    sent = dict(headers or {})
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+        if not any(name.lower() == "content-type" for name in sent):
+            sent["Content-Type"] = "application/json"
+    return await asyncio.to_thread(_post, server.http_url + path, body, sent)
 
 
 USAGE_KEYS = (

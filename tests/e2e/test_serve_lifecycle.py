@@ -1,0 +1,224 @@
+"""``chucky serve`` as a process: graceful shutdown, a crash and a restart, the project CLI.
+
+Each test runs real ``chucky serve`` subprocesses on 127.0.0.1 (port 0) on a SQLite file in its
+``tmp_path``, drives them over raw WebSockets and HTTP, and kills whatever still runs at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.raw import (
+    FRAME_TIMEOUT,
+    Frame,
+    check_result,
+    closed_code,
+    collect_turn,
+    init,
+    open_url,
+    recv,
+    send,
+    turn,
+    user_frame,
+)
+from support.serve import (
+    ServeProcess,
+    ServeProcesses,
+    resumed,
+    run_chucky,
+    sqlite_url,
+    token_for,
+    until_system_init,
+    usage,
+)
+from support.timing import ticks
+
+PROJECT = "proj"
+SECRET = "hk_live_5e1f0c2d3b4a59687766554433221100"
+CLOSE = {"type": "control", "payload": {"action": "close"}}
+TURN_TIMEOUT = ticks(200)
+"""How long a turn's frames may take (the scripted turns here sleep up to a second)."""
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcesses]:
+    with ServeProcesses(tmp_path) as processes:
+        yield processes
+
+
+async def _start(serve: ServeProcesses, *args: str) -> ServeProcess:
+    """``chucky serve`` on the test's SQLite file, with the test project."""
+    database = sqlite_url(serve.data_dir / "chucky.db")
+    return await asyncio.to_thread(
+        serve.start, "--db", database, "--project", f"{PROJECT}:{SECRET}", *args
+    )
+
+
+async def _exit_code(node: ServeProcess) -> int:
+    return await asyncio.to_thread(node.wait, ticks(200))
+
+
+async def _assert_refused(url: str, token: str) -> None:
+    with pytest.raises(OSError):
+        async with open_url(url, token):
+            pass
+
+
+def _error(frame: Frame) -> dict[str, object]:
+    assert frame["type"] == "error", frame
+    payload = frame["payload"]
+    assert isinstance(payload, dict)
+    return payload
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_lets_the_running_turn_finish_within_the_grace(
+    serve: ServeProcesses, signum: signal.Signals
+) -> None:
+    node = await _start(serve, "--shutdown-grace", "10")
+    token = token_for("graceful", PROJECT, SECRET)
+    async with open_url(node.url, token) as ws:
+        await init(ws)
+        await send(ws, user_frame("sleep 1; echo done"))
+        system = await until_system_init(ws)
+        node.send_signal(signum)
+        frames = [system, *await collect_turn(ws, TURN_TIMEOUT)]
+        result = check_result(frames)
+        assert result["result"] == "done"
+        assert [f["type"] for f in frames] == ["system", "assistant", "result"]
+        # Only then is the session over: the close frame, then the close with 1001.
+        assert await recv(ws, TURN_TIMEOUT) == CLOSE
+        assert await closed_code(ws, TURN_TIMEOUT) == 1001
+    assert await _exit_code(node) == 0
+    await _assert_refused(node.url, token)
+
+
+async def test_a_turn_longer_than_the_grace_is_interrupted_and_settled(
+    serve: ServeProcesses,
+) -> None:
+    node = await _start(serve, "--shutdown-grace", "0.5")
+    token = token_for("impatient", PROJECT, SECRET)
+    async with open_url(node.url, token) as ws:
+        info = await init(ws)
+        await send(ws, user_frame("sleep 30"))
+        system = await until_system_init(ws)
+        node.send_signal(signal.SIGTERM)
+        frames = [system, *await collect_turn(ws, TURN_TIMEOUT)]
+        result = check_result(frames, subtype="error_during_execution")
+        assert result["errors"] == ["server shutting down"]
+        assert await recv(ws, TURN_TIMEOUT) == CLOSE
+        assert await closed_code(ws, TURN_TIMEOUT) == 1001
+    assert await _exit_code(node) == 0
+
+    # The same database, a new process: the ledger was settled and the session stored.
+    node = await _start(serve)
+    report = await usage(node.url, token)
+    assert report["compute"]["reserved"] == 0
+    assert report["compute"]["used"] > 0  # the interrupted turn's wall-clock time
+    assert report["ai"]["reserved"] == 0
+    async with open_url(node.url, token) as ws:
+        resumed_info = await init(ws, sessionId=info["sessionId"])
+        assert resumed_info["sessionId"] == info["sessionId"]
+        assert resumed_info["messageCount"] >= 1  # the interrupted turn's user message
+        frames = await turn(ws, "recall", TURN_TIMEOUT)
+        assert check_result(frames)["result"] == "sleep 30"
+
+
+async def test_restart_after_kill_recovers_the_dead_nodes_reservations_and_lease(
+    serve: ServeProcesses,
+) -> None:
+    node = await _start(serve, "--lease-ttl", "1")
+    token = token_for("crashed", PROJECT, SECRET, ai_dollars=0.5, compute_hours=1)
+    async with open_url(node.url, token) as ws:
+        info = await init(ws)
+        await send(ws, user_frame("sleep 30; echo x"))
+        await until_system_init(ws)
+        assert await asyncio.to_thread(node.kill) == -signal.SIGKILL
+    node = await _start(serve, "--lease-ttl", "1")
+
+    # The dead node's reservations are held until they expire, then charged in full: the
+    # state to reach is nothing reserved, and never more used than the budget.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ticks(200)
+    while True:
+        report = await usage(node.url, token)
+        if report["ai"]["reserved"] == 0 and report["compute"]["reserved"] == 0:
+            break
+        assert loop.time() < deadline, f"reservations never recovered: {report}"
+        await asyncio.sleep(ticks(4))
+    ai, compute = report["ai"], report["compute"]
+    assert 0 < ai["used"] <= ai["budget"]  # the killed call's reservation, at its full amount
+    assert 0 < compute["used"] <= compute["budget"]
+    assert ai["remaining"] == ai["budget"] - ai["used"]
+
+    # The dead node's lease expires too; the session and its user message are there.
+    async with resumed(node.url, token, info["sessionId"]) as (ws, resumed_info):
+        assert resumed_info["messageCount"] >= 1
+        frames = await turn(ws, "recall", TURN_TIMEOUT)
+        assert check_result(frames)["result"] == "sleep 30; echo x"
+
+
+async def _chucky(serve: ServeProcesses, *args: str) -> str:
+    result = await asyncio.to_thread(run_chucky, *args, data_dir=serve.data_dir)
+    return result.stdout
+
+
+async def _accepted(url: str, token: str) -> None:
+    async with open_url(url, token) as ws:
+        await init(ws)
+        frames = await turn(ws, "echo accepted", TURN_TIMEOUT)
+        assert check_result(frames)["result"] == "accepted"
+
+
+async def _refused(url: str, token: str) -> None:
+    async with open_url(url, token) as ws:
+        payload = _error(await recv(ws))
+        assert payload["code"] == "AUTHENTICATION_ERROR", payload
+        assert await closed_code(ws, FRAME_TIMEOUT) == 1008
+
+
+async def test_project_cli_create_rotate_token_revoke(serve: ServeProcesses) -> None:
+    db = sqlite_url(serve.data_dir / "projects.db")
+    created = await _chucky(serve, "project", "create", "--name", "acme", "--db", db)
+    match = re.fullmatch(r"project (\S+)\nsecret\s+(hk_live_[0-9a-f]{32})\n", created)
+    assert match, created
+    project, first_secret = match.groups()
+    listed = await _chucky(serve, "project", "list", "--db", db)
+    assert f"{project}\tacme\t1 secret(s): {first_secret[:12]}..." in listed.splitlines()
+
+    rotated = await _chucky(serve, "project", "rotate", project, "--db", db)
+    match = re.match(r"secret\s+(hk_live_[0-9a-f]{32})\n", rotated)
+    assert match, rotated
+    newest = match.group(1)
+    assert newest != first_secret
+    listed = await _chucky(serve, "project", "list", "--db", db)
+    assert f"{project}\tacme\t2 secret(s)" in listed
+
+    # No --secret: the newest secret of the project, read from the database.
+    minted = await _chucky(serve, "token", "--project", project, "--user", "u", "--db", db)
+    token = minted.strip()
+    old_token = token_for("u", project, first_secret)
+
+    # A server with no --project knows the projects of its database.
+    node = await asyncio.to_thread(serve.start, "--db", db)
+    await _accepted(node.url, token)
+    await _accepted(node.url, old_token)  # rotation keeps the old secret working
+    node.stop()
+
+    revoked = await _chucky(
+        serve, "project", "revoke", project, "--secret-prefix", newest[:20], "--db", db
+    )
+    assert revoked == "revoked 1 secret(s)\n"
+    listed = await _chucky(serve, "project", "list", "--db", db)
+    assert f"{project}\tacme\t1 secret(s): {first_secret[:12]}..." in listed.splitlines()
+
+    # A new process (a running one caches secrets for a few seconds): the revoked secret's
+    # tokens are refused, the other secret's still accepted.
+    node = await asyncio.to_thread(serve.start, "--db", db)
+    await _refused(node.url, token)
+    await _accepted(node.url, old_token)
