@@ -178,9 +178,10 @@ class AgentTurn:
             grant = await self._reserve(self._request([*session.model_messages(), user_message]))
             if grant == "window":
                 raise await self.budget.exceeded_now("ai", self._wall_clock())
-        await self.io.send(self._system_init())
+        # Stored before it is announced: a turn the client saw start is never lost.
         session.append("user", self.content)
         await self.io.checkpoint()
+        await self.io.send(self._system_init())
         while True:
             if self.num_turns >= settings.max_turns:
                 return await self._finish("error_max_turns", ["max turns reached"])
