@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         turns_per_minute=args.turns_per_minute,
         lease_ttl=args.lease_ttl,
         shutdown_grace=args.shutdown_grace,
+        min_output_tokens=args.min_output_tokens,
     )
     asyncio.run(run_server(config))
     return 0
@@ -193,6 +194,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="how long a crashed node's sessions and reservations stay held",
+    )
+    serve.add_argument(
+        "--min-output-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="a model call is made only if the budget pays for its input and N output tokens",
     )
     serve.add_argument(
         "--shutdown-grace",

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -226,6 +227,27 @@ async def test_resume_session_continues_history(server: ScriptedServer) -> None:
         with pytest.raises(SessionNotFoundError):
             await other.prompt("recall", session_id=first.session_id)
         await other.close()
+
+
+async def test_resume_session_after_a_server_restart(tmp_path: Path) -> None:
+    # Issue 3: a session started before a restart resumes after it, with its whole history;
+    # the client's resume_session() is the way in.
+    secret = "hk_live_" + "d" * 32
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/state.db"
+    async with (
+        scripted_server(secret=secret, database_url=database_url) as running,
+        running.client("bob") as client,
+    ):
+        first = await client.prompt("My name is Bob")
+    async with (
+        scripted_server(secret=secret, database_url=database_url) as running,
+        running.client("bob") as client,
+    ):
+        async with client.resume_session(first.session_id) as session:
+            await session.send("recall")
+            messages = [m async for m in session.stream()]
+        assert messages[-1].result == "My name is Bob"
+        assert messages[-1].session_id == first.session_id
 
 
 async def test_interrupt_ends_the_turn_with_a_result(server: ScriptedServer) -> None:
