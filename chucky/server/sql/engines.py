@@ -148,6 +148,9 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         # One connection shared by every caller, or each would see its own empty database.
         options["poolclass"] = StaticPool
     options["connect_args"] = {"timeout": BUSY_TIMEOUT}
+    # Every use is ``engine.begin()``, which ends in COMMIT or ROLLBACK: the pool's own rollback
+    # on return would be one more round trip to aiosqlite's thread per transaction.
+    options["pool_reset_on_return"] = None
     engine = create_async_engine(parsed, **options)
     _configure_sqlite(engine)
     return engine
