@@ -105,8 +105,9 @@ async def child(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def chucky_server() -> AsyncIterator[Subprocess]:
-    """``chucky serve --port 0`` (scripted model, a fresh SQLite file) in its own process."""
+async def chucky_server(database_url: str | None = None) -> AsyncIterator[Subprocess]:
+    """``chucky serve --port 0`` (scripted model) in its own process, its state in
+    ``database_url`` (a fresh SQLite file if ``None``)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="chucky-bench-") as directory:
@@ -118,7 +119,7 @@ async def chucky_server() -> AsyncIterator[Subprocess]:
             "--port",
             "0",
             "--db",
-            f"sqlite+aiosqlite:///{directory}/bench.db",
+            database_url or f"sqlite+aiosqlite:///{directory}/bench.db",
             "--project",
             f"{PROJECT_ID}:{SECRET}",
         ) as server:

@@ -27,25 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import PROJECT_ID, SECRET, Samples, bench_token, child, fmt, machine, ratio, table
+from _harness import Samples, bench_token, chucky_server, fmt, machine, ratio, table
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-
-def _serve(database_url: str):  # type: ignore[no-untyped-def]
-    return child(
-        sys.executable,
-        "-m",
-        "chucky.cli",
-        "serve",
-        "--port",
-        "0",
-        "--db",
-        database_url,
-        "--project",
-        f"{PROJECT_ID}:{SECRET}",
-    )
 
 
 async def _session(url: str, user: str, turns: int, samples: list[float]) -> None:
@@ -70,7 +55,7 @@ async def _session(url: str, user: str, turns: int, samples: list[float]) -> Non
 
 
 async def _measure(database_url: str, turns: int, sessions: int) -> tuple[Samples, float]:
-    async with _serve(database_url) as server:
+    async with chucky_server(database_url) as server:
         url = server.url
         await _session(url, "warmup", 20, [])
         latency: list[float] = []

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from ..messages import ResultMessage, Usage
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
-from .budget import CallGrant, UserBudget
+from .budget import CallGrant, Settlement, UserBudget
 from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
 from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
@@ -52,11 +52,11 @@ class TurnIO(Protocol):
     async def call_tool(self, tool: ClientTool, call_id: str, arguments: Any) -> ToolResultPayload:
         """Have the client run ``tool``; always returns a result (errors included)."""
 
-    async def checkpoint(self) -> None:
-        """Persist the session's new messages."""
+    async def checkpoint(self, settlements: list[Settlement]) -> None:
+        """Persist the session's new messages, and settle ``settlements`` with them."""
 
-    async def turn_ending(self) -> None:
-        """The ``result`` is about to be sent: persist, and settle the turn's compute."""
+    async def turn_ending(self, settlements: list[Settlement]) -> None:
+        """The ``result`` is about to be sent: persist, settle, and settle the turn's compute."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,7 @@ class AgentTurn:
             "cache_read_input_tokens": 0,
         }
         self.cost_microdollars = 0
+        self.settlements: list[Settlement] = []
         self.stop_reason: str | None = None
         self.final_text = ""
 
@@ -180,7 +181,7 @@ class AgentTurn:
                 raise await self.budget.exceeded_now("ai", self._wall_clock())
         # Stored before it is announced: a turn the client saw start is never lost.
         session.append("user", self.content)
-        await self.io.checkpoint()
+        await self.io.checkpoint(self.take_settlements())
         await self.io.send(self._system_init())
         while True:
             if self.num_turns >= settings.max_turns:
@@ -192,14 +193,14 @@ class AgentTurn:
             if not tool_uses:
                 return await self._finish("success")
             await self._run_tools(tool_uses)
-            await self.io.checkpoint()
+            await self.io.checkpoint(self.take_settlements())
             if self.num_turns < settings.max_turns:
                 grant = await self._reserve(self._request(session.model_messages()))
 
     async def _finish(self, subtype: str, errors: list[str] | None = None) -> ResultMessage:
         # Stored and settled before the client hears of it: a client that reconnects (or asks
         # for its usage) at once finds it.
-        await self.io.turn_ending()
+        await self.io.turn_ending(self.take_settlements())
         result = self.result(subtype, errors=errors)
         await self.io.send(result.to_wire())
         return result
@@ -283,9 +284,16 @@ class AgentTurn:
 
     async def _charge(self, grant: CallGrant, usage: Mapping[str, int]) -> None:
         _add_usage(self.usage, usage)
-        cost = await self.budget.settle_call(grant, usage, self.route.price, self._wall_clock())
+        cost, settlement = self.budget.charge(grant, usage, self.route.price)
+        if settlement is not None:
+            self.settlements.append(settlement)  # written with the session's next save
         self.cost_microdollars += cost
         self.session.spent_microdollars += cost
+
+    def take_settlements(self) -> list[Settlement]:
+        """The ledger settlements not written yet (the caller writes them)."""
+        taken, self.settlements = self.settlements, []
+        return taken
 
     async def _run_tools(self, tool_uses: list[dict[str, Any]]) -> None:
         # Several tool_use blocks: the calls go out back to back and run concurrently.

@@ -4,8 +4,9 @@ The token's ``budget`` claim is a promise (PROTOCOL.md section 7): the user's sp
 instance never exceeds it. Every model call goes through :meth:`UserBudget.reserve_call`, which
 atomically sets aside the call's worst case in the :class:`~chucky.server.store.Store` ledger --
 the input cost plus ``max_tokens`` x the output price -- after lowering ``max_tokens`` to what the
-remaining budget (and the session's ``maxBudgetUsd``) can pay for. :meth:`UserBudget.settle_call`
-charges the actual cost and releases the rest. A call whose input plus ``min_output_tokens``
+remaining budget (and the session's ``maxBudgetUsd``) can pay for. :meth:`UserBudget.charge`
+gives the actual cost, settled (the rest released) in the same transaction as the session's next
+save. A call whose input plus ``min_output_tokens``
 cannot be paid for is not made.
 
 Compute is the wall-clock time of running turns, in milliseconds in the ledger: a turn takes a
@@ -32,7 +33,16 @@ from ..windows import format_utc, window_bounds, window_key
 from .pricing import ModelPrice, cost_microdollars
 from .store import LedgerKey, LedgerUsage, Reservation, ResourceKind, Store
 
-__all__ = ["BudgetSettings", "CallGrant", "UserBudget", "affordable_output_tokens"]
+__all__ = [
+    "BudgetSettings",
+    "CallGrant",
+    "Settlement",
+    "UserBudget",
+    "affordable_output_tokens",
+]
+
+Settlement = tuple[Reservation, int]
+"""A reservation and the actual amount to charge for it (capped at the reservation)."""
 
 logger = logging.getLogger("chucky.server.budget")
 
@@ -213,14 +223,15 @@ class UserBudget:
                 max_tokens = max(min(max_tokens, fits), minimum_out)
         return CallGrant(reservation, max_tokens)
 
-    async def settle_call(
-        self, grant: CallGrant, usage: Mapping[str, int], price: ModelPrice, now: float
-    ) -> int:
-        """Charge the call's actual cost (at most its reservation); returns what was charged."""
+    @staticmethod
+    def charge(
+        grant: CallGrant, usage: Mapping[str, int], price: ModelPrice
+    ) -> tuple[int, Settlement | None]:
+        """What a finished call costs the user -- its actual cost, at most its reservation --
+        and the settlement to write (with the session's next save)."""
         cost = cost_microdollars(usage, price)
         if grant.reservation is None:
-            return cost
-        charged = await self.store.settle(grant.reservation, cost, now)
+            return cost, None
         if cost > grant.reservation.amount:
             logger.warning(
                 "model call cost %d microdollars, more than its reservation of %d; "
@@ -228,7 +239,7 @@ class UserBudget:
                 cost,
                 grant.reservation.amount,
             )
-        return charged
+        return min(cost, grant.reservation.amount), (grant.reservation, cost)
 
     async def exceeded_now(self, kind: ResourceKind, now: float) -> BudgetExceededError:
         """:meth:`exceeded` with the ledger's current numbers."""
@@ -257,15 +268,16 @@ class UserBudget:
             raise self.exceeded("compute", await self.store.usage(key, "compute"), now)
         return reservation
 
-    async def settle_compute(self, grants: list[Reservation], elapsed: float, now: float) -> int:
-        """Charge ``elapsed`` seconds across a turn's grants, in order; returns milliseconds."""
+    @staticmethod
+    def compute_settlements(grants: list[Reservation], elapsed: float) -> list[Settlement]:
+        """``elapsed`` seconds spread over a turn's compute grants, in order."""
         left = round(elapsed * 1000)
-        charged = 0
+        settlements: list[Settlement] = []
         for grant in grants:
             take = min(left, grant.amount)
-            charged += await self.store.settle(grant, take, now)
+            settlements.append((grant, take))
             left -= take
-        return charged
+        return settlements
 
     # -- reporting -----------------------------------------------------------------------------
 

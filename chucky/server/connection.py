@@ -40,7 +40,7 @@ from ..protocol.server import (
 )
 from ..tokens import TokenClaims
 from .agent import AgentTurn, TurnSettings
-from .budget import UserBudget
+from .budget import Settlement, UserBudget
 from .catalog import ClientTool, ToolCatalog
 from .sessions import OpenSession, open_session
 from .store import Reservation, SessionRecord, new_id
@@ -375,36 +375,36 @@ class Connection:
                 raise
             finally:
                 self._turn = None
-                if self._compute is not None:
+                leftover = agent.take_settlements()
+                if leftover or self._compute is not None:
                     # The turn did not reach its result (interrupted, failed, socket gone):
                     # stored and settled here, before the client hears of the end.
                     session.last_activity_at = time.time()
                     session.state = "idle"
-                    await self._settle_compute()
-                    await self._checkpoint_quietly()
+                    await self._checkpoint_quietly([*leftover, *self._compute_settlements()])
             await self._report(agent, task, interrupted=self._interrupts != interrupts)
         except ConnectionClosed:
             return
         finally:
             self._idle.set()
 
-    async def _settle_compute(self) -> None:
-        """Charge the running turn's wall-clock time (once)."""
+    def _compute_settlements(self) -> list[Settlement]:
+        """The running turn's wall-clock time as ledger settlements (once)."""
         turn, self._compute = self._compute, None
         if turn is None:
-            return
+            return []
         grants, started = turn
-        elapsed = time.monotonic() - started
-        charged = await self.budget.settle_compute(list(grants), elapsed, time.time())
-        self.server.metrics.compute_used(self.claims.iss, charged / 1000)
+        settlements = self.budget.compute_settlements(list(grants), time.monotonic() - started)
+        self.server.metrics.compute_used(self.claims.iss, sum(a for _, a in settlements) / 1000)
+        return settlements
 
-    async def turn_ending(self) -> None:
-        """The agent is about to send the ``result`` (its :class:`TurnIO`)."""
+    async def turn_ending(self, settlements: list[Settlement]) -> None:
+        """The agent is about to send the ``result`` (its :class:`TurnIO`): one transaction
+        stores the session and settles the turn's calls and compute."""
         assert self.session is not None
         self.session.last_activity_at = time.time()
         self.session.state = "idle"
-        await self._settle_compute()
-        await self.checkpoint()
+        await self.checkpoint([*settlements, *self._compute_settlements()])
 
     async def _supervise(
         self, task: asyncio.Task[Any], compute: list[Reservation], started: float
@@ -473,15 +473,22 @@ class Connection:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    async def checkpoint(self) -> None:
-        """Write the session's new messages (the agent's :class:`TurnIO`)."""
-        if self.session is not None:
-            await self.server.store.save_session(self.session)
+    async def checkpoint(self, settlements: list[Settlement]) -> None:
+        """Write the session's new messages and settle ``settlements`` (the agent's
+        :class:`TurnIO`)."""
+        if self.session is None:
+            return
+        store = self.server.store
+        if settlements:
+            await store.settle_and_save(self.session, settlements, time.time())
+        else:
+            await store.save_session(self.session)
 
-    async def _checkpoint_quietly(self) -> None:
+    async def _checkpoint_quietly(self, settlements: list[Settlement]) -> None:
         try:
-            await self.checkpoint()
+            await self.checkpoint(settlements)
         except ChuckyError:
+            # Unsettled reservations expire and are charged in full by recover().
             logger.exception("could not save session")
 
     # -- shutdown ------------------------------------------------------------------------------

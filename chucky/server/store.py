@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -285,6 +286,16 @@ class Store(ABC):
     async def save_session(self, record: SessionRecord) -> None:
         """Write what changed: new messages (or the whole transcript when ``rewritten``), the
         model, spend, state and activity time. Sets ``persisted`` and clears ``rewritten``."""
+
+    @abstractmethod
+    async def settle_and_save(
+        self,
+        record: SessionRecord,
+        settlements: Sequence[tuple[Reservation, int]],
+        now: float,
+    ) -> list[int]:
+        """:meth:`settle` each ``(reservation, actual)`` and :meth:`save_session` ``record``, in
+        one transaction (a turn's end costs one round trip); returns what each charged."""
 
     # -- the budget ledger ---------------------------------------------------------------------
 

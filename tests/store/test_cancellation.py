@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import pytest
 from sqlalchemy import text
@@ -18,22 +19,33 @@ KEY = LedgerKey("proj_a", "alice", "day:2027-01-15T00:00:00Z")
 
 
 async def test_a_cancelled_call_rolls_its_transaction_back(store: SqlStore) -> None:
-    inside = asyncio.Event()
-    release = asyncio.Event()
+    # File SQLite runs each transaction in the store's thread (the work function must not
+    # suspend there: it blocks on a thread event); PostgreSQL in a task (it awaits).
+    in_thread = store._thread is not None
+    inside, release = threading.Event(), threading.Event()
+    inside_async, release_async = asyncio.Event(), asyncio.Event()
 
     async def work(connection: AsyncConnection) -> None:
         await connection.execute(
             text("INSERT INTO projects (id, name, created_at) VALUES ('proj_x', 'x', 0)")
         )
-        inside.set()
-        await release.wait()
+        if in_thread:
+            inside.set()
+            release.wait(ticks(200))
+        else:
+            inside_async.set()
+            await release_async.wait()
 
     call = asyncio.create_task(store._run(work))
-    await inside.wait()
+    if in_thread:
+        assert await asyncio.to_thread(inside.wait, ticks(200))
+    else:
+        await inside_async.wait()
     call.cancel()
     await asyncio.sleep(ticks(1))
     assert not call.done()  # it waits for its transaction to end
     release.set()
+    release_async.set()
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await store.get_project("proj_x") is None

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import platformdirs
-from sqlalchemy import Table, event
+from sqlalchemy import Engine, Table, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
@@ -199,7 +200,24 @@ async def enable_wal(engine: AsyncEngine) -> None:
             return
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous twin (``pysqlite``) of a file SQLite ``engine``, configured the same way,
+    for running whole transactions in the store's own thread; ``None`` for an in-memory
+    database (a second engine would see another, empty database)."""
+    if is_memory_sqlite(engine) or backend_of(engine) != "sqlite":
+        return None
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    twin = create_sync_engine(
+        url,
+        hide_parameters=True,
+        pool_reset_on_return=None,
+        connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False},
+    )
+    _configure_sqlite(twin)
+    return twin
+
+
+def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
     busy_ms = int(BUSY_TIMEOUT * 1000)
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -216,5 +234,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-    event.listen(engine.sync_engine, "connect", on_connect)
-    event.listen(engine.sync_engine, "begin", on_begin)
+    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    event.listen(target, "connect", on_connect)
+    event.listen(target, "begin", on_begin)

@@ -19,15 +19,16 @@ every later writer fails with "database is locked".
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import secrets as secrets_module
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import BigInteger, func, literal, select, update
+from sqlalchemy import BigInteger, Connection, Engine, func, literal, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -52,6 +53,7 @@ from .engines import (
     Backend,
     backend_of,
     create_engine,
+    create_sqlite_thread_engine,
     enable_wal,
     hide_password,
     insert_for,
@@ -94,7 +96,7 @@ class _Call:
         self.abandoned = False
 
 
-async def _uninterrupted(task: asyncio.Task[_T], call: _Call | None = None) -> _T:
+async def _uninterrupted(task: asyncio.Future[_T], call: _Call | None = None) -> _T:
     """``task``'s result; if the caller is cancelled meanwhile, mark ``call`` abandoned, wait
     for ``task`` to end all the same, then let the cancellation go on."""
     try:
@@ -108,6 +110,42 @@ async def _uninterrupted(task: asyncio.Task[_T], call: _Call | None = None) -> _
         if not task.cancelled():
             task.exception()  # retrieved: the caller's cancellation is what goes on
         raise
+
+
+class _ThreadConnection:
+    """The part of :class:`AsyncConnection` the store's work functions use, over a synchronous
+    connection: every await completes at once, so a work coroutine runs to its end in one
+    :func:`_drive` (inside the store's thread: one hand-off per transaction, not one per
+    statement as through aiosqlite)."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._connection.execute(*args, **kwargs)
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return self._connection.scalar(*args, **kwargs)
+
+    async def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        return self._connection.scalars(*args, **kwargs)
+
+
+def _drive(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine that never suspends (its awaits are :class:`_ThreadConnection` calls)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    coroutine.close()
+    raise RuntimeError("a store work function suspended in the store's thread")
+
+
+def _dispose(engine: Engine | None) -> None:
+    if engine is not None:
+        engine.dispose()
 
 
 def _invalid(message: str) -> ValidationError:
@@ -131,6 +169,10 @@ class SqlStore(Store):
         self._echo = echo
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
+        # File SQLite: whole transactions run in this one thread, on a pysqlite twin engine.
+        self._thread_engine: Engine | None = None
+        self._thread_reader: Engine | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._backend: Backend = "sqlite"
         # SQLite writers wait for one another anyway (BEGIN IMMEDIATE); waiting here instead of
         # in SQLite's busy handler keeps them in order and off its sleep-and-retry loop. An
@@ -189,10 +231,22 @@ class SqlStore(Store):
         self._backend = backend
         self._serialize_writes = backend == "sqlite"
         self._serialize_reads = is_memory_sqlite(engine)
+        twin = create_sqlite_thread_engine(engine)
+        if twin is not None:
+            self._thread_engine = twin
+            self._thread_reader = twin.execution_options(**{READ_ONLY: True})
+            self._thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="chucky-sqlite"
+            )
 
     async def aclose(self) -> None:
         """Release every connection (idempotent)."""
         engine, self._engine, self._reader = self._engine, None, None
+        twin, self._thread_engine, self._thread_reader = self._thread_engine, None, None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, _dispose, twin)
+            thread.shutdown(wait=False)
         if engine is not None:
             await engine.dispose()
 
@@ -204,6 +258,13 @@ class SqlStore(Store):
         if engine is None:
             raise InvalidStateError(f"The store {self._url} is not open: call open() first")
         call = _Call()
+        if self._thread is not None:
+            # One thread for every transaction: they are serialised there, as SQLite
+            # serialises writers anyway, and each costs one hand-off.
+            future = asyncio.get_running_loop().run_in_executor(
+                self._thread, self._thread_transaction, work, write, call
+            )
+            return await _uninterrupted(future, call)
         return await _uninterrupted(
             asyncio.create_task(self._transaction(engine, work, write, call)), call
         )
@@ -230,6 +291,22 @@ class SqlStore(Store):
                     return result
             except _DATABASE_ERRORS as exc:
                 raise StoreError(f"Database {self._url} failed: {_describe(exc)}") from exc
+
+    def _thread_transaction(
+        self, work: Callable[[AsyncConnection], Awaitable[_T]], write: bool, call: _Call
+    ) -> _T:
+        engine = self._thread_engine if write else self._thread_reader
+        if engine is None or call.abandoned:
+            raise _Abandoned
+        try:
+            with engine.begin() as connection:
+                pending = work(cast(AsyncConnection, _ThreadConnection(connection)))
+                result: _T = _drive(cast(Coroutine[Any, Any, _T], pending))
+                if call.abandoned:
+                    raise _Abandoned
+                return result
+        except _DATABASE_ERRORS as exc:
+            raise StoreError(f"Database {self._url} failed: {_describe(exc)}") from exc
 
     # -- projects ------------------------------------------------------------------------------
 
@@ -400,6 +477,25 @@ class SqlStore(Store):
         # Only once committed: a failed save is retried in full.
         record.persisted = len(record.transcript)
         record.rewritten = False
+
+    async def settle_and_save(
+        self,
+        record: SessionRecord,
+        settlements: Sequence[tuple[Reservation, int]],
+        now: float,
+    ) -> list[int]:
+        async def work(connection: AsyncConnection) -> list[int]:
+            charged = [
+                await ledger.settle(connection, reservation.reservation_id, actual, now)
+                for reservation, actual in settlements
+            ]
+            await session_rows.save(connection, record)
+            return charged
+
+        charged = await self._run(work)
+        record.persisted = len(record.transcript)
+        record.rewritten = False
+        return charged
 
     # -- the budget ledger ---------------------------------------------------------------------
 
