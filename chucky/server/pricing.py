@@ -114,6 +114,18 @@ PRICES: Final[Mapping[str, ModelPrice]] = MappingProxyType(
         _HAIKU_3_5: ModelPrice.standard(0.8, 4),
         # The deterministic test model is priced like Sonnet so budget tests see real numbers.
         "scripted": ModelPrice.standard(3, 15),
+        # OpenAI list prices (USD per million tokens). No cache-write premium: written tokens
+        # cost the input price; cached input is discounted.
+        "gpt-5": ModelPrice(1.25, 10, 1.25, 0.125),
+        "gpt-5-mini": ModelPrice(0.25, 2, 0.25, 0.025),
+        "gpt-5-nano": ModelPrice(0.05, 0.4, 0.05, 0.005),
+        "gpt-4.1": ModelPrice(2, 8, 2, 0.5),
+        "gpt-4.1-mini": ModelPrice(0.4, 1.6, 0.4, 0.1),
+        "gpt-4.1-nano": ModelPrice(0.1, 0.4, 0.1, 0.025),
+        "gpt-4o": ModelPrice(2.5, 10, 2.5, 1.25),
+        "gpt-4o-mini": ModelPrice(0.15, 0.6, 0.15, 0.075),
+        "o3": ModelPrice(2, 8, 2, 0.5),
+        "o4-mini": ModelPrice(1.1, 4.4, 1.1, 0.275),
     }
 )
 """List prices by model id (read-only)."""

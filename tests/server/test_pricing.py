@@ -50,7 +50,10 @@ def test_table(model: str, price: ModelPrice) -> None:
 
 
 def test_cache_prices_follow_the_standard_ratios() -> None:
-    for price in PRICES.values():
+    # Anthropic's ratios; OpenAI models have none (they are checked by their own test).
+    for model, price in PRICES.items():
+        if not model.startswith(("claude-", "scripted")):
+            continue
         assert Decimal(str(price.cache_write)) == Decimal(str(price.input)) * Decimal("1.25")
         assert Decimal(str(price.cache_read)) == Decimal(str(price.input)) * Decimal("0.1")
     assert ModelPrice.standard(0.8, 4) == HAIKU_3_5
@@ -105,7 +108,6 @@ def test_aliases_and_prefixes(model: str, price: ModelPrice) -> None:
     [
         "local",
         "smollm2-135m-instruct",
-        "gpt-4o",
         "",
         "claude",
         "claude-opus-4-6",  # another version, not claude-opus-4
@@ -215,4 +217,30 @@ def test_cost_matches_exact_arithmetic(inp: int, out: int, model: str) -> None:
     price = PRICES[model]
     exact = inp * Decimal(str(price.input)) + out * Decimal(str(price.output))
     got = cost_microdollars({"input_tokens": inp, "output_tokens": out}, price)
-    assert got - Decimal("0.5") < exact <= got + Decimal("0.5")
+    # Rounded half up: got = floor(exact + 0.5).
+    assert got - Decimal("0.5") <= exact < got + Decimal("0.5")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("gpt-4o", (2.5, 10, 2.5, 1.25)),
+        ("gpt-4o-2024-08-06", (2.5, 10, 2.5, 1.25)),
+        ("gpt-4o-mini", (0.15, 0.6, 0.15, 0.075)),
+        ("gpt-4.1-mini", (0.4, 1.6, 0.4, 0.1)),
+        ("gpt-5-mini-2025-08-07", (0.25, 2, 0.25, 0.025)),
+        ("o4-mini", (1.1, 4.4, 1.1, 0.275)),
+    ],
+)
+def test_common_openai_models_have_list_prices(
+    model: str, expected: tuple[float, float, float, float]
+) -> None:
+    price = price_for(model)
+    assert (price.input, price.output, price.cache_write, price.cache_read) == expected
+
+
+def test_a_local_model_is_free_unless_configured() -> None:
+    assert price_for("local") == FREE
+    assert price_for("SmolLM2-135M-Instruct") == FREE
+    custom = ModelPrice(0.1, 0.2, 0.1, 0.0)
+    assert price_for("local", {"local": custom}) == custom
