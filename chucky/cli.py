@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         shutdown_grace=args.shutdown_grace,
         min_output_tokens=args.min_output_tokens,
+        routing_file=args.config,
     )
     asyncio.run(run_server(config))
     return 0
@@ -194,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="how long a crashed node's sessions and reservations stay held",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file routing model names to providers (default: the scripted model)",
     )
     serve.add_argument(
         "--min-output-tokens",

@@ -131,7 +131,7 @@ class AgentTurn:
             "cwd": self.settings.cwd,
             "tools": self.catalog.names,
             "mcp_servers": self.catalog.servers,
-            "model": self.settings.model,
+            "model": self.route.name or self.settings.model,
             "permissionMode": self.settings.permission_mode,
         }
 
@@ -273,7 +273,7 @@ class AgentTurn:
                 "message": {
                     "id": accumulator.message_id,
                     "role": "assistant",
-                    "model": settings.model,
+                    "model": self.route.name or settings.model,
                     "content": content,
                     "stop_reason": accumulator.stop_reason,
                     "usage": dict(accumulator.usage),

@@ -40,7 +40,7 @@ from .http import HttpExchanges, serve_http_and_ws
 from .metrics import ServerMetrics
 from .providers.scripted import ScriptedProvider
 from .routes import Routes
-from .routing import ModelRouter
+from .routing import ModelRouter, RoutingConfig
 from .store import Store
 
 __all__ = ["ChuckyServer"]
@@ -76,6 +76,8 @@ class ChuckyServer:
         store: Store | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        if router is None and self.config.routing_file is not None:
+            router = ModelRouter.from_config(RoutingConfig.from_toml(self.config.routing_file))
         self.router = router or ModelRouter(ScriptedProvider())
         if store is None:
             from .sql import SqlStore, default_database_url

@@ -72,6 +72,8 @@ class ServerConfig:
             this many output tokens.
         compute_grant: seconds of compute a running turn sets aside at a time.
         shutdown_grace: on SIGTERM/SIGINT, seconds running turns get to finish.
+        routing_file: a TOML model-routing file (:class:`~chucky.server.routing.RoutingConfig`);
+            ``None`` serves every model with the scripted model.
     """
 
     host: str = DEFAULT_HOST
@@ -96,6 +98,7 @@ class ServerConfig:
     min_output_tokens: int = 16
     compute_grant: float = 60.0
     shutdown_grace: float = 30.0
+    routing_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:

@@ -345,11 +345,11 @@ class Connection:
         assert session is not None
         try:
             settings = self._settings(turn.options)
+            route = self.server.router.resolve(settings.model)
             compute = [await self._admit()]
         except ChuckyError as exc:
             await self._send_error(exc)
             return
-        route = self.server.router.resolve(settings.model)
         agent = AgentTurn(
             session=session,
             content=turn.content,

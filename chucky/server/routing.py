@@ -1,38 +1,250 @@
-"""Model routing: which provider serves a requested model name, and at what price."""
+"""Model routing: which provider serves a requested model name, under which id, at what price.
+
+A :class:`ModelRouter` is either **single** (every model goes to one provider: the scripted
+model of the tests) or built from a :class:`RoutingConfig` -- a TOML file (``chucky serve
+--config``) that maps model names and aliases to providers::
+
+    fallback = "local"                  # unknown names go here (else VALIDATION_ERROR)
+
+    [providers.anthropic]               # settings passed to the provider (keys from env)
+    api_key_env = "ANTHROPIC_API_KEY"
+
+    [providers.openai]
+    base_url = "http://127.0.0.1:8080/v1"
+
+    [models.sonnet]
+    provider = "anthropic"
+    model = "claude-sonnet-4-5-20250929"
+
+    [models.local]
+    provider = "openai"
+    model = "smollm2"
+    price = { input = 0.0, output = 0.0 }   # USD per million tokens (optional)
+
+A name is looked up case-insensitively among the models; ``provider/model`` (``openai/gpt-4o``)
+names a configured provider directly. Providers are created on first use, so a provider whose
+key is missing only fails when a model routed to it is used.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from ..errors import ValidationError
 from .pricing import ModelPrice, price_for
 from .providers.base import Provider
 
-__all__ = ["ModelRouter", "Route"]
+__all__ = ["ModelEntry", "ModelRouter", "Route", "RoutingConfig", "provider_factories"]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a model request goes: the provider, the model id it knows, the price to charge."""
+    """Where a model request goes: the provider, the model id it knows, the price to charge.
+
+    ``name`` is the model as reported to the client (the ``system`` init, ``assistant``
+    messages): the configured name the request resolved to, fallback included.
+    """
 
     provider: Provider
     model: str
     price: ModelPrice
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One configured model: its provider, the provider's id for it, and its price."""
+
+    provider: str
+    model: str
+    price: ModelPrice | None = None
+
+
+def _price(value: Any, where: str) -> ModelPrice:
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"Invalid routing config: {where}.price must be a table")
+    try:
+        input_price = float(value.get("input", 0))
+        return ModelPrice(
+            input=input_price,
+            output=float(value.get("output", 0)),
+            cache_write=float(value.get("cache_write", input_price)),
+            cache_read=float(value.get("cache_read", input_price)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"Invalid routing config: {where}.price: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Models, providers and the fallback (see the module docstring)."""
+
+    models: Mapping[str, ModelEntry] = field(default_factory=dict)
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fallback: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RoutingConfig:
+        """Build from parsed TOML.
+
+        Raises:
+            ValidationError: a model without a provider or id, an unknown provider, a bad
+                price, or a fallback that names no model.
+        """
+        providers = data.get("providers", {})
+        if not isinstance(providers, Mapping) or not all(
+            isinstance(v, Mapping) for v in providers.values()
+        ):
+            raise ValidationError("Invalid routing config: [providers.NAME] must be tables")
+        models: dict[str, ModelEntry] = {}
+        raw_models = data.get("models", {})
+        if not isinstance(raw_models, Mapping):
+            raise ValidationError("Invalid routing config: [models.NAME] must be tables")
+        for name, spec in raw_models.items():
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("provider"), str):
+                raise ValidationError(f"Invalid routing config: models.{name} needs a provider")
+            provider = spec["provider"]
+            if provider not in providers and provider not in provider_factories():
+                raise ValidationError(
+                    f"Invalid routing config: models.{name}: unknown provider {provider!r}"
+                )
+            model = spec.get("model", name)
+            if not isinstance(model, str) or not model:
+                raise ValidationError(f"Invalid routing config: models.{name}.model")
+            price = _price(spec["price"], f"models.{name}") if "price" in spec else None
+            models[name.lower()] = ModelEntry(provider, model, price)
+            for alias in spec.get("aliases", ()):
+                models[str(alias).lower()] = ModelEntry(provider, model, price)
+        fallback = data.get("fallback")
+        if fallback is not None and (
+            not isinstance(fallback, str) or fallback.lower() not in models
+        ):
+            raise ValidationError(
+                f"Invalid routing config: fallback {fallback!r} is not a configured model"
+            )
+        return cls(models, {k: dict(v) for k, v in providers.items()}, fallback)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> RoutingConfig:
+        """Read a TOML routing file.
+
+        Raises:
+            ValidationError: the file cannot be read or parsed, or is invalid.
+        """
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValidationError(f"Invalid routing config {os.fspath(path)!r}: {exc}") from exc
+        return cls.from_mapping(data)
+
+
+ProviderFactory = Callable[[Mapping[str, Any]], Provider]
+
+
+def _lazy(module: str, cls: str) -> ProviderFactory:
+    def make(settings: Mapping[str, Any]) -> Provider:
+        options = dict(settings)
+        key_env = options.pop("api_key_env", None)
+        if isinstance(key_env, str) and os.environ.get(key_env):
+            options.setdefault("api_key", os.environ[key_env])
+        provider_class = getattr(importlib.import_module(module), cls)
+        provider: Provider = provider_class(**options)
+        return provider
+
+    return make
+
+
+def provider_factories() -> dict[str, ProviderFactory]:
+    """The provider kinds a config may name, created from their settings table."""
+    return {
+        "scripted": _lazy("chucky.server.providers.scripted", "ScriptedProvider"),
+        "anthropic": _lazy("chucky.server.providers.anthropic", "AnthropicProvider"),
+        "openai": _lazy("chucky.server.providers.openai", "OpenAIProvider"),
+    }
 
 
 class ModelRouter:
     """Maps requested model names to routes.
 
-    This version routes every model to one provider (the scripted provider by default, priced
-    like Sonnet so cost and budget numbers are realistic). Configured routing by name and alias
-    replaces it without changing its callers.
+    ``ModelRouter(provider)`` routes every model to ``provider`` (priced as ``price_model``, or
+    as the provider's name); ``ModelRouter.from_config(config)`` routes by configuration.
     """
 
-    def __init__(self, provider: Provider, *, price_model: str | None = None) -> None:
-        self.provider = provider
-        self._price = price_for(price_model or provider.name)
+    def __init__(
+        self,
+        provider: Provider | None = None,
+        *,
+        price_model: str | None = None,
+        config: RoutingConfig | None = None,
+    ) -> None:
+        if (provider is None) == (config is None):
+            raise ValueError("give either one provider or a routing config")
+        self._single = provider
+        self._price = price_for(price_model or provider.name) if provider is not None else None
+        self.config = config
+        self._providers: dict[str, Provider] = {}
+
+    @classmethod
+    def from_config(cls, config: RoutingConfig) -> ModelRouter:
+        return cls(config=config)
+
+    @property
+    def available(self) -> list[str]:
+        """The configured model names (empty for a single-provider router)."""
+        return sorted(self.config.models) if self.config is not None else []
 
     def resolve(self, model: str) -> Route:
-        return Route(self.provider, model, self._price)
+        """The route of ``model``.
+
+        Raises:
+            ValidationError: no provider serves ``model`` and no fallback is configured
+                (``reason`` ``invalid_options``; the message lists the models available).
+        """
+        if self._single is not None:
+            assert self._price is not None
+            return Route(self._single, model, self._price, model)
+        config = self.config
+        assert config is not None
+        entry = config.models.get(model.lower())
+        name = model
+        if entry is None and "/" in model:
+            provider, _, provider_model = model.partition("/")
+            if provider in config.providers and provider_model:
+                entry = ModelEntry(provider, provider_model)
+        if entry is None and config.fallback is not None:
+            name = config.fallback
+            entry = config.models[config.fallback.lower()]
+        if entry is None:
+            available = ", ".join(self.available) or "none"
+            raise ValidationError(
+                f"Invalid options: model {model[:100]!r} is not served here. "
+                f"Available models: {available}",
+                details={"reason": "invalid_options", "available": self.available},
+            )
+        price = entry.price or price_for(entry.model)
+        return Route(self._provider(entry.provider), entry.model, price, name)
+
+    def _provider(self, kind: str) -> Provider:
+        provider = self._providers.get(kind)
+        if provider is None:
+            assert self.config is not None
+            settings = self.config.providers.get(kind, {})
+            factory_kind = str(settings.get("type", kind))
+            factory = provider_factories().get(factory_kind)
+            if factory is None:
+                raise ValidationError(f"Invalid routing config: unknown provider {kind!r}")
+            provider = factory({k: v for k, v in settings.items() if k != "type"})
+            self._providers[kind] = provider
+        return provider
 
     async def aclose(self) -> None:
-        await self.provider.aclose()
+        if self._single is not None:
+            await self._single.aclose()
+        for provider in self._providers.values():
+            await provider.aclose()

@@ -1,0 +1,114 @@
+"""Model routing by configuration (issue 4, section 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.raw import open_session, turn
+
+from chucky.errors import ValidationError
+from chucky.server.pricing import price_for
+from chucky.server.providers.scripted import ScriptedProvider
+from chucky.server.routing import ModelRouter, RoutingConfig
+from chucky.testing import scripted_server
+
+CONFIG = """
+fallback = "default"
+
+[providers.scripted]
+
+[providers.ollama]
+type = "openai"
+base_url = "http://127.0.0.1:1/v1"
+
+[models.default]
+provider = "scripted"
+model = "scripted"
+
+[models.sonnet]
+provider = "scripted"
+model = "claude-sonnet-4-5-20250929"
+aliases = ["claude-sonnet-4-5"]
+
+[models.cheap]
+provider = "scripted"
+price = { input = 0.5, output = 1.5 }
+"""
+
+
+def _config(text: str = CONFIG) -> RoutingConfig:
+    import tomllib
+
+    return RoutingConfig.from_mapping(tomllib.loads(text))
+
+
+def test_names_and_aliases_route_case_insensitively() -> None:
+    router = ModelRouter.from_config(_config())
+    route = router.resolve("SONNET")
+    assert isinstance(route.provider, ScriptedProvider)
+    assert route.model == "claude-sonnet-4-5-20250929"
+    assert route.price == price_for("claude-sonnet-4-5-20250929")
+    assert router.resolve("claude-sonnet-4-5").model == route.model
+    assert router.resolve("sonnet").provider is route.provider  # created once, shared
+    cheap = router.resolve("cheap")
+    assert (cheap.model, cheap.price.input, cheap.price.output) == ("cheap", 0.5, 1.5)
+
+
+def test_unknown_models_go_to_the_fallback_which_is_what_is_reported() -> None:
+    route = ModelRouter.from_config(_config()).resolve("gpt-17")
+    assert (route.name, route.model) == ("default", "scripted")
+
+
+def test_without_fallback_an_unknown_model_lists_the_available_ones() -> None:
+    router = ModelRouter.from_config(_config(CONFIG.replace('fallback = "default"', "")))
+    with pytest.raises(ValidationError, match="Available models: cheap") as info:
+        router.resolve("gpt-17")
+    assert info.value.details["reason"] == "invalid_options"
+    assert "sonnet" in info.value.details["available"]
+
+
+def test_provider_slash_model_names_a_configured_provider() -> None:
+    route = ModelRouter.from_config(_config()).resolve("scripted/anything")
+    assert isinstance(route.provider, ScriptedProvider)
+    assert route.model == "anything"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[models.x]\nmodel = 'y'", "needs a provider"),
+        ("[models.x]\nprovider = 'nope'", "unknown provider"),
+        ("fallback = 'ghost'\n[models.x]\nprovider = 'scripted'", "fallback"),
+        ("[models.x]\nprovider = 'scripted'\nprice = 3", "price"),
+        ("[models.x]\nprovider = 'scripted'\nprice = { input = 'free' }", "price"),
+    ],
+)
+def test_invalid_configs_are_refused_with_the_reason(text: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _config(text)
+
+
+def test_an_unreadable_file_is_a_validation_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="routing config"):
+        RoutingConfig.from_toml(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[models\n")
+    with pytest.raises(ValidationError, match="routing config"):
+        RoutingConfig.from_toml(broken)
+
+
+async def test_the_server_routes_by_its_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(CONFIG.replace('fallback = "default"', ""))
+    async with scripted_server(routing_file=str(path)) as server:
+        async with open_session(server, model="sonnet") as (ws, _):
+            frames = await turn(ws, "echo routed")
+            assert frames[0]["model"] == "sonnet"
+            assert frames[-1]["result"] == "routed"
+        async with open_session(server, model="gpt-17") as (ws, _):
+            frames = await turn(ws, "echo never")
+            assert [f["type"] for f in frames] == ["error"]
+            error = frames[0]["payload"]
+            assert error["code"] == "VALIDATION_ERROR"
+            assert "Available models: cheap, claude-sonnet-4-5, default, sonnet" in error["message"]
