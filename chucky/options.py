@@ -149,6 +149,18 @@ class SessionOptions(_Options):
     setting_sources: list[str] | None = None
     job_id: str | None = None
     chucky_extensions: list[str] | None = None
+    # Inference parameters: our extension keys (the hosted service ignores them).
+    temperature: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def inference_params(self) -> dict[str, Any]:
+        """The inference parameters that are set (``max_tokens`` excepted), snake_case."""
+        names = ("temperature", "top_p", "top_k", "stop", "seed")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_wire(self) -> dict[str, Any]:
         """The camelCase ``init`` payload, without unset options."""

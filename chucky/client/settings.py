@@ -62,6 +62,12 @@ class BaseSessionArgs(TypedDict, total=False):
     betas: Sequence[str]
     setting_sources: Sequence[str]
     job_id: str
+    temperature: float
+    max_tokens: int
+    top_p: float
+    top_k: int
+    stop: str | Sequence[str]
+    seed: int
 
 
 class SessionArgs(BaseSessionArgs, total=False):

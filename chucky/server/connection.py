@@ -293,11 +293,12 @@ class Connection:
             model=model,
             system_prompt=options.system_prompt_text(),
             max_turns=options.max_turns if options.max_turns is not None else self.config.max_turns,
-            max_tokens=self.config.max_tokens,
+            max_tokens=min(options.max_tokens or self.config.max_tokens, self.config.max_tokens),
             include_partial_messages=bool(options.include_partial_messages),
             max_budget_usd=options.max_budget_usd,
             permission_mode=options.permission_mode or "default",
             structured_output=output_format is not None,
+            params=options.inference_params(),
         )
 
     async def _turn_worker(self) -> None:

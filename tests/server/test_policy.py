@@ -260,9 +260,9 @@ def test_an_invalid_sdk_config_value_drops_that_key_only(
 
 def test_unknown_sdk_config_keys_are_ignored_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, "chucky.server.policy"):
-        policy = _policy(temperature=0.2, maxTurns=4, nothing=None)
+        policy = _policy(flavour="vanilla", maxTurns=4, nothing=None)
     assert policy.overrides.to_wire() == {"maxTurns": 4}
-    (record,) = [r for r in caplog.records if "temperature" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "flavour" in r.getMessage()]
     assert record.levelno == logging.DEBUG
 
 
