@@ -12,6 +12,12 @@ session's ``maxBudgetUsd`` can pay for, and its actual cost settled after it. Th
 reserved before anything is sent, so a user with nothing left gets ``BUDGET_EXCEEDED`` and the
 turn does not run; a later call that cannot be paid for ends the turn with
 ``error_max_budget_usd``.
+
+With an ``outputFormat`` the system prompt carries the schema, and the final text is validated
+against it (:mod:`chucky.server.structured`). An invalid answer is answered with a repair request
+(a user message in the transcript) and the model is called again, counted and paid for like any
+call; after ``max_structured_output_retries`` failed repairs the turn ends with
+``error_max_structured_output_retries``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..errors import ProviderError
 from ..messages import ResultMessage, Usage
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
 from .budget import CallGrant, Settlement, UserBudget
@@ -34,6 +41,7 @@ from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
 from .routing import Route
 from .store import SessionRecord, new_id
+from .structured import repair_request, schema_instruction, validate_output
 
 __all__ = ["AgentTurn", "TurnIO", "TurnSettings"]
 
@@ -71,8 +79,11 @@ class TurnSettings:
     max_budget_usd: float | None = None
     permission_mode: str = "default"
     structured_output: bool = False
+    output_schema: Mapping[str, Any] | None = None
+    max_structured_output_retries: int = 2
     cwd: str = field(default_factory=os.getcwd)
     params: Mapping[str, Any] = field(default_factory=dict)
+    fallback_model: str | None = None
 
 
 def _add_usage(total: dict[str, int], usage: Mapping[str, int]) -> None:
@@ -94,6 +105,7 @@ class AgentTurn:
         route: Route,
         io: TurnIO,
         budget: UserBudget,
+        fallback: Route | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -104,6 +116,8 @@ class AgentTurn:
         self.route = route
         self.io = io
         self.budget = budget
+        self.fallback = fallback
+        self._streamed = False
         self._clock = clock
         self._wall_clock = wall_clock
         self.started = clock()
@@ -119,6 +133,8 @@ class AgentTurn:
         self.settlements: list[Settlement] = []
         self.stop_reason: str | None = None
         self.final_text = ""
+        self.structured: Any = None
+        self._repairs = 0
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -139,7 +155,9 @@ class AgentTurn:
         """The ``result`` of this turn as it stands."""
         success = subtype == "success"
         structured: Any = None
-        if success and self.settings.structured_output:
+        if success and self.settings.output_schema is not None:
+            structured = self.structured
+        elif success and self.settings.structured_output:
             try:
                 structured = json.loads(self.final_text)
             except ValueError:
@@ -188,10 +206,28 @@ class AgentTurn:
                 return await self._finish("error_max_turns", ["max turns reached"])
             if not isinstance(grant, CallGrant):
                 return await self._finish("error_max_budget_usd", ["max budget reached"])
-            message = await self._call_model(self._request(session.model_messages()), grant)
+            call = await self._call_with_fallback(grant)
+            if call is None:
+                return await self._finish("error_max_budget_usd", ["max budget reached"])
+            message = call
             tool_uses = [b for b in message if b.get("type") == "tool_use"]
             if not tool_uses:
-                return await self._finish("success")
+                error = self._check_structured()
+                if error is None:
+                    return await self._finish("success")
+                if self._repairs >= settings.max_structured_output_retries:
+                    return await self._finish(
+                        "error_max_structured_output_retries",
+                        [f"structured output failed validation: {error}"],
+                    )
+                # The repair request is an ordinary user message: it stays in the transcript,
+                # and the next call is reserved, counted and capped like any other.
+                self._repairs += 1
+                session.append("user", repair_request(error))
+                await self.io.checkpoint(self.take_settlements())
+                if self.num_turns < settings.max_turns:
+                    grant = await self._reserve(self._request(session.model_messages()))
+                continue
             await self._run_tools(tool_uses)
             await self.io.checkpoint(self.take_settlements())
             if self.num_turns < settings.max_turns:
@@ -205,11 +241,30 @@ class AgentTurn:
         await self.io.send(result.to_wire())
         return result
 
+    def _check_structured(self) -> str | None:
+        """Validate the final text against the output schema (if any); the error, or ``None``."""
+        schema = self.settings.output_schema
+        if schema is None:
+            return None
+        value, error = validate_output(self.final_text, schema)
+        if error is None:
+            self.structured = value
+        return error
+
+    def _system_prompt(self) -> str | None:
+        settings = self.settings
+        if settings.output_schema is None:
+            return settings.system_prompt
+        instruction = schema_instruction(settings.output_schema)
+        if not settings.system_prompt:
+            return instruction
+        return f"{settings.system_prompt}\n\n{instruction}"
+
     def _request(self, messages: list[dict[str, Any]]) -> ModelRequest:
         settings = self.settings
         return ModelRequest(
             model=self.route.model,
-            system=settings.system_prompt,
+            system=self._system_prompt(),
             messages=messages,
             tools=self.catalog.specs,
             max_tokens=settings.max_tokens,
@@ -230,6 +285,28 @@ class AgentTurn:
             now=self._wall_clock(),
         )
 
+    async def _call_with_fallback(self, grant: CallGrant) -> list[dict[str, Any]] | None:
+        """One model call; if the provider fails with a retryable error before anything was
+        streamed and the session has a ``fallbackModel``, the call is made once more on it (the
+        fallback then serves the rest of the turn). ``None``: the budget refused the retry."""
+        try:
+            return await self._call_model(self._request(self.session.model_messages()), grant)
+        except ProviderError as exc:
+            fallback = self.fallback
+            if fallback is None or self._streamed or not exc.details.get("retryable"):
+                raise
+            logger.warning(
+                "model %s failed (%s); retrying the call on the fallback model %s",
+                self.route.name or self.route.model,
+                exc.message,
+                fallback.name or fallback.model,
+            )
+            self.route, self.fallback = fallback, None
+            retry = await self._reserve(self._request(self.session.model_messages()))
+            if not isinstance(retry, CallGrant):
+                return None
+            return await self._call_model(self._request(self.session.model_messages()), retry)
+
     async def _call_model(self, request: ModelRequest, grant: CallGrant) -> list[dict[str, Any]]:
         settings = self.settings
         session = self.session
@@ -240,8 +317,10 @@ class AgentTurn:
         send = self.io.send
         session_id = session.session_id
         started = self._clock()
+        self._streamed = False
         try:
             async for event in self.route.provider.stream(request):
+                self._streamed = True
                 accumulator.feed(event)
                 if partial:
                     await send(

@@ -42,6 +42,7 @@ from ..tokens import TokenClaims
 from .agent import AgentTurn, TurnSettings
 from .budget import Settlement, UserBudget
 from .catalog import ClientTool, ToolCatalog
+from .routing import Route
 from .sessions import OpenSession, open_session
 from .store import Reservation, SessionRecord, new_id
 
@@ -298,7 +299,10 @@ class Connection:
             max_budget_usd=options.max_budget_usd,
             permission_mode=options.permission_mode or "default",
             structured_output=output_format is not None,
+            output_schema=output_format.schema_ if output_format is not None else None,
+            max_structured_output_retries=self.config.max_structured_output_retries,
             params=options.inference_params(),
+            fallback_model=options.fallback_model,
         )
 
     async def _turn_worker(self) -> None:
@@ -312,6 +316,17 @@ class Connection:
                 await self.ws.close(1000, "end of input")
                 return
             await self._run_turn(turn)
+
+    def _fallback_route(self, settings: TurnSettings) -> Route | None:
+        """The route of the session's ``fallbackModel``; ``None`` if unset or not served."""
+        name = settings.fallback_model
+        if not name or name == settings.model:
+            return None
+        try:
+            return self.server.router.resolve(name)
+        except ChuckyError:
+            logger.info("fallback model %r is not served here; no fallback", name[:100])
+            return None
 
     async def _admit(self) -> Reservation:
         """The checks before a turn runs: the rate limit, then the compute budget.
@@ -347,6 +362,7 @@ class Connection:
         try:
             settings = self._settings(turn.options)
             route = self.server.router.resolve(settings.model)
+            fallback = self._fallback_route(settings)
             compute = [await self._admit()]
         except ChuckyError as exc:
             await self._send_error(exc)
@@ -359,6 +375,7 @@ class Connection:
             route=route,
             io=self,
             budget=self.budget,
+            fallback=fallback,
         )
         interrupts = self._interrupts
         started = time.monotonic()
