@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Unpack
 
+import pydantic
+
 from ..errors import ConnectionError, ValidationError
 from ..messages import (
     AssistantMessage,
@@ -38,6 +40,35 @@ def _bare(name: str) -> str:
     if name.startswith("mcp__"):
         return name.rsplit("__", 1)[-1]
     return name
+
+
+def _prompt_result(
+    msg: ResultMessage, messages: list[SDKMessage], output_format: Any
+) -> PromptResult:
+    raw = msg.structured_output
+    if not (
+        isinstance(output_format, type)
+        and issubclass(output_format, pydantic.BaseModel)
+        and not msg.is_error
+        and raw is not None
+    ):
+        return PromptResult(msg, messages)
+    try:
+        value = output_format.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise ValidationError(
+            f"structured output does not validate as {output_format.__name__}: "
+            f"{where}: {first['msg']}",
+            details={
+                "reason": "invalid_structured_output",
+                "structured_output": raw,
+                "result": PromptResult(msg, messages),
+            },
+            session_id=msg.session_id,
+        ) from exc
+    return PromptResult(msg, messages, structured_output=value)
 
 
 class Chucky:
@@ -140,10 +171,17 @@ class Chucky:
     async def prompt(self, message: Content, **options: Unpack[SessionArgs]) -> PromptResult:
         """Run one turn in a fresh session and return its result.
 
+        With ``output_format=SomeModel`` (a pydantic model class), the server is sent the
+        model's JSON Schema and the result's ``structured_output`` is a ``SomeModel`` instance.
+
         Raises:
             ChuckyError: the typed error the server answered with (``BudgetExceededError``,
                 ``AuthenticationError``, ...), or a connection failure or timeout.
+            ValidationError: the server's ``structured_output`` does not validate as the
+                ``output_format`` model; ``details["structured_output"]`` holds the raw value
+                and ``details["result"]`` the :class:`PromptResult`.
         """
+        output_format = options.get("output_format", self._defaults.get("output_format"))
         async with self.create_session(**options) as session:
             await session.send(message)
             messages: list[SDKMessage] = []
@@ -152,7 +190,7 @@ class Chucky:
                 if isinstance(msg, ErrorMessage):
                     raise msg.exception
                 if isinstance(msg, ResultMessage):
-                    return PromptResult(msg, messages)
+                    return _prompt_result(msg, messages, output_format)
         raise ConnectionError("the turn ended without a result")  # pragma: no cover
 
     async def stream(

@@ -40,16 +40,27 @@ class PromptResult(Mapping[str, Any]):
     """The outcome of :meth:`Chucky.prompt`: typed attributes, and a read-only mapping over the
     ``result`` message (what the official client returned as a dict).
 
+    With ``output_format=SomeModel`` (a pydantic model class), :attr:`structured_output` is a
+    ``SomeModel`` instance; the mapping (``result["structured_output"]``) and
+    ``message.structured_output`` keep the JSON value the server sent.
+
     Attributes:
         message: The ``result`` message itself.
         messages: Every message of the turn, in order, the ``result`` last.
     """
 
-    __slots__ = ("message", "messages")
+    __slots__ = ("_structured", "message", "messages")
 
-    def __init__(self, message: ResultMessage, messages: Sequence[SDKMessage]) -> None:
+    def __init__(
+        self,
+        message: ResultMessage,
+        messages: Sequence[SDKMessage],
+        *,
+        structured_output: Any = None,
+    ) -> None:
         self.message = message
         self.messages = list(messages)
+        self._structured = structured_output
 
     # Typed access --------------------------------------------------------------------------
 
@@ -92,6 +103,10 @@ class PromptResult(Mapping[str, Any]):
 
     @property
     def structured_output(self) -> Any:
+        """The validated answer of an ``output_format`` turn: an instance of the pydantic model
+        given as ``output_format``, else the JSON value as sent (``None`` without one)."""
+        if self._structured is not None:
+            return self._structured
         return self.message.structured_output
 
     @property

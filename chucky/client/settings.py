@@ -48,7 +48,7 @@ class BaseSessionArgs(TypedDict, total=False):
     allowed_tools: Sequence[str]
     disallowed_tools: Sequence[str]
     mcp_servers: McpServers
-    output_format: Mapping[str, Any]
+    output_format: Mapping[str, Any] | type[pydantic.BaseModel]
     include_partial_messages: bool
     session_id: str
     resume: str

@@ -74,6 +74,9 @@ class ServerConfig:
         shutdown_grace: on SIGTERM/SIGINT, seconds running turns get to finish.
         routing_file: a TOML model-routing file (:class:`~chucky.server.routing.RoutingConfig`);
             ``None`` serves every model with the scripted model.
+        max_structured_output_retries: repair requests sent to a model whose answer fails the
+            session's ``outputFormat`` schema, before the turn ends with
+            ``error_max_structured_output_retries``.
     """
 
     host: str = DEFAULT_HOST
@@ -99,6 +102,7 @@ class ServerConfig:
     compute_grant: float = 60.0
     shutdown_grace: float = 30.0
     routing_file: str | None = None
+    max_structured_output_retries: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
