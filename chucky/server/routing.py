@@ -166,6 +166,7 @@ def provider_factories() -> dict[str, ProviderFactory]:
         "scripted": _lazy("chucky.server.providers.scripted", "ScriptedProvider"),
         "anthropic": _lazy("chucky.server.providers.anthropic", "AnthropicProvider"),
         "openai": _lazy("chucky.server.providers.openai", "OpenAIProvider"),
+        "llamacpp": _lazy("chucky.server.providers.llamacpp", "LlamaCppProvider"),
     }
 
 

