@@ -27,10 +27,14 @@ from chucky.server.providers.anthropic import (
     AnthropicProvider,
     build_create_arguments,
     classify_failure,
-    retry_delay,
     thinking_budget,
 )
-from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec
+from chucky.server.providers.base import (
+    MessageAccumulator,
+    ModelRequest,
+    ToolSpec,
+    retry_delay,
+)
 from chucky.server.routing import ModelRouter
 from chucky.tokens import create_budget, create_token
 

@@ -15,11 +15,11 @@ import openai
 import pytest
 
 from chucky.errors import ProviderError
-from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec
+from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec, retry_delay
 from chucky.server.providers.openai import (
+    MAX_BACKOFF,
     PLACEHOLDER_API_KEY,
     OpenAIProvider,
-    backoff_delay,
     translate_error,
 )
 from chucky.server.providers.openai_translate import (
@@ -403,7 +403,8 @@ def test_call_whose_name_arrives_late() -> None:
 
 
 def test_backoff_delay() -> None:
-    assert [backoff_delay(i, base=0.5) for i in range(6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    delays = [retry_delay(i, backoff=0.5, max_backoff=MAX_BACKOFF) for i in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
 
 
 def test_translate_error_redacts_key() -> None:

@@ -25,7 +25,7 @@ Retries
 
 The SDK's own retries are off (``max_retries=0``): it would re-send a request whose stream had
 already reached our caller. This provider retries instead, with the decision made by small pure
-functions (:func:`classify_failure`, :func:`retry_delay`):
+functions (:func:`classify_failure`, :func:`~chucky.server.providers.base.retry_delay`):
 
 * retryable failures are connection errors and timeouts, HTTP 408, 409, 429 and 5xx (529 is
   ``overloaded``), and an ``error`` event inside a 200 stream whose ``error.type`` is
@@ -60,7 +60,7 @@ from anthropic.types import RawMessageStreamEvent
 
 from chucky.errors import ProviderError
 
-from .base import ModelRequest, Provider, provider_error
+from .base import ModelRequest, Provider, provider_error, redact_secret, retry_delay
 
 __all__ = [
     "MIN_THINKING_BUDGET",
@@ -68,7 +68,6 @@ __all__ = [
     "Failure",
     "build_create_arguments",
     "classify_failure",
-    "retry_delay",
     "thinking_budget",
 ]
 
@@ -209,26 +208,6 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def retry_delay(
-    attempt: int, *, backoff: float, max_backoff: float, retry_after: float | None
-) -> float:
-    """Seconds to wait before retry number ``attempt + 1`` (pure).
-
-    Args:
-        attempt: Retries already made (0 before the first retry).
-        backoff: The first delay; it doubles with each retry.
-        max_backoff: Upper bound of any delay, ``retry-after`` included.
-        retry_after: Seconds the server asked for, if it did.
-
-    Returns:
-        ``min(retry_after, max_backoff)`` if the server asked, else
-        ``min(backoff * 2 ** attempt, max_backoff)``.
-    """
-    if retry_after is not None:
-        return max(0.0, min(retry_after, max_backoff))
-    return max(0.0, min(backoff * 2.0**attempt, max_backoff))
-
-
 def thinking_budget(requested: int, max_tokens: int) -> int | None:
     """The ``budget_tokens`` to send for ``requested`` thinking tokens, or ``None`` (pure).
 
@@ -327,10 +306,7 @@ class AnthropicProvider(Provider):
         self._closed = False
 
     def _redact(self, text: str) -> str:
-        secret = self._client.api_key
-        if secret:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact_secret(text, self._client.api_key)
 
     def _error(self, failure: Failure, *, attempts: int, streamed: bool = False) -> ProviderError:
         extra: dict[str, Any] = {"attempts": attempts, "streamed": streamed}

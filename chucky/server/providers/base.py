@@ -44,6 +44,8 @@ __all__ = [
     "Provider",
     "ToolSpec",
     "provider_error",
+    "redact_secret",
+    "retry_delay",
 ]
 
 
@@ -139,6 +141,34 @@ def _content_bytes(content: Any) -> int:
                 json.dumps(block, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
             )
     return total
+
+
+def retry_delay(
+    attempt: int, *, backoff: float, max_backoff: float, retry_after: float | None = None
+) -> float:
+    """Seconds to wait before retry number ``attempt + 1`` of a model call (pure).
+
+    Args:
+        attempt: Retries already made (0 before the first retry).
+        backoff: The first delay; it doubles with each retry.
+        max_backoff: Upper bound of any delay, ``retry-after`` included.
+        retry_after: Seconds the server asked for, if it did.
+
+    Returns:
+        ``min(retry_after, max_backoff)`` if the server asked, else
+        ``min(backoff * 2 ** attempt, max_backoff)``.
+    """
+    if retry_after is not None:
+        return max(0.0, min(retry_after, max_backoff))
+    return max(0.0, min(backoff * 2.0**attempt, max_backoff))
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` (an API key) replaced by ``[redacted]``; short or empty secrets
+    (placeholders) are left alone."""
+    if secret and len(secret) >= 4:
+        return text.replace(secret, "[redacted]")
+    return text
 
 
 def provider_error(message: str, *, kind: str, retryable: bool, **extra: Any) -> ProviderError:

@@ -33,10 +33,13 @@ import openai
 
 from chucky.errors import ProviderError
 
-from .base import ModelRequest, Provider, provider_error
+from .base import ModelRequest, Provider, provider_error, redact_secret, retry_delay
 from .openai_translate import ChunkTranslator, ToolNameMap, chat_messages, chat_params, chat_tools
 
-__all__ = ["PLACEHOLDER_API_KEY", "OpenAIProvider", "backoff_delay", "translate_error"]
+__all__ = ["MAX_BACKOFF", "PLACEHOLDER_API_KEY", "OpenAIProvider", "translate_error"]
+
+MAX_BACKOFF = 8.0
+"""Upper bound of a retry delay, in seconds."""
 
 PLACEHOLDER_API_KEY = "not-needed"
 """The key sent to servers that need none (local servers), when no key is configured."""
@@ -54,17 +57,6 @@ _STATUS_KINDS = {
     503: "overloaded",
     529: "overloaded",
 }
-
-
-def backoff_delay(attempt: int, *, base: float) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): ``base`` doubling, capped at 8 s."""
-    return min(8.0, base * 2.0**attempt)
-
-
-def _redact(text: str, secret: str | None) -> str:
-    if secret and secret != PLACEHOLDER_API_KEY and len(secret) >= 4:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 def translate_error(exc: BaseException, *, api_key: str | None = None) -> ProviderError:
@@ -98,7 +90,8 @@ def translate_error(exc: BaseException, *, api_key: str | None = None) -> Provid
     if status is not None:
         extra["status"] = status
     text = str(exc) or type(exc).__name__
-    message = _redact(f"openai provider: {kind}: {text}", api_key)
+    secret = api_key if api_key != PLACEHOLDER_API_KEY else None
+    message = redact_secret(f"openai provider: {kind}: {text}", secret)
     return provider_error(message, kind=kind, retryable=retryable, **extra)
 
 
@@ -180,7 +173,9 @@ class OpenAIProvider(Provider):
                 if attempt >= self._max_retries:
                     error.details["attempts"] = attempt + 1
                     raise error from exc
-            await asyncio.sleep(backoff_delay(attempt, base=self._retry_backoff))
+            await asyncio.sleep(
+                retry_delay(attempt, backoff=self._retry_backoff, max_backoff=MAX_BACKOFF)
+            )
             attempt += 1
 
     async def _attempt(
