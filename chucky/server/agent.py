@@ -78,7 +78,6 @@ class TurnSettings:
     include_partial_messages: bool = False
     max_budget_usd: float | None = None
     permission_mode: str = "default"
-    structured_output: bool = False
     output_schema: Mapping[str, Any] | None = None
     max_structured_output_retries: int = 2
     cwd: str = field(default_factory=os.getcwd)
@@ -157,11 +156,6 @@ class AgentTurn:
         structured: Any = None
         if success and self.settings.output_schema is not None:
             structured = self.structured
-        elif success and self.settings.structured_output:
-            try:
-                structured = json.loads(self.final_text)
-            except ValueError:
-                structured = None
         return ResultMessage(
             subtype=subtype,
             uuid=new_id(),

@@ -72,18 +72,22 @@ class CallGrant:
     max_tokens: int
 
 
-def _worst_input_rate(price: ModelPrice) -> Decimal:
-    # An input token may be billed as a cache write, which costs more than a plain one.
-    return max(Decimal(str(price.input)), Decimal(str(price.cache_write)))
+def _input_key(price: ModelPrice) -> str:
+    # An input token may be billed as a cache write, which costs more than a plain one: the
+    # worst case prices every input token at the higher of the two rates.
+    return "cache_creation_input_tokens" if price.cache_write > price.input else "input_tokens"
 
 
-def _input_cost(tokens: int, price: ModelPrice) -> int:
-    key = "cache_creation_input_tokens" if price.cache_write > price.input else "input_tokens"
-    return cost_microdollars({key: tokens}, price)
+def _worst_cost(input_tokens: int, output_tokens: int, price: ModelPrice) -> int:
+    """The most a call with these token counts can cost (what is reserved for it)."""
+    return cost_microdollars(
+        {_input_key(price): input_tokens, "output_tokens": output_tokens}, price
+    )
 
 
 def affordable_output_tokens(room: int, input_tokens: int, price: ModelPrice) -> int | None:
-    """The most output tokens a call with ``input_tokens`` can have for ``room`` microdollars.
+    """The most output tokens a call with ``input_tokens`` can have for ``room`` microdollars:
+    the largest ``n`` with ``_worst_cost(input_tokens, n) <= room``.
 
     Returns ``None`` when output is free (any number is affordable), and a negative number when
     not even the input fits.
@@ -91,25 +95,16 @@ def affordable_output_tokens(room: int, input_tokens: int, price: ModelPrice) ->
     rate = Decimal(str(price.output))
     if rate == 0:
         return None
-    input_cost = _input_cost(input_tokens, price)
     # Prices are USD per million tokens, i.e. microdollars per token: the cost is
     # round_half_up(input_exact + n * rate) <= room. Start from the exact bound; step down
     # over the rounding (at most a step or two).
-    exact_input = input_tokens * _worst_input_rate(price)
+    input_rate = max(Decimal(str(price.input)), Decimal(str(price.cache_write)))  # _input_key's
+    exact_input = input_tokens * input_rate
     bound = ((Decimal(room) + Decimal("0.5") - exact_input) / rate).to_integral_value(ROUND_FLOOR)
     tokens = int(bound)
-    while tokens >= 0 and input_cost + _output_cost(tokens, price) > room:
+    while tokens >= 0 and _worst_cost(input_tokens, tokens, price) > room:
         tokens -= 1
     return tokens
-
-
-def _output_cost(tokens: int, price: ModelPrice) -> int:
-    return cost_microdollars({"output_tokens": max(tokens, 0)}, price)
-
-
-def _worst_cost(input_tokens: int, output_tokens: int, price: ModelPrice) -> int:
-    key = "cache_creation_input_tokens" if price.cache_write > price.input else "input_tokens"
-    return cost_microdollars({key: input_tokens, "output_tokens": output_tokens}, price)
 
 
 class UserBudget:

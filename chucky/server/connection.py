@@ -298,7 +298,6 @@ class Connection:
             include_partial_messages=bool(options.include_partial_messages),
             max_budget_usd=options.max_budget_usd,
             permission_mode=options.permission_mode or "default",
-            structured_output=output_format is not None,
             output_schema=output_format.schema_ if output_format is not None else None,
             max_structured_output_retries=self.config.max_structured_output_retries,
             params=options.inference_params(),

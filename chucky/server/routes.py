@@ -192,9 +192,7 @@ class Routes:
         return 200
 
     async def usage(self, request: HttpRequest, response: HttpResponse) -> int:
-        claims = await authenticate(
-            extract_token(_path_with_query(request), request.headers), self.server.secrets_of
-        )
+        claims = await authenticate(_request_token(request), self.server.secrets_of)
         budget = UserBudget(
             self.server.store,
             claims,
@@ -215,7 +213,7 @@ class Routes:
         options = dict(options) if isinstance(options, dict) else {}
         token = options.pop("token", None) or body.get("token")
         if not isinstance(token, str) or not token:
-            token = extract_token(_path_with_query(request), request.headers)
+            token = _request_token(request)
         claims = await authenticate(token, self.server.secrets_of)
         content = body.get("message", body.get("prompt"))
         if not isinstance(content, str | list) or not content:
@@ -293,9 +291,7 @@ class Routes:
         return 200
 
 
-def _path_with_query(request: HttpRequest) -> str:
-    if not request.query:
-        return request.path
-    from urllib.parse import urlencode
-
-    return f"{request.path}?{urlencode(request.query, doseq=True)}"
+def _request_token(request: HttpRequest) -> str | None:
+    """The Bearer token, else ``?token=`` (as for the WebSocket upgrade)."""
+    values = request.query.get("token") or [""]
+    return extract_token(request.path, request.headers) or values[0] or None
