@@ -30,6 +30,7 @@ default 135M model. Pass a larger ``n_batch`` where the build is known to work.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import json
 import logging
@@ -234,6 +235,21 @@ class _LoadedModel:
 
 _MODELS: dict[tuple[str, int, int | None, int], _LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _free_models() -> None:
+    """Free the shared models while the interpreter is whole: left to garbage collection at
+    shutdown, llama-cpp-python's finaliser runs after its C bindings are torn down and prints
+    a ``TypeError`` traceback."""
+    with _MODELS_LOCK:
+        loaded = list(_MODELS.values())
+        _MODELS.clear()
+    for model in loaded:
+        model.executor.shutdown(wait=True, cancel_futures=True)
+        close = getattr(model.llama, "close", None)
+        if close is not None:
+            close()
 
 
 def _load(
