@@ -1,5 +1,7 @@
 """The ``chucky`` command.
 
+* ``chucky demo`` runs a real agent session on this machine: an embedded server with the local
+  model, a token, one streamed turn with a client-side tool call (no key, no network).
 * ``chucky serve [--host H] [--port P] [--db URL] [--project ID:SECRET]...`` runs a server; the
   first line it prints is ``chucky serve listening on ws://HOST:PORT/ws``, the second the
   database. SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
@@ -65,7 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
         min_output_tokens=args.min_output_tokens,
         routing_file=args.config,
     )
-    asyncio.run(run_server(config))
+    router = None
+    if args.config is None:
+        from .server.routing import ModelRouter, default_routing
+
+        router = ModelRouter.from_config(default_routing())
+    asyncio.run(run_server(config, router=router))
     return 0
 
 
@@ -168,11 +175,29 @@ async def _prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, main
+
+    options = DemoOptions(max_tokens=args.max_tokens, model_path=args.model_path, seed=args.seed)
+    if args.prompt:
+        options = DemoOptions(args.prompt, args.max_tokens, args.model_path, args.seed)
+    return main(options)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chucky", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"chucky {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="run an agent session with the embedded local model (no key, no network)"
+    )
+    demo.add_argument("--prompt", help="the user's message (default: a weather question)")
+    demo.add_argument("--max-tokens", type=int, default=96, metavar="N", help="per model call")
+    demo.add_argument("--model-path", metavar="GGUF", help="another local model file")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
 
     serve = commands.add_parser("serve", help="run a Chucky-compatible server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -199,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         metavar="FILE",
-        help="a TOML file routing model names to providers (default: the scripted model)",
+        help="a TOML file routing model names to providers (default: the embedded local "
+        "model; Claude names go to Anthropic when ANTHROPIC_API_KEY is set)",
     )
     serve.add_argument(
         "--min-output-tokens",

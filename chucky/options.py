@@ -10,7 +10,7 @@ types rejected); the client builds it from keyword arguments and sends
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -110,6 +110,48 @@ class OutputFormat(_Options):
 ToolsOption = list[str | ToolDefinition] | dict[str, Any] | str
 
 
+_TOOL_CHOICE_TYPES: Final = ("auto", "any", "none", "tool")
+
+
+def normalize_tool_choice(value: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """A ``toolChoice`` option in the Anthropic form (our extension key).
+
+    ``"auto"``, ``"any"`` and ``"none"`` become ``{"type": ...}``; any other string names a tool:
+    ``{"type": "tool", "name": ...}``. A mapping must already be one of those forms. A list (not
+    empty) gives the choice of each model call of a turn in order, its last entry binding the
+    calls after it: ``["get_weather", "none"]`` calls the tool, then answers with its result.
+
+    Raises:
+        ValueError: an unknown type, a ``tool`` choice without a name, or an empty list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("a toolChoice list needs at least one choice")
+        return [_one_tool_choice(item) for item in value]
+    return _one_tool_choice(value)
+
+
+def _one_tool_choice(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"type": value} if value in ("auto", "any", "none") else _named(value)
+    if isinstance(value, Mapping):
+        kind = value.get("type")
+        if kind not in _TOOL_CHOICE_TYPES:
+            raise ValueError(f"toolChoice type must be one of {', '.join(_TOOL_CHOICE_TYPES)}")
+        if kind == "tool":
+            return _named(value.get("name"))
+        return {"type": kind}
+    raise ValueError("toolChoice must be a string, an object or a list of them")
+
+
+def _named(name: Any) -> dict[str, Any]:
+    if not isinstance(name, str) or not name:
+        raise ValueError("a tool toolChoice needs the tool's name")
+    return {"type": "tool", "name": name}
+
+
 class SessionOptions(_Options):
     """Every option of an ``init`` payload (PROTOCOL.md section 5), all optional.
 
@@ -156,6 +198,12 @@ class SessionOptions(_Options):
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    tool_choice: dict[str, Any] | list[dict[str, Any]] | None = None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> Any:
+        return normalize_tool_choice(value)
 
     def inference_params(self) -> dict[str, Any]:
         """The inference parameters that are set (``max_tokens`` excepted), snake_case."""

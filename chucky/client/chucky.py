@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -195,7 +195,7 @@ class Chucky:
 
     async def stream(
         self, message: Content, **options: Unpack[SessionArgs]
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Run one turn in a fresh session, yielding :class:`StreamEvent` as it goes.
 
         Events: ``message`` (assistant text; text deltas with ``include_partial_messages``),

@@ -68,6 +68,7 @@ class BaseSessionArgs(TypedDict, total=False):
     top_k: int
     stop: str | Sequence[str]
     seed: int
+    tool_choice: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]]
 
 
 class SessionArgs(BaseSessionArgs, total=False):

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -83,6 +83,7 @@ class TurnSettings:
     cwd: str = field(default_factory=os.getcwd)
     params: Mapping[str, Any] = field(default_factory=dict)
     fallback_model: str | None = None
+    tool_choice: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
 
 
 def _add_usage(total: dict[str, int], usage: Mapping[str, int]) -> None:
@@ -256,14 +257,34 @@ class AgentTurn:
 
     def _request(self, messages: list[dict[str, Any]]) -> ModelRequest:
         settings = self.settings
+        params = settings.params
+        choice = self._tool_choice()
+        if choice is not None:
+            params = {**params, "tool_choice": dict(choice)}
         return ModelRequest(
             model=self.route.model,
             system=self._system_prompt(),
             messages=messages,
             tools=self.catalog.specs,
             max_tokens=settings.max_tokens,
-            params=settings.params,
+            params=params,
         )
+
+    def _tool_choice(self) -> Mapping[str, Any] | None:
+        """The ``toolChoice`` of the turn's next model call.
+
+        A list gives each call's choice, its last entry the rest. A single forced choice
+        (``any``, a named tool) binds the turn's first call only, the next ones choose freely:
+        forced on every call, the model could never answer with the tool's result.
+        """
+        choice = self.settings.tool_choice
+        if isinstance(choice, Mapping):
+            forced = choice["type"] not in ("auto", "none")
+            # After the forced call: nothing sent, the provider's default (auto).
+            return None if forced and self.num_turns > 0 else choice
+        if not choice:
+            return None
+        return choice[min(self.num_turns, len(choice) - 1)]
 
     async def _reserve(self, request: ModelRequest) -> CallGrant | Literal["session", "window"]:
         """Reserve the call's worst case, or say which budget refuses it."""

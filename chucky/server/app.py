@@ -62,7 +62,9 @@ class ChuckyServer:
 
     Args:
         config: Listening address, projects, limits and the database.
-        router: Model routing; by default every model is served by the scripted provider.
+        router: Model routing; by default ``config.routing_file``, else every model is served
+            by the scripted provider (``chucky serve`` passes
+            :func:`~chucky.server.routing.default_routing` instead).
         store: The state store; by default a :class:`~chucky.server.sql.SqlStore` on
             ``config.database_url`` (a SQLite file in the user's data directory if unset).
             The server opens it at :meth:`start` and closes it at :meth:`close`.
@@ -303,12 +305,15 @@ def _json_response(status: http.HTTPStatus, body: object) -> Response:
     return Response(status.value, status.phrase, headers, data)
 
 
-async def run_server(config: ServerConfig, *, announce: bool = True) -> None:
+async def run_server(
+    config: ServerConfig, *, router: ModelRouter | None = None, announce: bool = True
+) -> None:
     """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
 
     When ``announce``, the first line printed is the listening URL, the second the database.
+    ``router``: as for :class:`ChuckyServer`.
     """
-    server = ChuckyServer(config)
+    server = ChuckyServer(config, router=router)
     await server.start()
     if announce:
         print(f"chucky serve listening on {server.url}", flush=True)

@@ -302,6 +302,7 @@ class Connection:
             max_structured_output_retries=self.config.max_structured_output_retries,
             params=options.inference_params(),
             fallback_model=options.fallback_model,
+            tool_choice=options.tool_choice,
         )
 
     async def _turn_worker(self) -> None:

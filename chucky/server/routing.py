@@ -21,26 +21,52 @@ model of the tests) or built from a :class:`RoutingConfig` -- a TOML file (``chu
     model = "smollm2"
     price = { input = 0.0, output = 0.0 }   # USD per million tokens (optional)
 
-A name is looked up case-insensitively among the models; ``provider/model`` (``openai/gpt-4o``)
-names a configured provider directly. Providers are created on first use, so a provider whose
-key is missing only fails when a model routed to it is used.
+    [models."claude-*"]                 # a glob pattern; without `model`, the name passes through
+    provider = "anthropic"
+
+A name is looked up case-insensitively among the models, then among the patterns (in file
+order); ``provider/model`` (``openai/gpt-4o``) names a configured provider directly. Providers
+are created on first use, so a provider whose key is missing only fails when a model routed to it
+is used.
+
+Without ``--config``, ``chucky serve`` routes by :func:`default_routing`: the embedded local
+model, and Claude through Anthropic when ``ANTHROPIC_API_KEY`` is set.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from ..errors import ValidationError
 from .pricing import ModelPrice, price_for
 from .providers.base import Provider
 
-__all__ = ["ModelEntry", "ModelRouter", "Route", "RoutingConfig", "provider_factories"]
+__all__ = [
+    "CLAUDE_ALIASES",
+    "ModelEntry",
+    "ModelRouter",
+    "Route",
+    "RoutingConfig",
+    "default_routing",
+    "provider_factories",
+]
+
+CLAUDE_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "sonnet": "claude-sonnet-4-5-20250929",
+        "opus": "claude-opus-4-5-20251101",
+        "haiku": "claude-haiku-4-5-20251001",
+    }
+)
+"""The Claude family names of :func:`default_routing` and the model ids they stand for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +85,10 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
-    """One configured model: its provider, the provider's id for it, and its price."""
+    """One configured model: its provider, the provider's id for it, and its price.
+
+    An empty ``model`` (a pattern without one) passes the requested name through.
+    """
 
     provider: str
     model: str
@@ -88,6 +117,7 @@ class RoutingConfig:
     models: Mapping[str, ModelEntry] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fallback: str | None = None
+    patterns: tuple[tuple[str, ModelEntry], ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RoutingConfig:
@@ -103,6 +133,7 @@ class RoutingConfig:
         ):
             raise ValidationError("Invalid routing config: [providers.NAME] must be tables")
         models: dict[str, ModelEntry] = {}
+        patterns: list[tuple[str, ModelEntry]] = []
         raw_models = data.get("models", {})
         if not isinstance(raw_models, Mapping):
             raise ValidationError("Invalid routing config: [models.NAME] must be tables")
@@ -114,13 +145,18 @@ class RoutingConfig:
                 raise ValidationError(
                     f"Invalid routing config: models.{name}: unknown provider {provider!r}"
                 )
-            model = spec.get("model", name)
-            if not isinstance(model, str) or not model:
+            is_pattern = _is_pattern(name)
+            model = spec.get("model", "" if is_pattern else name)
+            if not isinstance(model, str) or not (model or is_pattern):
                 raise ValidationError(f"Invalid routing config: models.{name}.model")
             price = _price(spec["price"], f"models.{name}") if "price" in spec else None
-            models[name.lower()] = ModelEntry(provider, model, price)
-            for alias in spec.get("aliases", ()):
-                models[str(alias).lower()] = ModelEntry(provider, model, price)
+            entry = ModelEntry(provider, model, price)
+            for key in [name, *spec.get("aliases", ())]:
+                key = str(key).lower()
+                if _is_pattern(key):
+                    patterns.append((key, entry))
+                else:
+                    models[key] = entry
         fallback = data.get("fallback")
         if fallback is not None and (
             not isinstance(fallback, str) or fallback.lower() not in models
@@ -128,7 +164,8 @@ class RoutingConfig:
             raise ValidationError(
                 f"Invalid routing config: fallback {fallback!r} is not a configured model"
             )
-        return cls(models, {k: dict(v) for k, v in providers.items()}, fallback)
+        provider_settings = {k: dict(v) for k, v in providers.items()}
+        return cls(models, provider_settings, fallback, tuple(patterns))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> RoutingConfig:
@@ -142,6 +179,37 @@ class RoutingConfig:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValidationError(f"Invalid routing config {os.fspath(path)!r}: {exc}") from exc
         return cls.from_mapping(data)
+
+
+def _is_pattern(name: str) -> bool:
+    # Only * and ?: a bracket is part of real model names (claude-sonnet-4-5[1m]).
+    return "*" in name or "?" in name
+
+
+def default_routing(environ: Mapping[str, str] | None = None) -> RoutingConfig:
+    """The routing of ``chucky serve`` without ``--config``.
+
+    ``local`` is the embedded model (provider ``llamacpp``, its default GGUF file, free).
+    Without ``ANTHROPIC_API_KEY`` every other name falls back to it too: a fresh machine needs
+    no key and no network, and the model actually used (``local``) is what the session reports.
+    With the key, ``claude-*`` names and ``sonnet``/``opus``/``haiku`` (:data:`CLAUDE_ALIASES`)
+    go to Anthropic and other names are refused with the list of models available.
+
+    Args:
+        environ: The environment to read the key from; ``os.environ`` by default.
+    """
+    env = os.environ if environ is None else environ
+    models: dict[str, Any] = {"local": {"provider": "local"}}
+    providers: dict[str, Any] = {"local": {"type": "llamacpp"}}
+    data: dict[str, Any] = {"models": models, "providers": providers}
+    if env.get("ANTHROPIC_API_KEY"):
+        providers["anthropic"] = {"api_key_env": "ANTHROPIC_API_KEY"}
+        models["claude-*"] = {"provider": "anthropic"}
+        for alias, model in CLAUDE_ALIASES.items():
+            models[alias] = {"provider": "anthropic", "model": model}
+    else:
+        data["fallback"] = "local"
+    return RoutingConfig.from_mapping(data)
 
 
 ProviderFactory = Callable[[Mapping[str, Any]], Provider]
@@ -197,8 +265,10 @@ class ModelRouter:
 
     @property
     def available(self) -> list[str]:
-        """The configured model names (empty for a single-provider router)."""
-        return sorted(self.config.models) if self.config is not None else []
+        """The configured model names and patterns (empty for a single-provider router)."""
+        if self.config is None:
+            return []
+        return sorted(self.config.models) + [pattern for pattern, _ in self.config.patterns]
 
     def resolve(self, model: str) -> Route:
         """The route of ``model``.
@@ -214,6 +284,10 @@ class ModelRouter:
         assert config is not None
         entry = config.models.get(model.lower())
         name = model
+        if entry is None:
+            lowered = model.lower()
+            matches = (e for glob, e in config.patterns if fnmatch.fnmatchcase(lowered, glob))
+            entry = next(matches, None)
         if entry is None and "/" in model:
             provider, _, provider_model = model.partition("/")
             if provider in config.providers and provider_model:
@@ -228,8 +302,9 @@ class ModelRouter:
                 f"Available models: {available}",
                 details={"reason": "invalid_options", "available": self.available},
             )
-        price = entry.price or price_for(entry.model)
-        return Route(self._provider(entry.provider), entry.model, price, name)
+        provider_model = entry.model or model
+        price = entry.price or price_for(provider_model)
+        return Route(self._provider(entry.provider), provider_model, price, name)
 
     def _provider(self, kind: str) -> Provider:
         provider = self._providers.get(kind)

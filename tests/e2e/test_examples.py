@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -10,23 +11,38 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.serve import serve_process, sqlite_url
+from support.anthropic_api import MessagesAPI, sse_text, sse_tool_use
+from support.serve import ServeProcess, serve_process, sqlite_url
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART_SECRET = "hk_live_0123456789abcdef0123456789abcdef"
 DOC_URL = "ws://127.0.0.1:8765/ws"
 
 
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``chucky serve --port 0`` in a subprocess; yields the URL from its first line."""
-    data_dir = tmp_path_factory.mktemp("chucky-data")
-    with serve_process(
+def _serve(
+    data_dir: Path, config: str, env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[ServeProcess]:
+    return serve_process(
         *("--db", sqlite_url(data_dir / "chucky.db")),
         *("--project", f"proj:{QUICKSTART_SECRET}"),
         *("--project", "proj:hk_live_..."),
+        *("--config", config),
         data_dir=data_dir,
-    ) as served:
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``chucky serve --config examples/scripted.toml`` in a subprocess; yields its URL."""
+    with _serve(tmp_path_factory.mktemp("chucky-data"), str(ROOT / "examples/scripted.toml")) as s:
+        yield s.url
+
+
+@pytest.fixture(scope="module")
+def serve_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``chucky serve`` as users start it, without a key: the embedded local model."""
+    with _serve(tmp_path_factory.mktemp("chucky-data"), "default") as served:
         yield served.url
 
 
@@ -61,11 +77,41 @@ def test_issue_sdk_tour_example(serve: str) -> None:
     assert out.rstrip().endswith("echo: What is my name?")
 
 
-def test_readme_quickstart_block(serve: str) -> None:
+def test_readme_quickstart_block(serve_local: str) -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     quickstart = next(b for b in blocks if "asyncio.run(main())" in b)
-    out = _run(quickstart, serve)
-    assert "echo: What is 2 + 2?" in out
-    assert "[Using tool: get_time]" in out
-    assert out.rstrip().endswith("Hello, I am Alice")
+    out = _run(quickstart, serve_local)
+    _check_local_model_output(out)
+
+
+def test_local_model_example(serve_local: str) -> None:
+    out = _run((ROOT / "examples" / "local_model.py").read_text(), serve_local)
+    _check_local_model_output(out)
+
+
+def _check_local_model_output(out: str) -> None:
+    # The model's words vary; the shape does not.
+    assert re.search(r"^\[\d+ tokens, \$0\.000000\]$", out, re.M), out
+    assert re.search(r"^\[Using tool: get_weather \{'city': .*\}\]$", out, re.M), out
+    assert "[success: 2 model calls]" in out
+
+
+def test_anthropic_example_against_a_recorded_stream(tmp_path: Path) -> None:
+    # Claude's side is a local stand-in replaying recorded Messages API streams: a tool call,
+    # then (after the tool's result) the answer.
+    bodies = [
+        sse_tool_use("mcp__inline-tools__get_weather", {"city": "Paris"}),
+        sse_text("It is sunny", " and 18 C in Paris."),
+    ]
+    with MessagesAPI(bodies) as api:
+        env = {"ANTHROPIC_API_KEY": "sk-ant-example-key", "ANTHROPIC_BASE_URL": api.url}
+        with _serve(tmp_path, "default", env) as served:
+            out = _run((ROOT / "examples" / "anthropic_claude.py").read_text(), served.url)
+    assert "[Using tool: get_weather {'city': 'Paris'}]" in out
+    assert "It is sunny and 18 C in Paris." in out
+    # 40 + 12 input and 20 + 6 output tokens at Claude Haiku 4.5's $1 / $5 per million.
+    assert "[success: $0.000182, 52 in / 26 out]" in out
+    first, second = (body for _, body, _ in api.requests)
+    assert first["model"] == second["model"] == "claude-haiku-4-5-20251001"
+    assert second["messages"][-1]["content"][0]["type"] == "tool_result"

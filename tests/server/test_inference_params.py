@@ -62,3 +62,38 @@ async def test_client_keywords_reach_the_provider(tmp_path: Path) -> None:
         # No parameter given: none sent.
         await client.prompt("echo hi")
         assert dict(provider.requests[-1].params) == {}
+
+
+async def test_a_forced_tool_choice_binds_the_first_call_of_each_turn(tmp_path: Path) -> None:
+    from chucky import text_result, tool
+
+    @tool("get_time", "The time")
+    async def get_time() -> dict[str, Any]:
+        return text_result("12:00")
+
+    provider = Recording()
+    config = ServerConfig(
+        port=0, projects={"p": [SECRET]}, database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"
+    )
+    token = create_token("u", "p", SECRET, create_budget(1, 1))
+    async with (
+        ChuckyServer(config, router=ModelRouter(provider, price_model="scripted")) as server,
+        Chucky(token, server.url, tools=[get_time], tool_choice="get_time") as client,
+    ):
+        result = await client.prompt("call get_time")
+        assert result.subtype == "success" and result.num_turns == 2
+        first, second = provider.requests[-2:]
+        assert first.params["tool_choice"] == {"type": "tool", "name": "get_time"}
+        # After the tool's result the model answers freely (forced, it could never stop).
+        assert "tool_choice" not in second.params
+        # The next turn is forced again; "none" and "auto" bind every call.
+        await client.prompt("call get_time")
+        assert provider.requests[-2].params["tool_choice"]["type"] == "tool"
+        await client.prompt("call get_time", tool_choice="none")
+        assert [r.params["tool_choice"] for r in provider.requests[-2:]] == [{"type": "none"}] * 2
+        # A list: each call's choice in order, the last one for the calls after it.
+        await client.prompt("call get_time", tool_choice=["any", "none"])
+        assert [r.params["tool_choice"] for r in provider.requests[-2:]] == [
+            {"type": "any"},
+            {"type": "none"},
+        ]

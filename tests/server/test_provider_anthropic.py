@@ -7,7 +7,9 @@ records every request body it received.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -697,6 +699,23 @@ def test_pure_policy_helpers() -> None:
     assert failure.kind == "bad_response" and failure.retryable
 
 
+async def test_a_deprecated_model_is_logged_once_not_warned_per_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SDK warns (DeprecationWarning, an error under this suite's filters) on every call with
+    # claude-sonnet-4-5-20250929, the official client's default model; the provider logs it once.
+    deprecated = "claude-sonnet-4-5-20250929"
+    api = FakeAPI(stream_response(TEXT_BODY))
+    provider, _ = provider_for(api)
+    request = dataclasses.replace(request_for(), model=deprecated)
+    with caplog.at_level(logging.WARNING, logger="chucky.server.providers.anthropic"):
+        for _ in range(2):
+            assert fold(await collect(provider.stream(request))).text == "Hello!"
+    notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(notes) == 1 and deprecated in notes[0] and "end of life" in notes[0]
+    assert [r["model"] for r in api.requests] == [deprecated, deprecated]
+
+
 def test_estimate_is_the_base_upper_bound() -> None:
     provider = AnthropicProvider(api_key=API_KEY, base_url="http://anthropic.test")
     request = request_for("x" * 400)
@@ -737,3 +756,18 @@ async def test_end_to_end_through_the_server(tmp_path: Path, partial: bool) -> N
     expected = microdollars_to_usd(cost_microdollars(usage, price_for("claude-sonnet-4-5")))
     assert result.total_cost_usd == pytest.approx(expected)
     assert api.requests[0]["messages"][-1]["role"] == "user"
+
+
+def test_tool_choice_is_sent_with_the_full_tool_name() -> None:
+    tools = [ToolSpec("mcp__client__get_weather", "Weather", {"type": "object"})]
+    forced = request_for(tools=tools, tool_choice={"type": "tool", "name": "get_weather"})
+    assert build_create_arguments(forced)["tool_choice"] == {
+        "type": "tool",
+        "name": "mcp__client__get_weather",
+    }
+    any_tool = request_for(tools=tools, tool_choice={"type": "any"})
+    assert build_create_arguments(any_tool)["tool_choice"] == {"type": "any"}
+    # Not offered, or no tools at all: the model chooses (the API would refuse the request).
+    unknown = request_for(tools=tools, tool_choice={"type": "tool", "name": "nope"})
+    assert "tool_choice" not in build_create_arguments(unknown)
+    assert "tool_choice" not in build_create_arguments(request_for(tool_choice={"type": "any"}))

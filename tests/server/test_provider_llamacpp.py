@@ -131,6 +131,71 @@ async def test_forced_tool_choice_yields_a_valid_call_every_time(
         assert isinstance(call["input"].get("city"), str)
 
 
+async def test_text_streams_when_tools_are_offered(provider: LlamaCppProvider) -> None:
+    # Greedy sampling makes the choice deterministic; this prompt yields the text alternative.
+    for _ in range(3):
+        request = _request("Say hello", tools=[WEATHER], max_tokens=48, params={"temperature": 0.0})
+        events = await _collect(provider, request)
+        folded = _fold(events)
+        assert folded.stop_reason != "tool_use", "the model called the tool instead of replying"
+        assert not folded.tool_uses
+        deltas = [
+            event["delta"]["text"]
+            for event in events
+            if event["type"] == "content_block_delta" and event["delta"]["type"] == "text_delta"
+        ]
+        assert len(deltas) > 1, deltas
+        assert "".join(deltas) == folded.text
+        assert folded.text and not folded.text.lstrip().startswith("{")
+
+
+async def test_tool_choice_none_with_tools_offered_answers_in_text() -> None:
+    # After a tool round the transcript shows calls as JSON replies; with "none" the answer is
+    # constrained to the text alternative (streamed), never a call or call-shaped text.
+    provider = LlamaCppProvider(seed=3, repeat_penalty=1.3)
+    transcript = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": WEATHER.name,
+                    "input": {"city": "Paris"},
+                }
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 18 C"}
+            ],
+        },
+    ]
+    request = ModelRequest(
+        model="local",
+        system=None,
+        messages=transcript,
+        tools=[WEATHER],
+        max_tokens=40,
+        params={"tool_choice": {"type": "none"}, "temperature": 0.0},
+    )
+    try:
+        events = await _collect(provider, request)
+    finally:
+        await provider.aclose()
+    folded = _fold(events)
+    assert not folded.tool_uses and folded.stop_reason in ("end_turn", "max_tokens")
+    deltas = [
+        event["delta"]["text"]
+        for event in events
+        if event["type"] == "content_block_delta" and event["delta"]["type"] == "text_delta"
+    ]
+    assert deltas and "".join(deltas) == folded.text
+    assert not folded.text.lstrip().startswith("{")
+
+
 def test_reply_schema_alternatives() -> None:
     other = ToolSpec("mcp__x__other", "Other.", {"type": "object"})
     auto = reply_schema([WEATHER, other])

@@ -6,6 +6,7 @@ chat-completion chunk streams; nothing touches the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,7 +28,9 @@ from chucky.server.providers.openai_translate import (
     ToolNameMap,
     chat_messages,
     chat_params,
+    chat_tool_choice,
     chat_tools,
+    estimate_prompt_tokens,
     map_finish_reason,
 )
 
@@ -112,10 +115,11 @@ def test_tool_round_trip_messages() -> None:
     assert msgs[4] == {"role": "user", "content": "thanks"}
 
 
-def test_assistant_with_only_tool_calls_has_null_content() -> None:
+def test_assistant_with_only_tool_calls_has_empty_string_content() -> None:
+    # Not null: llama-cpp-python's server answers 500 to a null content beside tool calls.
     block = {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}
     (msg,) = chat_messages(request([{"role": "assistant", "content": [block]}]), ToolNameMap())
-    assert msg["content"] is None and msg["tool_calls"][0]["function"]["arguments"] == "{}"
+    assert msg["content"] == "" and msg["tool_calls"][0]["function"]["arguments"] == "{}"
 
 
 def test_tools_and_name_map() -> None:
@@ -140,6 +144,47 @@ def test_tools_and_name_map() -> None:
         assert names.original(wire) == spec.name
     assert names.wire(LONG_NAME) == out[1]["function"]["name"]  # stable
     assert names.original("unknown") == "unknown"
+
+
+WEATHER = ToolSpec("mcp__weather__get_weather", "Weather", {"type": "object"})
+CLOCK = ToolSpec("mcp__clock__get_time", "Time", {"type": "object"})
+
+
+def named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+@pytest.mark.parametrize(
+    ("choice", "tools", "expected"),
+    [
+        (None, [WEATHER], None),
+        ({"type": "any"}, [], None),  # no tools: no choice
+        ("auto", [WEATHER], "auto"),
+        ({"type": "auto"}, [WEATHER], "auto"),
+        ({"type": "none"}, [WEATHER], "none"),
+        ({"type": "any"}, [WEATHER, CLOCK], "required"),
+        ("required", [WEATHER, CLOCK], "required"),
+        ({"type": "any"}, [WEATHER], named(WEATHER.name)),  # the one tool, named
+        ("any", [WEATHER], named(WEATHER.name)),
+        ({"type": "tool", "name": WEATHER.name}, [WEATHER, CLOCK], named(WEATHER.name)),
+        ({"type": "tool", "name": "get_time"}, [WEATHER, CLOCK], named(CLOCK.name)),
+        (named("get_time"), [WEATHER, CLOCK], named(CLOCK.name)),
+        ({"type": "tool", "name": "absent"}, [WEATHER], None),
+        ({"type": "tool"}, [WEATHER], None),
+        ({"type": "bogus"}, [WEATHER], None),
+        (42, [WEATHER], None),
+    ],
+)
+def test_tool_choice(choice: Any, tools: list[ToolSpec], expected: Any) -> None:
+    assert chat_tool_choice(choice, tools, ToolNameMap()) == expected
+
+
+def test_tool_choice_uses_the_wire_name() -> None:
+    names = ToolNameMap()
+    long_tool = ToolSpec(LONG_NAME, "Long", {"type": "object"})
+    (tool,) = chat_tools([long_tool], names)
+    choice = chat_tool_choice({"type": "tool", "name": LONG_NAME}, [long_tool], names)
+    assert choice == named(tool["function"]["name"]) and names.wire(LONG_NAME) != LONG_NAME
 
 
 def test_params_known_only() -> None:
@@ -308,6 +353,21 @@ def test_quirk_same_index_new_name_without_ids() -> None:
     assert acc.tool_uses[0]["id"] != acc.tool_uses[1]["id"]
 
 
+def test_quirk_id_and_name_repeated_in_every_chunk() -> None:
+    # llama-cpp-python's server (chatml-function-calling) sends the whole call head each time.
+    fragments = ["{", ' "', "city", '":', ' "', "Paris", '"', " }", ""]
+    chunks = [
+        chunk({"tool_calls": [call(0, id="call__0_w", name="get_weather", args=f)]})
+        for f in fragments
+    ]
+    acc, events = fold([*chunks, chunk({}, "tool_calls")])
+    assert acc.tool_uses == [
+        {"type": "tool_use", "id": "call__0_w", "name": "get_weather", "input": {"city": "Paris"}}
+    ]
+    assert [e["type"] for e in events].count("content_block_start") == 1
+    assert acc.stop_reason == "tool_use"
+
+
 def test_quirk_call_without_id_gets_toolu_id() -> None:
     acc, _ = fold([chunk({"tool_calls": [call(0, name="t", args='{"x": 1}')]}, "tool_calls")])
     (use,) = acc.tool_uses
@@ -335,8 +395,23 @@ def test_parallel_calls_on_distinct_indexes() -> None:
 
 def test_quirk_missing_usage_is_estimated() -> None:
     acc, _ = fold([chunk({"content": "abcdefghij"}), chunk({}, "stop")])
-    assert acc.usage["input_tokens"] == 0
+    assert acc.usage["input_tokens"] == 0  # no estimate given
     assert acc.usage["output_tokens"] == 3  # ceil(10 / 4)
+    translator = ChunkTranslator(model="m", input_estimate=42)
+    events = [*translator.feed(chunk({"content": "hi"})), *translator.feed(chunk({}, "stop"))]
+    events += translator.finish()
+    assert events[-2]["usage"] == {"input_tokens": 42, "output_tokens": 1}
+
+
+def test_the_input_estimate_grows_with_the_prompt() -> None:
+    small = ModelRequest(model="m", system=None, messages=[{"role": "user", "content": "hi"}])
+    large = dataclasses.replace(
+        small,
+        system="s" * 400,
+        tools=[ToolSpec("t", "d" * 400, {"type": "object"})],
+    )
+    assert 0 < estimate_prompt_tokens(small) < 20
+    assert estimate_prompt_tokens(large) >= estimate_prompt_tokens(small) + 200
 
 
 def test_quirk_usage_on_the_finish_chunk() -> None:
@@ -478,6 +553,31 @@ async def test_sdk_text_stream_and_request_body() -> None:
     assert body["max_tokens"] == 50 and body["temperature"] == 0.1 and "unknown" not in body
     assert body["messages"][0] == {"role": "system", "content": "sys"}
     assert len(body["tools"][0]["function"]["name"]) <= 64
+
+
+async def test_sdk_sends_the_tool_choice() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        seen.append(json.loads(req.content))
+        return sse([chunk({"content": "x"}, "stop")])
+
+    provider, client = make_provider(handler)
+    tools = [ToolSpec(LONG_NAME, "d", {"type": "object"}), CLOCK]
+    forced = request(
+        [{"role": "user", "content": "go"}],
+        tools=tools,
+        params={"tool_choice": {"type": "tool", "name": LONG_NAME}},
+    )
+    try:
+        await run(provider, forced)
+        await run(provider, request([{"role": "user", "content": "go"}], tools=tools))
+    finally:
+        await client.close()
+    first, second = seen
+    wire = first["tools"][0]["function"]["name"]
+    assert wire != LONG_NAME and first["tool_choice"] == named(wire)
+    assert "tool_choice" not in second  # nothing asked, nothing sent (the server's default)
 
 
 async def test_sdk_tool_call_in_fragments() -> None:

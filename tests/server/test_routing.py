@@ -10,7 +10,7 @@ from support.raw import open_session, turn
 from chucky.errors import ValidationError
 from chucky.server.pricing import price_for
 from chucky.server.providers.scripted import ScriptedProvider
-from chucky.server.routing import ModelRouter, RoutingConfig
+from chucky.server.routing import CLAUDE_ALIASES, ModelRouter, RoutingConfig, default_routing
 from chucky.testing import scripted_server
 
 CONFIG = """
@@ -72,6 +72,69 @@ def test_provider_slash_model_names_a_configured_provider() -> None:
     route = ModelRouter.from_config(_config()).resolve("scripted/anything")
     assert isinstance(route.provider, ScriptedProvider)
     assert route.model == "anything"
+
+
+def test_patterns_match_in_order_and_pass_the_name_through() -> None:
+    router = ModelRouter.from_config(
+        _config(
+            """
+            [models."claude-opus-*"]
+            provider = "scripted"
+            model = "opus-pinned"
+
+            [models."claude-*"]
+            provider = "scripted"
+
+            [models."sonnet[1m]"]
+            provider = "scripted"
+            """
+        )
+    )
+    passthrough = router.resolve("Claude-Sonnet-4-5-20250929")
+    assert (passthrough.model, passthrough.name) == (
+        "Claude-Sonnet-4-5-20250929",
+        "Claude-Sonnet-4-5-20250929",
+    )
+    assert passthrough.price == price_for("claude-sonnet-4-5-20250929")
+    assert router.resolve("claude-opus-4-5").model == "opus-pinned"  # the first match wins
+    assert router.resolve("sonnet[1m]").model == "sonnet[1m]"  # brackets are literal names
+    with pytest.raises(ValidationError, match=r"claude-opus-\*, claude-\*"):
+        router.resolve("gpt-4o")
+
+
+def test_default_routing_without_a_key_serves_everything_locally() -> None:
+    config = default_routing({})
+    router = ModelRouter.from_config(config)
+    assert config.providers["local"] == {"type": "llamacpp"}
+    for model in ("claude-sonnet-4-5-20250929", "sonnet", "gpt-4o", "local"):
+        route = router.resolve(model)
+        assert (route.name, route.price.output) == ("local", 0)
+
+
+async def test_default_routing_with_a_key_sends_claude_names_to_anthropic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chucky.server.providers.anthropic import AnthropicProvider
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+    config = default_routing()
+    assert config.fallback is None
+    assert config.providers["anthropic"] == {"api_key_env": "ANTHROPIC_API_KEY"}
+    router = ModelRouter.from_config(config)
+    assert router.resolve("local").name == "local"
+    claude = router.resolve("claude-haiku-4-5-20251001")
+    assert isinstance(claude.provider, AnthropicProvider)
+    assert (claude.model, claude.name) == ("claude-haiku-4-5-20251001",) * 2
+    assert claude.price == price_for("claude-haiku-4-5-20251001")
+    assert router.resolve("sonnet").model == CLAUDE_ALIASES["sonnet"]
+    await router.aclose()
+    by_alias = {alias: config.models[alias] for alias in ("sonnet", "opus", "haiku")}
+    assert {a: (e.provider, e.model) for a, e in by_alias.items()} == {
+        a: ("anthropic", m) for a, m in CLAUDE_ALIASES.items()
+    }
+    assert [(glob, e.provider) for glob, e in config.patterns] == [("claude-*", "anthropic")]
+    with pytest.raises(ValidationError, match="Available models: haiku, local, opus, sonnet"):
+        router.resolve("gpt-4o")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """``chucky serve`` and the other ``chucky`` commands in subprocesses, as users run them.
 
-:func:`start_serve` runs ``python -m chucky.cli serve --port 0 ...`` and reads the URL from its
-first line (``chucky serve listening on ws://HOST:PORT/ws``) and the database from its second.
+:func:`start_serve` runs ``python -m chucky.cli serve --port 0 ...`` (with the scripted model
+unless told otherwise) and reads the URL from its first line (``chucky serve listening on
+ws://HOST:PORT/ws``) and the database from its second.
 :class:`ServeProcesses` starts any number of them and kills every one still running when it
 exits, whatever the test did: use it as a fixture::
 
@@ -50,6 +51,7 @@ __all__ = [
     "chucky_env",
     "resumed",
     "run_chucky",
+    "scripted_routing",
     "serve_process",
     "sqlite_url",
     "start_serve",
@@ -63,12 +65,19 @@ PROCESS_TIMEOUT = 30.0
 
 _LISTENING = re.compile(r"chucky serve listening on (ws://127\.0\.0\.1:\d+/ws)")
 _DATABASE = re.compile(r"chucky serve database (\S+)")
-_ISOLATED = ("CHUCKY_DB", "CHUCKY_PROJECTS", "CHUCKY_SECRET", "CHUCKY_TOKEN")
+_ISOLATED = (
+    "CHUCKY_DB",
+    "CHUCKY_PROJECTS",
+    "CHUCKY_SECRET",
+    "CHUCKY_TOKEN",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+)
 
 
 def chucky_env(data_dir: Path | str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``chucky`` subprocess: ``CHUCKY_DATA_DIR=data_dir``, nothing of the
-    caller's chucky configuration."""
+    caller's chucky configuration (nor its Anthropic key or URL)."""
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATED}
     env["CHUCKY_DATA_DIR"] = str(data_dir)
     env.update(extra or {})
@@ -183,11 +192,39 @@ class ServeProcess:
         self._stderr.close()
 
 
-def start_serve(*args: str, data_dir: Path | str, timeout: float = PROCESS_TIMEOUT) -> ServeProcess:
+SCRIPTED_ROUTING = """\
+# Every model name is served by the scripted model (and reported under its own name).
+[models."*"]
+provider = "scripted"
+"""
+
+
+def scripted_routing(data_dir: Path | str) -> Path:
+    """A ``--config`` file routing every model to the scripted provider, in ``data_dir``."""
+    path = Path(data_dir) / "scripted-routing.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SCRIPTED_ROUTING, encoding="utf-8")
+    return path
+
+
+def start_serve(
+    *args: str,
+    data_dir: Path | str,
+    timeout: float = PROCESS_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+) -> ServeProcess:
     """Start ``chucky serve --port 0 ARGS`` and wait for its two announcement lines.
 
+    Without ``--config`` in ``ARGS`` the process serves the scripted model
+    (:func:`scripted_routing`); pass ``--config default`` for the routing users get without
+    one (the local model, Claude with ``ANTHROPIC_API_KEY``). ``env`` adds variables.
     The caller must :meth:`ServeProcess.stop` it (or use :class:`ServeProcesses`).
     """
+    if "--config" not in args:
+        args = (*args, "--config", str(scripted_routing(data_dir)))
+    elif args[args.index("--config") + 1] == "default":
+        at = args.index("--config")
+        args = args[:at] + args[at + 2 :]
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by ServeProcess.stop
     try:
         process = subprocess.Popen(
@@ -196,7 +233,7 @@ def start_serve(*args: str, data_dir: Path | str, timeout: float = PROCESS_TIMEO
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             text=True,
-            env=chucky_env(data_dir),
+            env=chucky_env(data_dir, env),
         )
     except BaseException:
         stderr.close()
@@ -211,9 +248,11 @@ def start_serve(*args: str, data_dir: Path | str, timeout: float = PROCESS_TIMEO
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, data_dir: Path | str) -> Iterator[ServeProcess]:
+def serve_process(
+    *args: str, data_dir: Path | str, env: Mapping[str, str] | None = None
+) -> Iterator[ServeProcess]:
     """One ``chucky serve`` for the ``with`` block; killed at its end if still running."""
-    served = start_serve(*args, data_dir=data_dir)
+    served = start_serve(*args, data_dir=data_dir, env=env)
     try:
         yield served
     finally:

@@ -399,3 +399,30 @@ def test_system_prompt_text(prompt: Any, text: str | None) -> None:
 def test_system_prompt_preset_defaults() -> None:
     options = SessionOptions.model_validate({"systemPrompt": {"type": "preset"}})
     assert options.system_prompt == SystemPromptPreset(preset="claude_code")
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"type": "auto"}),
+        ("any", {"type": "any"}),
+        ("none", {"type": "none"}),
+        ("get_weather", {"type": "tool", "name": "get_weather"}),
+        ({"type": "any"}, {"type": "any"}),
+        ({"type": "tool", "name": "x", "extra": 1}, {"type": "tool", "name": "x"}),
+        (["get_weather", "none"], [{"type": "tool", "name": "get_weather"}, {"type": "none"}]),
+    ],
+)
+def test_tool_choice_is_normalized_to_the_anthropic_form(choice: Any, expected: Any) -> None:
+    options = SessionOptions.model_validate({"toolChoice": choice})
+    assert options.tool_choice == expected
+    assert options.to_wire()["toolChoice"] == expected
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"type": "required"}, {"type": "tool"}, {"type": "tool", "name": ""}, 3, "", [], ["any", 1]],
+)
+def test_invalid_tool_choices_are_refused(choice: Any) -> None:
+    with pytest.raises(pydantic.ValidationError, match="toolChoice"):
+        SessionOptions.model_validate({"toolChoice": choice})

@@ -46,6 +46,7 @@ __all__ = [
     "provider_error",
     "redact_secret",
     "retry_delay",
+    "tool_choice_for",
 ]
 
 
@@ -141,6 +142,28 @@ def _content_bytes(content: Any) -> int:
                 json.dumps(block, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
             )
     return total
+
+
+def tool_choice_for(choice: Any, tools: Sequence[ToolSpec]) -> dict[str, Any] | None:
+    """``request.params["tool_choice"]`` in the Anthropic form, for the tools offered (pure).
+
+    ``{"type": "auto" | "any" | "none"}`` pass; ``{"type": "tool", "name": n}`` names an
+    offered tool exactly, or by its bare name (``get_weather`` for ``mcp__client__get_weather``)
+    when that is unambiguous, and is returned with the full name. ``None``: no tools offered, no
+    choice, an unknown form or a tool not offered (the model chooses freely).
+    """
+    if not tools or not isinstance(choice, Mapping):
+        return None
+    kind = choice.get("type")
+    if kind in ("auto", "any", "none"):
+        return {"type": kind}
+    if kind != "tool":
+        return None
+    name = choice.get("name")
+    exact = [tool for tool in tools if tool.name == name]
+    bare = [tool for tool in tools if tool.name.rsplit("__", 1)[-1] == name]
+    chosen = exact or (bare if len(bare) == 1 else [])
+    return {"type": "tool", "name": chosen[0].name} if chosen else None
 
 
 def retry_delay(

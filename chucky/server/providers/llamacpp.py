@@ -18,8 +18,13 @@ of tokens sampled (the end-of-turn token included when the model ends its turn).
 Tools: when tools are offered, generation is constrained by a grammar built from the JSON schema
 returned by :func:`reply_schema`: the reply is a JSON object that is either ``{"text": ...}`` or
 ``{"tool": <offered name>, "arguments": <that tool's input>}``; a forced ``tool_choice`` drops
-the text alternative (and keeps only the named tool). The parsed reply becomes a text block or
-a ``tool_use`` block, emitted once generation is complete.
+the text alternative (and keeps only the named tool). The grammar fixes the key order, so the
+first key tells the alternatives apart while the reply is generated: the text alternative
+streams, its string value decoded piece by piece (escapes and surrogate pairs split across
+tokens included) by :class:`~chucky.server.providers.json_stream.ReplyTextDecoder`, one
+``text_delta`` per decoded piece; a tool call becomes a ``tool_use`` block once generation is
+complete. A reply that is neither (cut by ``max_tokens`` before its first key) is kept as
+generated, as one text block.
 
 Batched prompt evaluation is off by default (``n_batch=1``): the prebuilt ``llama-cpp-python``
 0.3.36 wheel crashes the process in batched decode on some AVX-512/AMX CPUs; a process crash
@@ -36,16 +41,18 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from chucky.errors import ProviderError
 
 from .base import ModelRequest, Provider, ToolSpec, provider_error
+from .json_stream import ReplyTextDecoder
 from .openai_translate import ToolNameMap, chat_messages, chat_params
 
 __all__ = ["DEFAULT_MODEL_FILE", "LlamaCppProvider", "default_model_path", "reply_schema"]
@@ -146,10 +153,19 @@ def reply_schema(tools: Sequence[ToolSpec], tool_choice: Any = None) -> dict[str
         for tool in callable_tools
     ]
     if not forced:
-        alternatives.append(
-            {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
-        )
+        alternatives.append(_TEXT_REPLY)
     return {"anyOf": alternatives}
+
+
+_TEXT_REPLY: dict[str, Any] = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}},
+    "required": ["text"],
+}
+_TEXT_ONLY_INSTRUCTION = (
+    "Reply to the user now, without calling a tool. Answer with ONE JSON object and nothing "
+    'else: {"text": "<your reply>"}'
+)
 
 
 def _tools_instruction(tools: Sequence[ToolSpec], forced: bool) -> str:
@@ -225,12 +241,37 @@ def _template_messages(request: ModelRequest, system_extra: str | None) -> list[
 # -- the shared model ----------------------------------------------------------------------------
 
 
+_TOKENIZED_CACHE_SIZE = 8
+
+
 @dataclass(slots=True)
 class _LoadedModel:
     llama: Any
     formatter: Any
     executor: ThreadPoolExecutor
     n_ctx: int
+    # Prompt text -> tokens of the last few prompts: a call's prompt is tokenized for its
+    # budget estimate and again for the call itself, ~2 ms per 1,000 tokens on the event loop.
+    tokenized: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
+    tokenized_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tokenize(self, prompt: str, *, add_bos: bool) -> list[int]:
+        key = f"{int(add_bos)}{prompt}"
+        with self.tokenized_lock:
+            tokens = self.tokenized.get(key)
+            if tokens is not None:
+                self.tokenized.move_to_end(key)
+                return tokens
+        tokens = list(
+            self.llama.tokenize(
+                prompt.encode("utf-8", "surrogatepass"), add_bos=add_bos, special=True
+            )
+        )
+        with self.tokenized_lock:
+            self.tokenized[key] = tokens
+            while len(self.tokenized) > _TOKENIZED_CACHE_SIZE:
+                self.tokenized.popitem(last=False)
+        return tokens
 
 
 _MODELS: dict[tuple[str, int, int | None, int], _LoadedModel] = {}
@@ -330,20 +371,20 @@ def _prepare(model: _LoadedModel, request: ModelRequest) -> _Prepared:
     none_choice = tool_choice == "none" or (
         isinstance(tool_choice, Mapping) and tool_choice.get("type") == "none"
     )
-    tools = request.tools if not none_choice else ()
     schema: dict[str, Any] | None = None
     instruction: str | None = None
-    if tools:
-        callable_tools, forced = _forced_tools(tools, tool_choice)
-        schema = reply_schema(tools, tool_choice)
+    if request.tools and none_choice:
+        # The transcript shows tool calls as JSON replies: the answer keeps that shape (the
+        # text alternative only), else a small model writes tool-call JSON as its text.
+        schema = {"anyOf": [_TEXT_REPLY]}
+        instruction = _TEXT_ONLY_INSTRUCTION
+    elif request.tools:
+        callable_tools, forced = _forced_tools(request.tools, tool_choice)
+        schema = reply_schema(request.tools, tool_choice)
         instruction = _tools_instruction(callable_tools, forced)
     messages = _template_messages(request, instruction)
     formatted = model.formatter(messages=messages)
-    tokens = model.llama.tokenize(
-        formatted.prompt.encode("utf-8", "surrogatepass"),
-        add_bos=not formatted.added_special,
-        special=True,
-    )
+    tokens = model.tokenize(formatted.prompt, add_bos=not formatted.added_special)
     params = chat_params(request)
     stop = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
     user_stop = params.pop("stop", None)
@@ -422,6 +463,8 @@ class LlamaCppProvider(Provider):
             template in the GGUF metadata (``"chat_template.<name>"``).
         seed: The sampling seed used when a request gives none (``None``: random).
         n_batch: Prompt tokens evaluated per batch (see the module docstring for why it is 1).
+        repeat_penalty: llama.cpp's penalty on recently sampled tokens (``None``: its default,
+            1.0, none); 1.1-1.3 keeps a small model from looping on a phrase.
     """
 
     name: ClassVar[str] = "llamacpp"
@@ -435,8 +478,10 @@ class LlamaCppProvider(Provider):
         chat_format: str | None = None,
         seed: int | None = None,
         n_batch: int = 1,
+        repeat_penalty: float | None = None,
     ) -> None:
         self._model_path = model_path
+        self._repeat_penalty = repeat_penalty
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._chat_format = chat_format
@@ -454,6 +499,14 @@ class LlamaCppProvider(Provider):
                 _load, self._path(), self._n_ctx, self._n_threads, self._n_batch, self._chat_format
             )
         return self._loaded
+
+    async def load(self) -> None:
+        """Load the model now (in a worker thread) instead of at the first request.
+
+        Raises:
+            ProviderError: kind ``model_missing`` or ``local_model_error``.
+        """
+        await self._model()
 
     def estimate_input_tokens(self, request: ModelRequest) -> int:
         """The exact prompt token count once the model is loaded, else the base class's bound."""
@@ -487,6 +540,8 @@ class LlamaCppProvider(Provider):
             )
         if "seed" not in prepared.kwargs and self._seed is not None:
             prepared.kwargs["seed"] = self._seed
+        if self._repeat_penalty is not None:
+            prepared.kwargs["repeat_penalty"] = self._repeat_penalty
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         halt = threading.Event()
@@ -533,23 +588,31 @@ class LlamaCppProvider(Provider):
                 },
             },
         }
-        constrained = prepared.grammar_schema is not None
+        # Constrained (tools offered): the reply is JSON; its text alternative streams as it is
+        # decoded, a tool call is emitted once complete.
+        decoder = ReplyTextDecoder() if prepared.grammar_schema is not None else None
         parts: list[str] = []
         opened = False
         while item[0] == "text":
-            parts.append(item[1])
-            if not constrained:
-                if not opened:
+            text = item[1]
+            if decoder is not None:
+                parts.append(text)
+                text = decoder.feed(text)
+                if not opened and decoder.is_text:
                     opened = True
                     yield _block_start(0, {"type": "text", "text": ""})
-                yield _delta(0, {"type": "text_delta", "text": item[1]})
+            elif not opened:
+                opened = True
+                yield _block_start(0, {"type": "text", "text": ""})
+            if text:
+                yield _delta(0, {"type": "text_delta", "text": text})
             item = await queue.get()
         if item[0] == "error":
             raise _map_error(item[1])
         finish, sampled = item[1], item[2]
         stop_reason = "max_tokens" if finish == "length" else "end_turn"
-        if constrained:
-            call = _parse_call("".join(parts), request.tools)
+        if not opened:
+            call = _parse_call("".join(parts), request.tools) if decoder is not None else None
             if call is not None:
                 name, arguments = call
                 yield _block_start(
@@ -559,12 +622,11 @@ class LlamaCppProvider(Provider):
                 yield _delta(0, {"type": "input_json_delta", "partial_json": partial})
                 stop_reason = "tool_use"
             else:
+                # No output, or a reply that is neither alternative (cut by max_tokens before
+                # its first key was complete): kept as generated.
                 yield _block_start(0, {"type": "text", "text": ""})
-                yield _delta(0, {"type": "text_delta", "text": _reply_text("".join(parts))})
-            opened = True
-        elif not opened:
-            yield _block_start(0, {"type": "text", "text": ""})
-            opened = True
+                if parts:
+                    yield _delta(0, {"type": "text_delta", "text": "".join(parts)})
         yield {"type": "content_block_stop", "index": 0}
         yield {
             "type": "message_delta",
@@ -603,14 +665,6 @@ def _parse_call(text: str, tools: Sequence[ToolSpec]) -> tuple[str, dict[str, An
     if any(tool.name == name for tool in tools) and isinstance(arguments, dict):
         return str(name), arguments
     return None
-
-
-def _reply_text(text: str) -> str:
-    # The text alternative; a reply cut by max_tokens is not valid JSON and is kept as generated.
-    value = _loads(text)
-    if isinstance(value, dict) and isinstance(value.get("text"), str):
-        return str(value["text"])
-    return text
 
 
 def _map_error(exc: BaseException) -> ProviderError:

@@ -34,7 +34,15 @@ import openai
 from chucky.errors import ProviderError
 
 from .base import ModelRequest, Provider, provider_error, redact_secret, retry_delay
-from .openai_translate import ChunkTranslator, ToolNameMap, chat_messages, chat_params, chat_tools
+from .openai_translate import (
+    ChunkTranslator,
+    ToolNameMap,
+    chat_messages,
+    chat_params,
+    chat_tool_choice,
+    chat_tools,
+    estimate_prompt_tokens,
+)
 
 __all__ = ["MAX_BACKOFF", "PLACEHOLDER_API_KEY", "OpenAIProvider", "translate_error"]
 
@@ -146,7 +154,9 @@ class OpenAIProvider(Provider):
 
         Args:
             request: The model call. ``params`` keys other than ``temperature``, ``top_p``,
-                ``stop`` (or ``stop_sequences``) and ``seed`` are ignored.
+                ``stop`` (or ``stop_sequences``), ``seed`` and ``tool_choice`` (Anthropic or
+                OpenAI forms, see
+                :func:`~chucky.server.providers.openai_translate.chat_tool_choice`) are ignored.
 
         Yields:
             Anthropic raw-stream events (see :mod:`chucky.server.providers.base`).
@@ -158,7 +168,11 @@ class OpenAIProvider(Provider):
         attempt = 0
         while True:
             names = ToolNameMap()
-            translator = ChunkTranslator(model=request.model, names=names)
+            translator = ChunkTranslator(
+                model=request.model,
+                names=names,
+                input_estimate=estimate_prompt_tokens(request),
+            )
             try:
                 # aclosing: a consumer that stops early closes the HTTP stream at once.
                 attempt_events = self._attempt(request, names, translator)
@@ -184,10 +198,12 @@ class OpenAIProvider(Provider):
         messages = chat_messages(request, names)
         tools = chat_tools(request.tools, names)
         params = chat_params(request)
+        tool_choice = chat_tool_choice(request.params.get("tool_choice"), request.tools, names)
         stream = await self._client.chat.completions.create(
             model=request.model,
             messages=cast(Any, messages),
             tools=cast(Any, tools) if tools else openai.omit,
+            tool_choice=cast(Any, tool_choice) if tool_choice is not None else openai.omit,
             stream=True,
             stream_options={"include_usage": True},
             max_tokens=params["max_tokens"],

@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 
-Requests go one way: :func:`chat_messages`, :func:`chat_tools` and :func:`chat_params` turn a
-:class:`~chucky.server.providers.base.ModelRequest` (an Anthropic Messages transcript) into the
-arguments of ``POST /chat/completions``. Tool names that OpenAI would refuse (longer than 64
-characters or outside ``[a-zA-Z0-9_-]``) go through a per-request :class:`ToolNameMap`, which
-maps them back in the reply.
+Requests go one way: :func:`chat_messages`, :func:`chat_tools`, :func:`chat_tool_choice` and
+:func:`chat_params` turn a :class:`~chucky.server.providers.base.ModelRequest` (an Anthropic
+Messages transcript) into the arguments of ``POST /chat/completions``. Tool names that OpenAI
+would refuse (longer than 64 characters or outside ``[a-zA-Z0-9_-]``) go through a per-request
+:class:`ToolNameMap`, which maps them back in the reply.
 
 Replies go the other way: :class:`ChunkTranslator` is fed the streamed ``chat.completion.chunk``
 objects (as dicts) one at a time and returns the Anthropic raw-stream events each one implies;
@@ -25,10 +25,12 @@ OpenAI-compatible servers differ from OpenAI; the translator normalises what loc
   JSON object instead of a string (serialised);
 * several calls on ONE ``index``: a new ``id`` on that index, or a new ``name`` once the current
   call has a name and arguments, starts a new call;
+* the id and the full name repeated in every chunk of one call (llama-cpp-python's server): a
+  repeated id continues the call;
 * a call with no ``id`` gets a generated ``toolu_`` id;
-* no usage chunk: input tokens are reported as 0 and output tokens estimated as one token per
-  four characters of streamed text, thinking and arguments (local models cost nothing, so the
-  estimate only feeds statistics);
+* no usage chunk: tokens are estimated as one per four characters -- input from the request
+  (:func:`estimate_prompt_tokens`), output from the streamed text, thinking and arguments -- so
+  a priced model is still charged (approximately) and a result never reports 0 input tokens;
 * text after tool calls (a new text block);
 * ``reasoning_content`` (llama.cpp, vLLM) or ``reasoning`` (Ollama) deltas: a ``thinking``
   block;
@@ -57,7 +59,9 @@ __all__ = [
     "ToolNameMap",
     "chat_messages",
     "chat_params",
+    "chat_tool_choice",
     "chat_tools",
+    "estimate_prompt_tokens",
     "map_finish_reason",
 ]
 
@@ -203,11 +207,11 @@ def _assistant_message(content: Any, names: ToolNameMap) -> dict[str, Any] | Non
             calls.append({"id": str(block.get("id", "")), "type": "function", "function": function})
     if not texts and not calls:
         return None
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    # Content is a string even beside tool calls: llama-cpp-python's server rejects ``null``
+    # (and its function-calling template needs the key), OpenAI accepts ``""``.
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
     if calls:
         message["tool_calls"] = calls
-    elif message["content"] is None:
-        message["content"] = ""
     return message
 
 
@@ -248,6 +252,54 @@ def chat_tools(tools: Sequence[ToolSpec], names: ToolNameMap) -> list[dict[str, 
         }
         for tool in tools
     ]
+
+
+def chat_tool_choice(
+    tool_choice: Any, tools: Sequence[ToolSpec], names: ToolNameMap
+) -> str | dict[str, Any] | None:
+    """The chat-completions ``tool_choice`` for ``request.params["tool_choice"]`` (pure).
+
+    Accepts the Anthropic forms (``"auto"``, ``"any"``, ``"none"``, ``{"type": "auto" | "any" |
+    "none"}``, ``{"type": "tool", "name": ...}``) and the OpenAI ones (``"required"``,
+    ``{"type": "function", "function": {"name": ...}}``), as the llamacpp provider does. A named
+    tool is matched exactly, else by its bare name (``get_weather`` for
+    ``mcp__weather__get_weather``) when that is unambiguous. "Any tool" among a single tool names
+    it: the same choice, and the only forced form llama-cpp-python's server accepts.
+
+    Args:
+        tool_choice: The requested choice (``None`` when none was requested).
+        tools: The tools offered.
+        names: The request's tool name map (the wire names of ``tools``).
+
+    Returns:
+        ``"auto"``, ``"none"``, ``"required"``, ``{"type": "function", "function": {"name":
+        <wire name>}}``, or ``None`` (send nothing: no tools, no choice, an unknown form or
+        an unknown tool).
+    """
+    if not tools or tool_choice is None:
+        return None
+    kind = tool_choice if isinstance(tool_choice, str) else None
+    name: Any = None
+    if isinstance(tool_choice, Mapping):
+        kind = tool_choice.get("type")
+        name = tool_choice.get("name")
+        function = tool_choice.get("function")
+        if kind == "function" and isinstance(function, Mapping):
+            kind, name = "tool", function.get("name")
+    if kind in ("auto", "none"):
+        return kind
+    chosen: Sequence[ToolSpec] = ()
+    if kind in ("any", "required"):
+        if len(tools) > 1:
+            return "required"
+        chosen = tools
+    elif kind == "tool" and isinstance(name, str):
+        exact = [tool for tool in tools if tool.name == name]
+        bare = [tool for tool in tools if tool.name.rsplit("__", 1)[-1] == name]
+        chosen = exact or (bare if len(bare) == 1 else [])
+    if not chosen:
+        return None
+    return {"type": "function", "function": {"name": names.wire(chosen[0].name)}}
 
 
 def _number(value: Any) -> float | int | None:
@@ -313,6 +365,15 @@ def _arguments(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def estimate_prompt_tokens(request: ModelRequest) -> int:
+    """The input tokens of ``request`` at one token per four characters (pure; a server that
+    reports no usage is billed by this)."""
+    parts: list[Any] = [request.system or "", list(request.messages)]
+    parts += [(tool.name, tool.description, dict(tool.input_schema)) for tool in request.tools]
+    chars = len(json.dumps(parts, ensure_ascii=False, default=str))
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 class ChunkTranslator:
     """Turns streamed chat-completion chunks into Anthropic raw-stream events (pure, no I/O).
 
@@ -322,10 +383,14 @@ class ChunkTranslator:
     Args:
         model: The model id reported when the chunks carry none.
         names: The request's tool name map; tool names are mapped back through it.
+        input_estimate: The input tokens reported when the server sends no usage.
     """
 
-    def __init__(self, *, model: str, names: ToolNameMap | None = None) -> None:
+    def __init__(
+        self, *, model: str, names: ToolNameMap | None = None, input_estimate: int = 0
+    ) -> None:
         self._model = model
+        self._input_estimate = input_estimate
         self._names = names or ToolNameMap()
         self._started = False
         self._next_index = 0
@@ -417,7 +482,12 @@ class ChunkTranslator:
 
         call = self._calls.get(index)
         new_id = call_id is not None and call is not None and call.id not in (None, call_id)
-        new_name = bool(name) and call is not None and bool(call.name) and call.has_arguments
+        # llama-cpp-python's server repeats the id and the whole name in every chunk of a
+        # call: a repeated id is the same call, whatever the name says.
+        same_id = call_id is not None and call is not None and call.id == call_id
+        new_name = (
+            bool(name) and call is not None and bool(call.name) and call.has_arguments
+        ) and not same_id
         if call is None or new_id or new_name:
             call = _Call(id=call_id)
             self._calls[index] = call
@@ -507,7 +577,7 @@ class ChunkTranslator:
         usage = self._usage
         estimate = -(-self._chars // CHARS_PER_TOKEN)
         if usage is None:
-            return {"input_tokens": 0, "output_tokens": estimate}
+            return {"input_tokens": self._input_estimate, "output_tokens": estimate}
         prompt = _int(usage.get("prompt_tokens"))
         completion = _int(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")
