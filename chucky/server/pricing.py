@@ -26,10 +26,12 @@ from types import MappingProxyType
 from typing import Final
 
 __all__ = [
+    "CLAUDE_CEILING",
     "FREE",
     "PRICES",
     "ModelPrice",
     "cost_microdollars",
+    "known_price",
     "microdollars_to_usd",
     "price_for",
     "usd_to_microdollars",
@@ -130,6 +132,13 @@ PRICES: Final[Mapping[str, ModelPrice]] = MappingProxyType(
 )
 """List prices by model id (read-only)."""
 
+CLAUDE_CEILING: Final = max(
+    (price for model, price in PRICES.items() if model.startswith("claude-")),
+    key=lambda price: (price.output, price.input),
+)
+"""The dearest Claude price: what a Claude model missing from the table is charged, so an
+unknown model can never take a user over budget (configure its ``price`` to charge it exactly)."""
+
 # Family names and undated ids -> a key of PRICES. Legacy families map to a model of the same
 # list price (Claude 3.x Sonnet 3/15, Claude 3 Opus 15/75).
 _ALIASES: Final[Mapping[str, str]] = MappingProxyType(
@@ -205,6 +214,11 @@ def price_for(model: str, overrides: Mapping[str, ModelPrice] | None = None) -> 
     Returns:
         The price; :data:`FREE` for unknown models.
     """
+    return known_price(model, overrides) or FREE
+
+
+def known_price(model: str, overrides: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
+    """The price of ``model`` as :func:`price_for` finds it, or ``None`` if it knows none."""
     table: dict[str, ModelPrice] = dict(PRICES)
     table.update({key.strip().lower(): price for key, price in (overrides or {}).items()})
     name = model.strip().lower()
@@ -214,7 +228,7 @@ def price_for(model: str, overrides: Mapping[str, ModelPrice] | None = None) -> 
     known = {_normalize(key): key for key in [*_ALIASES, *table]}
     match = _match(_normalize(name), list(known))
     if match is None:
-        return FREE
+        return None
     key = known[match]
     return table[key] if key in table else table[_ALIASES[key]]
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,7 +47,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ValidationError
-from .pricing import ModelPrice, price_for
+from .pricing import CLAUDE_CEILING, FREE, ModelPrice, known_price, price_for
 from .providers.base import Provider
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "default_routing",
     "provider_factories",
 ]
+
+logger = logging.getLogger("chucky.server.routing")
 
 CLAUDE_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
     {
@@ -251,17 +254,23 @@ class ModelRouter:
         *,
         price_model: str | None = None,
         config: RoutingConfig | None = None,
+        providers: Mapping[str, Provider] | None = None,
     ) -> None:
         if (provider is None) == (config is None):
             raise ValueError("give either one provider or a routing config")
         self._single = provider
         self._price = price_for(price_model or provider.name) if provider is not None else None
         self.config = config
-        self._providers: dict[str, Provider] = {}
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._unpriced_logged: set[str] = set()
 
     @classmethod
-    def from_config(cls, config: RoutingConfig) -> ModelRouter:
-        return cls(config=config)
+    def from_config(
+        cls, config: RoutingConfig, *, providers: Mapping[str, Provider] | None = None
+    ) -> ModelRouter:
+        """Route by ``config``; ``providers`` gives ready instances for some provider names
+        (a client with custom HTTP settings, a test double) instead of creating them."""
+        return cls(config=config, providers=providers)
 
     @property
     def available(self) -> list[str]:
@@ -303,8 +312,27 @@ class ModelRouter:
                 details={"reason": "invalid_options", "available": self.available},
             )
         provider_model = entry.model or model
-        price = entry.price or price_for(provider_model)
-        return Route(self._provider(entry.provider), provider_model, price, name)
+        target = self._provider(entry.provider)
+        price = entry.price or known_price(provider_model)
+        if price is None:
+            price = self._unknown_price(target, provider_model)
+        return Route(target, provider_model, price, name)
+
+    def _unknown_price(self, provider: Provider, model: str) -> ModelPrice:
+        """A model the price table does not know: free, unless Claude (always paid), which is
+        charged :data:`~chucky.server.pricing.CLAUDE_CEILING` -- never under its real price."""
+        if provider.name != "anthropic":
+            return FREE
+        if model not in self._unpriced_logged:
+            self._unpriced_logged.add(model)
+            logger.warning(
+                "no price known for %s: charged as the dearest Claude model (%s/%s USD per "
+                "million input/output tokens) until its price is configured",
+                model,
+                CLAUDE_CEILING.input,
+                CLAUDE_CEILING.output,
+            )
+        return CLAUDE_CEILING
 
     def _provider(self, kind: str) -> Provider:
         provider = self._providers.get(kind)

@@ -46,9 +46,8 @@ def _router(primary: ScriptedProvider) -> ModelRouter:
             """
         )
     )
-    router = ModelRouter.from_config(config)
-    router._providers["scripted"] = primary  # the primary's provider: flaky for "primary" only
-    return router
+    # The primary's provider: flaky for "primary" only.
+    return ModelRouter.from_config(config, providers={"scripted": primary})
 
 
 class Split(ScriptedProvider):

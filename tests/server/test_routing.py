@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from support.raw import open_session, turn
 
 from chucky.errors import ValidationError
-from chucky.server.pricing import price_for
+from chucky.server.pricing import CLAUDE_CEILING, FREE, known_price, price_for
 from chucky.server.providers.scripted import ScriptedProvider
 from chucky.server.routing import CLAUDE_ALIASES, ModelRouter, RoutingConfig, default_routing
 from chucky.testing import scripted_server
@@ -102,6 +103,17 @@ def test_patterns_match_in_order_and_pass_the_name_through() -> None:
         router.resolve("gpt-4o")
 
 
+def test_unknown_models_are_free_except_claude_which_costs_the_ceiling() -> None:
+    assert known_price("my-local-llama") is None and price_for("my-local-llama") == FREE
+    assert known_price("claude-haiku-4-5") == price_for("claude-haiku-4-5-20251001")
+    assert CLAUDE_CEILING.output == max(
+        price_for(m).output for m in ("sonnet", "opus", "haiku", "claude-opus-4-1")
+    )
+    # A pattern routing to a non-Anthropic provider keeps unknown models free.
+    router = ModelRouter.from_config(_config('[models."x-*"]\nprovider = "scripted"'))
+    assert router.resolve("x-1").price == FREE
+
+
 def test_default_routing_without_a_key_serves_everything_locally() -> None:
     config = default_routing({})
     router = ModelRouter.from_config(config)
@@ -112,7 +124,7 @@ def test_default_routing_without_a_key_serves_everything_locally() -> None:
 
 
 async def test_default_routing_with_a_key_sends_claude_names_to_anthropic(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from chucky.server.providers.anthropic import AnthropicProvider
 
@@ -127,6 +139,15 @@ async def test_default_routing_with_a_key_sends_claude_names_to_anthropic(
     assert (claude.model, claude.name) == ("claude-haiku-4-5-20251001",) * 2
     assert claude.price == price_for("claude-haiku-4-5-20251001")
     assert router.resolve("sonnet").model == CLAUDE_ALIASES["sonnet"]
+    # A Claude model the price table does not know is charged the dearest Claude price (a
+    # budget never undercharges it), and the operator is told once.
+    with caplog.at_level(logging.WARNING, logger="chucky.server.routing"):
+        newer = router.resolve("claude-sonnet-9-9")
+        router.resolve("claude-sonnet-9-9")
+    assert (newer.model, newer.price) == ("claude-sonnet-9-9", CLAUDE_CEILING)
+    assert [
+        r.getMessage().startswith("no price known for claude-sonnet-9-9") for r in caplog.records
+    ] == [True]
     await router.aclose()
     by_alias = {alias: config.models[alias] for alias in ("sonnet", "opus", "haiku")}
     assert {a: (e.provider, e.model) for a, e in by_alias.items()} == {
