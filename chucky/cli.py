@@ -176,12 +176,10 @@ async def _prompt(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, main
+    from .demo import DEMO_PROMPT, DemoOptions, main
 
-    options = DemoOptions(max_tokens=args.max_tokens, model_path=args.model_path, seed=args.seed)
-    if args.prompt:
-        options = DemoOptions(args.prompt, args.max_tokens, args.model_path, args.seed)
-    return main(options)
+    prompt = args.prompt or DEMO_PROMPT
+    return main(DemoOptions(prompt, args.max_tokens, args.model_path, args.seed))
 
 
 def _parser() -> argparse.ArgumentParser:

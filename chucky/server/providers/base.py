@@ -147,19 +147,29 @@ def _content_bytes(content: Any) -> int:
 def tool_choice_for(choice: Any, tools: Sequence[ToolSpec]) -> dict[str, Any] | None:
     """``request.params["tool_choice"]`` in the Anthropic form, for the tools offered (pure).
 
-    ``{"type": "auto" | "any" | "none"}`` pass; ``{"type": "tool", "name": n}`` names an
-    offered tool exactly, or by its bare name (``get_weather`` for ``mcp__client__get_weather``)
-    when that is unambiguous, and is returned with the full name. ``None``: no tools offered, no
-    choice, an unknown form or a tool not offered (the model chooses freely).
+    The one reading of a tool choice every provider shares. Accepts the Anthropic forms
+    (``"auto"``, ``"any"``, ``"none"``, ``{"type": "auto" | "any" | "none"}``, ``{"type":
+    "tool", "name": n}``) and the OpenAI ones (``"required"``, ``{"type": "function",
+    "function": {"name": n}}``). A named tool is matched exactly, or by its bare name
+    (``get_weather`` for ``mcp__client__get_weather``) when that is unambiguous, and is returned
+    with its full name. ``None``: no tools offered, no choice, an unknown form or a tool not
+    offered (the model chooses freely).
     """
-    if not tools or not isinstance(choice, Mapping):
+    if not tools:
         return None
-    kind = choice.get("type")
+    kind: Any = choice
+    name: Any = None
+    if isinstance(choice, Mapping):
+        kind, name = choice.get("type"), choice.get("name")
+        function = choice.get("function")
+        if kind == "function" and isinstance(function, Mapping):
+            kind, name = "tool", function.get("name")
+    if kind == "required":
+        kind = "any"
     if kind in ("auto", "any", "none"):
         return {"type": kind}
-    if kind != "tool":
+    if kind != "tool" or not isinstance(name, str):
         return None
-    name = choice.get("name")
     exact = [tool for tool in tools if tool.name == name]
     bare = [tool for tool in tools if tool.name.rsplit("__", 1)[-1] == name]
     chosen = exact or (bare if len(bare) == 1 else [])

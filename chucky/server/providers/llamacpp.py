@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 
 from chucky.errors import ProviderError
 
-from .base import ModelRequest, Provider, ToolSpec, provider_error
+from .base import ModelRequest, Provider, ToolSpec, provider_error, tool_choice_for
 from .json_stream import ReplyTextDecoder
 from .openai_translate import ToolNameMap, chat_messages, chat_params
 
@@ -113,19 +113,11 @@ def _arguments_schema(tool: ToolSpec) -> dict[str, Any]:
 
 def _forced_tools(tools: Sequence[ToolSpec], tool_choice: Any) -> tuple[Sequence[ToolSpec], bool]:
     """The tools the reply may call and whether a call is forced."""
-    if tool_choice == "any" or tool_choice == "required":
+    choice = tool_choice_for(tool_choice, tools)
+    if choice is not None and choice["type"] == "any":
         return tools, True
-    if isinstance(tool_choice, Mapping):
-        kind = tool_choice.get("type")
-        if kind == "any":
-            return tools, True
-        if kind == "tool":
-            name = tool_choice.get("name")
-            exact = [t for t in tools if t.name == name]
-            bare = [t for t in tools if t.name.rsplit("__", 1)[-1] == name]
-            chosen = exact or (bare if len(bare) == 1 else [])
-            if chosen:
-                return chosen, True
+    if choice is not None and choice["type"] == "tool":
+        return [t for t in tools if t.name == choice["name"]], True
     return tools, False
 
 
@@ -368,9 +360,8 @@ class _Prepared:
 
 def _prepare(model: _LoadedModel, request: ModelRequest) -> _Prepared:
     tool_choice = request.params.get("tool_choice")
-    none_choice = tool_choice == "none" or (
-        isinstance(tool_choice, Mapping) and tool_choice.get("type") == "none"
-    )
+    choice = tool_choice_for(tool_choice, request.tools)
+    none_choice = choice is not None and choice["type"] == "none"
     schema: dict[str, Any] | None = None
     instruction: str | None = None
     if request.tools and none_choice:

@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import ModelRequest, ToolSpec
+from .base import ModelRequest, ToolSpec, tool_choice_for
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -263,7 +263,8 @@ def chat_tool_choice(
     "none"}``, ``{"type": "tool", "name": ...}``) and the OpenAI ones (``"required"``,
     ``{"type": "function", "function": {"name": ...}}``), as the llamacpp provider does. A named
     tool is matched exactly, else by its bare name (``get_weather`` for
-    ``mcp__weather__get_weather``) when that is unambiguous. "Any tool" among a single tool names
+    ``mcp__weather__get_weather``) when that is unambiguous
+    (:func:`~chucky.server.providers.base.tool_choice_for`). "Any tool" among a single tool names
     it: the same choice, and the only forced form llama-cpp-python's server accepts.
 
     Args:
@@ -276,30 +277,16 @@ def chat_tool_choice(
         <wire name>}}``, or ``None`` (send nothing: no tools, no choice, an unknown form or
         an unknown tool).
     """
-    if not tools or tool_choice is None:
+    choice = tool_choice_for(tool_choice, tools)
+    if choice is None:
         return None
-    kind = tool_choice if isinstance(tool_choice, str) else None
-    name: Any = None
-    if isinstance(tool_choice, Mapping):
-        kind = tool_choice.get("type")
-        name = tool_choice.get("name")
-        function = tool_choice.get("function")
-        if kind == "function" and isinstance(function, Mapping):
-            kind, name = "tool", function.get("name")
-    if kind in ("auto", "none"):
-        return kind
-    chosen: Sequence[ToolSpec] = ()
-    if kind in ("any", "required"):
+    if choice["type"] in ("auto", "none"):
+        return str(choice["type"])
+    if choice["type"] == "any":
         if len(tools) > 1:
             return "required"
-        chosen = tools
-    elif kind == "tool" and isinstance(name, str):
-        exact = [tool for tool in tools if tool.name == name]
-        bare = [tool for tool in tools if tool.name.rsplit("__", 1)[-1] == name]
-        chosen = exact or (bare if len(bare) == 1 else [])
-    if not chosen:
-        return None
-    return {"type": "function", "function": {"name": names.wire(chosen[0].name)}}
+        choice = {"type": "tool", "name": tools[0].name}
+    return {"type": "function", "function": {"name": names.wire(choice["name"])}}
 
 
 def _number(value: Any) -> float | int | None:
