@@ -52,7 +52,7 @@ from chucky.messages import ErrorMessage
 
 clock = time.perf_counter_ns
 
-MODEL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-sonnet-5-5"
 STREAM_N = 5000
 
 

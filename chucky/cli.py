@@ -275,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("message")
     prompt.add_argument("--url", default="ws://127.0.0.1:8765/ws")
     prompt.add_argument("--token", help="the end-user token (or CHUCKY_TOKEN)")
-    prompt.add_argument("--model", default="claude-sonnet-4-5-20250929")
+    prompt.add_argument("--model", default="claude-sonnet-5-5")
     prompt.set_defaults(run=lambda args: asyncio.run(_prompt(args)))
     return parser
 

@@ -28,7 +28,7 @@ async def main():
     client = Chucky(
         token=token,
         url="ws://127.0.0.1:8765/ws",
-        model="claude-sonnet-4-5-20250929",
+        model="claude-sonnet-5-5",
         system_prompt="You are helpful.",
         timeout=60.0,
     )

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "wss://conjure.chucky.cloud/ws"
-DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
+DEFAULT_MODEL = "claude-sonnet-5-5"
 
 McpServers = (
     Mapping[str, McpServer | McpSdkServerConfig | Mapping[str, Any]]

@@ -82,7 +82,7 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     projects: dict[str, list[str]] = field(default_factory=dict)
-    default_model: str = "claude-sonnet-4-5-20250929"
+    default_model: str = "claude-sonnet-5-5"
     tool_timeout: float = 120.0
     max_turns: int = 32
     max_tokens: int = 4096

@@ -97,8 +97,14 @@ class ModelPrice:
 FREE: Final = ModelPrice(0, 0, 0, 0)
 """The price of unknown (local) models."""
 
+_SONNET_5_5: Final = "claude-sonnet-5-5"
+_SONNET_5: Final = "claude-sonnet-5"
+_SONNET_4_6: Final = "claude-sonnet-4-6"
 _SONNET_4_5: Final = "claude-sonnet-4-5-20250929"
 _SONNET_4: Final = "claude-sonnet-4-20250514"
+_OPUS_5_5: Final = "claude-opus-5-5"
+_OPUS_5: Final = "claude-opus-5"
+_OPUS_4_6: Final = "claude-opus-4-6"
 _OPUS_4_5: Final = "claude-opus-4-5-20251101"
 _OPUS_4_1: Final = "claude-opus-4-1-20250805"
 _OPUS_4: Final = "claude-opus-4-20250514"
@@ -107,8 +113,15 @@ _HAIKU_3_5: Final = "claude-3-5-haiku-20241022"
 
 PRICES: Final[Mapping[str, ModelPrice]] = MappingProxyType(
     {
+        _SONNET_5_5: ModelPrice.standard(2, 10),
+        _SONNET_5: ModelPrice.standard(2, 10),
+        _SONNET_4_6: ModelPrice.standard(3, 15),
         _SONNET_4_5: ModelPrice.standard(3, 15),
         _SONNET_4: ModelPrice.standard(3, 15),
+        # Opus 5.5 reads its cache at 0.05x input, not the usual 0.1x.
+        _OPUS_5_5: ModelPrice(4, 20, 5, 0.2),
+        _OPUS_5: ModelPrice.standard(5, 25),
+        _OPUS_4_6: ModelPrice.standard(5, 25),
         _OPUS_4_5: ModelPrice.standard(5, 25),
         _OPUS_4_1: ModelPrice.standard(15, 75),
         _OPUS_4: ModelPrice.standard(15, 75),
@@ -143,9 +156,15 @@ unknown model can never take a user over budget (configure its ``price`` to char
 # list price (Claude 3.x Sonnet 3/15, Claude 3 Opus 15/75).
 _ALIASES: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "sonnet": _SONNET_4_5,
-        "opus": _OPUS_4_1,
+        "sonnet": _SONNET_5_5,
+        "opus": _OPUS_4_1,  # no version: the dearest Opus
         "haiku": _HAIKU_4_5,
+        "sonnet-5-5": _SONNET_5_5,
+        "sonnet-5": _SONNET_5,
+        "sonnet-4-6": _SONNET_4_6,
+        "opus-5-5": _OPUS_5_5,
+        "opus-5": _OPUS_5,
+        "opus-4-6": _OPUS_4_6,
         "claude-sonnet-4-5": _SONNET_4_5,
         "sonnet-4-5": _SONNET_4_5,
         "claude-sonnet-4": _SONNET_4,

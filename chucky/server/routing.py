@@ -14,7 +14,7 @@ model of the tests) or built from a :class:`RoutingConfig` -- a TOML file (``chu
 
     [models.sonnet]
     provider = "anthropic"
-    model = "claude-sonnet-4-5-20250929"
+    model = "claude-sonnet-5-5"
 
     [models.local]
     provider = "openai"
@@ -64,8 +64,8 @@ logger = logging.getLogger("chucky.server.routing")
 
 CLAUDE_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "sonnet": "claude-sonnet-4-5-20250929",
-        "opus": "claude-opus-4-5-20251101",
+        "sonnet": "claude-sonnet-5-5",
+        "opus": "claude-opus-5-5",
         "haiku": "claude-haiku-4-5-20251001",
     }
 )

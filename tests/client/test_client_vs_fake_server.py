@@ -52,7 +52,7 @@ async def test_init_is_sent_first_and_ready_may_come_after_it() -> None:
 async def test_ready_before_init_and_token_in_query_and_header() -> None:
     async def handler(peer: Peer) -> None:
         payload = await peer.handshake()
-        assert payload["model"] == "claude-sonnet-4-5-20250929"
+        assert payload["model"] == "claude-sonnet-5-5"
         turn = await peer.recv_type("user")
         assert turn["message"] == {"role": "user", "content": "hi"}
         assert turn["parent_tool_use_id"] is None

@@ -24,11 +24,14 @@ OPUS = ModelPrice(15, 75, 18.75, 1.5)
 OPUS_4_5 = ModelPrice(5, 25, 6.25, 0.5)
 HAIKU_4_5 = ModelPrice(1, 5, 1.25, 0.1)
 HAIKU_3_5 = ModelPrice(0.8, 4, 1, 0.08)
+SONNET_5 = ModelPrice(2, 10, 2.5, 0.2)
+OPUS_5_5 = ModelPrice(4, 20, 5, 0.2)
 
 
 def test_the_brief_example() -> None:
     usage = {"input_tokens": 1000, "output_tokens": 500}
-    assert cost_microdollars(usage, price_for("sonnet")) == 3000 + 7500
+    assert cost_microdollars(usage, price_for("claude-sonnet-4-5")) == 3000 + 7500
+    assert cost_microdollars(usage, price_for("sonnet")) == 2000 + 5000  # Sonnet 5.5
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,12 @@ def test_the_brief_example() -> None:
         ("claude-opus-4-5-20251101", OPUS_4_5),
         ("claude-haiku-4-5-20251001", HAIKU_4_5),
         ("claude-3-5-haiku-20241022", HAIKU_3_5),
+        ("claude-sonnet-4-6", SONNET),
+        ("claude-sonnet-5", SONNET_5),
+        ("claude-sonnet-5-5", SONNET_5),
+        ("claude-opus-4-6", OPUS_4_5),
+        ("claude-opus-5", OPUS_4_5),
+        ("claude-opus-5-5", OPUS_5_5),
         ("scripted", SONNET),
     ],
 )
@@ -52,8 +61,8 @@ def test_table(model: str, price: ModelPrice) -> None:
 def test_cache_prices_follow_the_standard_ratios() -> None:
     # Anthropic's ratios; OpenAI models have none (they are checked by their own test).
     for model, price in PRICES.items():
-        if not model.startswith(("claude-", "scripted")):
-            continue
+        if not model.startswith(("claude-", "scripted")) or model == "claude-opus-5-5":
+            continue  # Opus 5.5 reads its cache at 0.05x
         assert Decimal(str(price.cache_write)) == Decimal(str(price.input)) * Decimal("1.25")
         assert Decimal(str(price.cache_read)) == Decimal(str(price.input)) * Decimal("0.1")
     assert ModelPrice.standard(0.8, 4) == HAIKU_3_5
@@ -69,11 +78,16 @@ def test_table_is_read_only() -> None:
 @pytest.mark.parametrize(
     ("model", "price"),
     [
-        ("sonnet", SONNET),
+        ("sonnet", SONNET_5),
         ("opus", OPUS),
         ("haiku", HAIKU_4_5),
-        ("Sonnet", SONNET),
-        (" sonnet ", SONNET),
+        ("Sonnet", SONNET_5),
+        (" sonnet ", SONNET_5),
+        ("sonnet-5-5", SONNET_5),
+        ("opus-5-5", OPUS_5_5),
+        ("claude-sonnet-5-5-20260922", SONNET_5),
+        ("claude-sonnet-5-20260630", SONNET_5),
+        ("claude-opus-4-6[1m]", OPUS_4_5),
         ("sonnet-4-5", SONNET),
         ("sonnet-4", SONNET),
         ("opus-4-1", OPUS),
@@ -110,9 +124,10 @@ def test_aliases_and_prefixes(model: str, price: ModelPrice) -> None:
         "smollm2-135m-instruct",
         "",
         "claude",
-        "claude-opus-4-6",  # another version, not claude-opus-4
+        "claude-opus-4-9",  # another version, not claude-opus-4
         "claude-sonnet-4-7",
-        "claude-opus-4.6",
+        "claude-opus-4.9",
+        "claude-sonnet-5-6",
         "sonnetish",
         "my-sonnet",
         "opus-45",
@@ -126,21 +141,21 @@ def test_unknown_models_are_free(model: str) -> None:
 def test_overrides_win_and_add_models() -> None:
     local = ModelPrice(0.1, 0.2, 0, 0)
     cheap = ModelPrice(1, 1, 1, 1)
-    overrides = {"local": local, "claude-sonnet-4-5-20250929": cheap, "Opus": FREE}
+    overrides = {"local": local, "claude-sonnet-5-5": cheap, "Opus": FREE}
     assert price_for("local", overrides) == local
     assert price_for("LOCAL-q4", overrides) == local
-    assert price_for("claude-sonnet-4-5-20250929", overrides) == cheap
+    assert price_for("claude-sonnet-5-5", overrides) == cheap
     # aliases resolve to the table id, which the override reprices
     assert price_for("sonnet", overrides) == cheap
-    assert price_for("claude-sonnet-4-5", overrides) == cheap
+    assert price_for("sonnet-5-5", overrides) == cheap
     # an override of the alias itself
     assert price_for("opus", overrides) == FREE
     assert price_for("haiku", overrides) == HAIKU_4_5
-    assert price_for("sonnet", None) == SONNET
+    assert price_for("sonnet", None) == SONNET_5
     # override keys are normalized like names
     assert price_for("My-Model-1.5-Q4", {"my-model-1.5": local}) == local
     assert price_for("my-model-1.6", {"my-model-1.5": local}) == FREE
-    assert price_for("sonnet", {}) == SONNET
+    assert price_for("sonnet", {}) == SONNET_5
 
 
 def test_cost_of_every_usage_kind() -> None:

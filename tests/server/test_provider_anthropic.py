@@ -7,9 +7,7 @@ records every request body it received.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,7 +39,6 @@ from chucky.server.routing import ModelRouter
 from chucky.tokens import create_budget, create_token
 
 API_KEY = "sk-ant-test-" + "k3y" * 8
-# Not in the SDK's DEPRECATED_MODELS (claude-sonnet-4-5 is: create() warns for it).
 MODEL = "claude-sonnet-4-6"
 
 
@@ -697,23 +694,6 @@ def test_pure_policy_helpers() -> None:
     assert retry_delay(0, backoff=0.5, max_backoff=1.0, retry_after=2.0) == 1.0
     failure = classify_failure(ValueError("bad"))
     assert failure.kind == "bad_response" and failure.retryable
-
-
-async def test_a_deprecated_model_is_logged_once_not_warned_per_call(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # The SDK warns (DeprecationWarning, an error under this suite's filters) on every call with
-    # claude-sonnet-4-5-20250929, the official client's default model; the provider logs it once.
-    deprecated = "claude-sonnet-4-5-20250929"
-    api = FakeAPI(stream_response(TEXT_BODY))
-    provider, _ = provider_for(api)
-    request = dataclasses.replace(request_for(), model=deprecated)
-    with caplog.at_level(logging.WARNING, logger="chucky.server.providers.anthropic"):
-        for _ in range(2):
-            assert fold(await collect(provider.stream(request))).text == "Hello!"
-    notes = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert len(notes) == 1 and deprecated in notes[0] and "end of life" in notes[0]
-    assert [r["model"] for r in api.requests] == [deprecated, deprecated]
 
 
 def test_estimate_is_the_base_upper_bound() -> None:

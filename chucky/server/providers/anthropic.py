@@ -48,11 +48,8 @@ API key.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
-import re
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
@@ -83,19 +80,6 @@ __all__ = [
 
 logger = logging.getLogger("chucky.server.providers.anthropic")
 
-
-# The SDK's own list of deprecated models and their end-of-life dates (an SDK internal: absent,
-# nothing is absorbed).
-def _sdk_deprecated_models() -> Mapping[str, str]:
-    try:
-        module = importlib.import_module("anthropic.resources.messages.messages")
-    except ImportError:  # pragma: no cover - another SDK layout
-        return {}
-    models = getattr(module, "DEPRECATED_MODELS", {})
-    return models if isinstance(models, Mapping) else {}
-
-
-_SDK_DEPRECATED_MODELS: Final = _sdk_deprecated_models()
 
 MIN_THINKING_BUDGET: Final = 1024
 """The smallest ``budget_tokens`` the Messages API accepts for extended thinking."""
@@ -332,7 +316,6 @@ class AnthropicProvider(Provider):
         self._max_backoff = max_backoff
         self._sleep = sleep
         self._closed = False
-        self._deprecations_logged: set[str] = set()
 
     def _redact(self, text: str) -> str:
         return redact_secret(text, self._client.api_key)
@@ -353,30 +336,9 @@ class AnthropicProvider(Provider):
     async def _open(
         self, arguments: Mapping[str, Any]
     ) -> anthropic.AsyncStream[RawMessageStreamEvent]:
-        self._absorb_deprecation(str(arguments["model"]))
         create = cast(Callable[..., Awaitable[Any]], self._client.messages.create)
         events = await create(**arguments, stream=True)
         return cast("anthropic.AsyncStream[RawMessageStreamEvent]", events)
-
-    def _absorb_deprecation(self, model: str) -> None:
-        """Log a model's deprecation once instead of the SDK's warning on every request.
-
-        The SDK warns (``DeprecationWarning``) on each call with a model it lists as deprecated;
-        in a server that is one warning per turn, or an exception where warnings are errors.
-        """
-        end_of_life = _SDK_DEPRECATED_MODELS.get(model)
-        if end_of_life is None:
-            return
-        if model not in self._deprecations_logged:
-            self._deprecations_logged.add(model)
-            logger.warning(
-                "model %s is deprecated by Anthropic: end of life %s", model, end_of_life
-            )
-        warnings.filterwarnings(
-            "ignore",
-            message=rf"The model '{re.escape(model)}' is deprecated",
-            category=DeprecationWarning,
-        )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream one Messages API call as raw events (see the module docstring).
