@@ -21,6 +21,14 @@ Turns: every :meth:`send_turn` opens one; a ``result`` or an ``error`` frame clo
 that arrives with no turn open ends nothing: it is returned as :class:`ServerError` for the I/O
 layer to log and to remember as the cause if the socket then closes.
 
+Tool calls: a ``tool_call`` frame is returned as :class:`ToolCall` for the I/O layer to run. A
+call stays the client's business until it is answered or abandoned; the server abandons a pending
+call when it interrupts the turn, when the call times out server-side and when the turn ends
+otherwise (section 6). A server that accepted our ``tool_cancel`` extension (section 10) says so
+with ``control`` ``tool_cancel``, returned as :class:`ToolCancelled`; whatever the server, the
+end of a turn (its ``result`` or the ``error`` frame that ends it) abandons every call of that
+turn still running, and so does the loss of the socket. No result is sent for an abandoned call.
+
 The session id is tracked from ``system``/``init``, ``session_info`` and ``result`` messages.
 """
 
@@ -30,6 +38,8 @@ import enum
 import math
 from dataclasses import dataclass
 from typing import Any, Final
+
+import pydantic
 
 from ..errors import ChuckyError, InvalidStateError, error_from_payload
 from ..messages import (
@@ -45,7 +55,9 @@ from .frames import (
     PongFrame,
     ServerControlFrame,
     ToolCallFrame,
+    ToolCancelData,
     UnknownFrame,
+    _describe,
     decode_server_frame,
     encode,
 )
@@ -62,10 +74,11 @@ __all__ = [
     "ServerError",
     "SessionInfo",
     "ToolCall",
+    "ToolCancelled",
     "TurnFailed",
 ]
 
-EXTENSIONS: Final = ("interrupt",)
+EXTENSIONS: Final = ("interrupt", "tool_cancel")
 """The protocol extensions (PROTOCOL.md section 10) this client announces."""
 
 
@@ -95,6 +108,20 @@ class ToolCall:
     call_id: str
     tool_name: str
     input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCancelled:
+    """The server abandoned the pending tool call ``call_id`` (``control`` ``tool_cancel``, our
+    extension, PROTOCOL.md section 10): it no longer waits for its result.
+
+    ``reason`` is ``"interrupted"`` (the turn was interrupted), ``"timeout"`` (the server's
+    per-call timeout expired) or ``"turn_ended"`` (the turn ended otherwise); a newer server may
+    send other reasons, kept as they are.
+    """
+
+    call_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +168,7 @@ ClientEvent = (
     | Ready
     | SessionInfo
     | ToolCall
+    | ToolCancelled
     | HandshakeFailed
     | TurnFailed
     | ServerError
@@ -245,6 +273,12 @@ class ClientProtocol:
             if self.state is not ClientState.CLOSED:
                 self.state = ClientState.CLOSING
             return ServerClosing()
+        if action == "tool_cancel":
+            try:
+                cancel = ToolCancelData.model_validate(frame.payload.data)
+            except pydantic.ValidationError as exc:
+                return Ignored(f"malformed tool_cancel: {_describe(exc)}")
+            return ToolCancelled(cancel.call_id, cancel.reason)
         return Ignored(f"unknown control action {action!r}")
 
     def _error(self, frame: ErrorFrame) -> ClientEvent:

@@ -7,8 +7,9 @@ Every frame is one WebSocket text message holding one JSON object with a ``type`
   :class:`PingFrame`. The server decodes them strictly (:func:`decode_client_frame`), accepting
   the documented aliases and both official dialects, and raises :class:`FrameError` otherwise.
 * Server to client (section 4): bare SDK messages (:mod:`chucky.messages`),
-  :class:`ServerControlFrame`, :class:`ErrorFrame`, :class:`PongFrame`, :class:`ToolCallFrame`,
-  and the legacy ``sdk_message`` envelope. The client decodes them tolerantly
+  :class:`ServerControlFrame` (with :class:`ToolCancelData` for ``tool_cancel``, section 10),
+  :class:`ErrorFrame`, :class:`PongFrame`, :class:`ToolCallFrame`, and the legacy
+  ``sdk_message`` envelope. The client decodes them tolerantly
   (:func:`decode_server_frame`): unknown fields and unknown message kinds pass through.
 
 Encoding is plain ``json`` with compact separators; frames are built as dicts because this is
@@ -50,6 +51,7 @@ __all__ = [
     "ServerFrame",
     "TextInput",
     "ToolCallFrame",
+    "ToolCancelData",
     "ToolResultFrame",
     "ToolResultPayload",
     "UnknownFrame",
@@ -400,10 +402,22 @@ class ServerControlBody(_Tolerant):
 
 
 class ServerControlFrame(_Tolerant):
-    """``control`` from the server: ``ready``, ``session_info`` or ``close``."""
+    """``control`` from the server: ``ready``, ``session_info``, ``close``, or (our extension
+    ``tool_cancel``, PROTOCOL.md section 10) ``tool_cancel``."""
 
     type: Literal["control"] = "control"
     payload: ServerControlBody
+
+
+class ToolCancelData(_Tolerant):
+    """``data`` of ``control`` ``tool_cancel``: the server abandoned the pending call ``callId``.
+
+    ``reason`` is ``interrupted``, ``timeout`` or ``turn_ended`` today; other strings are kept
+    as they are (a newer server may add reasons).
+    """
+
+    call_id: str = Field(alias="callId", min_length=1)
+    reason: str
 
 
 class ErrorFrame(_Tolerant):

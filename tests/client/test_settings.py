@@ -28,7 +28,7 @@ def test_per_call_values_override_defaults_and_none_means_unset() -> None:
     assert wire["model"] == "opus"
     assert wire["maxTurns"] == 3
     assert wire["systemPrompt"] == "a"
-    assert wire["chuckyExtensions"] == ["interrupt"]
+    assert wire["chuckyExtensions"] == ["interrupt", "tool_cancel"]
 
 
 def test_tools_and_servers_become_client_tool_servers() -> None:

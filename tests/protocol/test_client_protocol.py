@@ -32,6 +32,7 @@ from chucky.protocol.client import (
     ServerError,
     SessionInfo,
     ToolCall,
+    ToolCancelled,
     TurnFailed,
 )
 
@@ -71,7 +72,8 @@ def opened(init: dict[str, Any] | None = None, **kwargs: Any) -> ClientProtocol:
 def test_start_is_the_init_frame() -> None:
     proto = ClientProtocol({"model": "sonnet", "maxTurns": 2, "chuckyExtensions": list(EXTENSIONS)})
     assert proto.start() == (
-        '{"type":"init","payload":{"model":"sonnet","maxTurns":2,"chuckyExtensions":["interrupt"]}}'
+        '{"type":"init","payload":{"model":"sonnet","maxTurns":2,'
+        '"chuckyExtensions":["interrupt","tool_cancel"]}}'
     )
     assert proto.state is ClientState.HANDSHAKE
 
@@ -401,6 +403,54 @@ def test_tool_call() -> None:
     assert event == ToolCall("c1", "add", {"a": 1})
 
 
+def tool_cancel(data: Any) -> str:
+    return frame({"type": "control", "payload": {"action": "tool_cancel", "data": data}})
+
+
+def test_extensions_announce_interrupt_and_tool_cancel() -> None:
+    assert EXTENSIONS == ("interrupt", "tool_cancel")
+
+
+@pytest.mark.parametrize("reason", ["interrupted", "timeout", "turn_ended", "some_new_reason"])
+def test_tool_cancel(reason: str) -> None:
+    proto = opened()
+    proto.send_turn("a")
+    event = proto.receive(tool_cancel({"callId": "c1", "reason": reason, "extra": 1}))
+    assert event == ToolCancelled("c1", reason)
+    assert proto.open_turns == 1  # a cancelled call does not end the turn
+    assert proto.state is ClientState.OPEN
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (None, "valid dictionary"),
+        ({}, "callId"),
+        ({"reason": "timeout"}, "callId"),
+        ({"callId": "", "reason": "timeout"}, "callId"),
+        ({"callId": 7, "reason": "timeout"}, "callId"),
+        ({"callId": ["c1"], "reason": "timeout"}, "callId"),
+        ({"callId": "c1"}, "reason"),
+        ({"callId": "c1", "reason": None}, "reason"),
+        ({"callId": "c1", "reason": 3}, "reason"),
+    ],
+)
+def test_malformed_tool_cancel_is_ignored(data: Any, says: str) -> None:
+    proto = opened()
+    proto.send_turn("a")
+    event = proto.receive(tool_cancel(data))
+    assert isinstance(event, Ignored)
+    assert event.reason.startswith("malformed tool_cancel")
+    assert says in event.reason
+    assert proto.open_turns == 1
+
+
+def test_tool_cancel_with_data_that_is_not_an_object_is_ignored() -> None:
+    event = opened().receive(tool_cancel(["c1", "timeout"]))
+    assert isinstance(event, Ignored)
+    assert "data" in event.reason
+
+
 def test_control_close_from_the_server() -> None:
     proto = opened()
     assert proto.receive(CLOSE) == ServerClosing()
@@ -482,6 +532,13 @@ targeted = st.one_of(
     shape("system", subtype=leaves, session_id=leaves),
     shape("tool_call", payload=fields(callId=leaves, toolName=leaves, input=frame_like)),
     shape("control", payload=fields(action=leaves, data=shaped(frame_like) | frame_like)),
+    shape(
+        "control",
+        payload=fields(
+            action=st.just("tool_cancel"),
+            data=fields(callId=leaves, reason=leaves) | shaped(frame_like) | frame_like,
+        ),
+    ),
 )
 actions = st.lists(
     st.one_of(
