@@ -7,28 +7,68 @@ side by side (PROTOCOL.md section 6: the server accepts results in any order).
 
 Every call ends in exactly one ``send_result(call_id, result)``: unknown tool, invalid arguments,
 a handler exception and a handler timeout all become ``isError`` results with a readable text.
-Only :meth:`ToolRunner.aclose` (the session is going away) ends a call without an answer.
+Two things end a call without an answer:
+
+* :meth:`ToolRunner.cancel` / :meth:`ToolRunner.cancel_all`: the server abandoned the call (it
+  interrupted the turn, the call timed out on its side, the turn ended) and no longer waits
+  for its result; a late result would only earn an error frame;
+* :meth:`ToolRunner.aclose`: the session is going away.
+
+A call moves through the states of :class:`CallState`::
+
+    RUNNING --handler done--> ANSWERING --result sent (or the send failed)--> gone
+       \\--cancel()--> CANCELLED --task done--> gone
+
+Only a RUNNING call can be cancelled: once its handler has finished, its result is on its way
+and is sent exactly once (a server that abandoned the call meanwhile drops it quietly,
+PROTOCOL.md section 10).
+
+Cancelling an async handler raises :class:`asyncio.CancelledError` in it at its current
+``await`` (its ``finally`` blocks run). A sync handler runs in a worker thread, which Python
+cannot stop: the call is over at once for the runner, the thread runs on to the end, and its
+return value (or exception) is discarded. The same holds for a handler that catches the
+``CancelledError`` and returns anyway: its value is discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chucky.errors import ValidationError
 from chucky.tools import ToolRegistry, ToolResult, error_result
 
-__all__ = ["ToolRunner"]
+__all__ = ["CallState", "ToolRunner"]
 
 logger = logging.getLogger("chucky.client.tools")
 
 SendResult = Callable[[str, ToolResult], Awaitable[None]]
 
 
+class CallState(enum.Enum):
+    """Where a call in flight is (see the module docstring)."""
+
+    RUNNING = "running"  # the handler runs (or is about to): cancel() stops it
+    ANSWERING = "answering"  # the handler finished; its result is being sent
+    CANCELLED = "cancelled"  # abandoned: the task is being cancelled, nothing will be sent
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    call_id: str
+    tool_name: str
+    state: CallState = CallState.RUNNING
+
+
 class ToolRunner:
     """Executes the tool calls of one session, concurrently, with a per-call timeout.
+
+    Each call is answered once, unless it is cancelled (:meth:`cancel`, :meth:`cancel_all`:
+    the server abandoned it) or the runner is closed (:meth:`aclose`).
 
     Args:
         registry: The session's client tools.
@@ -47,13 +87,20 @@ class ToolRunner:
         self.registry = registry
         self.timeout = timeout
         self._send_result = send_result
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Every call in flight, by its task. Looked up by callId with a scan: a handful of
+        # calls are in flight at most, and a server that repeats a callId gets both cancelled.
+        self._calls: dict[asyncio.Task[None], _Call] = {}
         self._closed = False
 
     @property
     def pending(self) -> int:
         """The number of calls in flight (running or sending their result)."""
-        return len(self._tasks)
+        return len(self._calls)
+
+    @property
+    def running(self) -> list[str]:
+        """The ``callId`` of every call whose handler is still running, oldest first."""
+        return [call.call_id for call in self._calls.values() if call.state is CallState.RUNNING]
 
     def submit(self, call_id: str, tool_name: str, arguments: Any) -> None:
         """Start a call in its own task and return immediately.
@@ -69,18 +116,78 @@ class ToolRunner:
         if self._closed:
             logger.debug("Dropping tool call %s (%s): the runner is closed", call_id, tool_name)
             return
+        call = _Call(call_id, tool_name)
         task = asyncio.get_running_loop().create_task(
-            self._run(call_id, tool_name, arguments), name=f"chucky-tool-call-{call_id}"
+            self._run(call, arguments), name=f"chucky-tool-call-{call_id}"
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._calls[task] = call
+        task.add_done_callback(self._forget)
 
-    async def _run(self, call_id: str, tool_name: str, arguments: Any) -> None:
-        result = await self.execute(tool_name, arguments)
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._calls.pop(task, None)
+
+    async def _run(self, call: _Call, arguments: Any) -> None:
+        result = await self.execute(call.tool_name, arguments)
+        if call.state is not CallState.RUNNING:
+            # Cancelled, but the handler swallowed the CancelledError and returned.
+            logger.debug("Discarding the result of cancelled tool call %s", call.call_id)
+            return
+        call.state = CallState.ANSWERING
         try:
-            await self._send_result(call_id, result)
+            await self._send_result(call.call_id, result)
         except Exception:  # the connection is gone: nobody is waiting for this answer any more
-            logger.debug("Could not send the result of tool call %s", call_id, exc_info=True)
+            logger.debug("Could not send the result of tool call %s", call.call_id, exc_info=True)
+
+    def cancel(self, call_id: str, *, reason: str = "cancelled") -> bool:
+        """Stop the call ``call_id`` without answering it: the server abandoned it.
+
+        Returns at once; the handler's cleanup runs in its own task (:meth:`wait_idle` or
+        :meth:`aclose` wait for it). An async handler gets :class:`asyncio.CancelledError`; a
+        sync handler's thread runs on and its return value is discarded. A call whose handler
+        already finished is not affected (its result is due and is sent once); an unknown
+        ``call_id`` is not an error.
+
+        Args:
+            call_id: The ``callId`` of the ``tool_call`` frame.
+            reason: Why (``interrupted``, ``timeout``, ``turn_ended``...); logged and given
+                as the ``CancelledError``'s message.
+
+        Returns:
+            Whether a running call was cancelled.
+        """
+        found = False
+        for task, call in list(self._calls.items()):
+            if call.call_id == call_id and call.state is CallState.RUNNING:
+                self._cancel(task, call, reason)
+                found = True
+        if not found:
+            logger.debug("No running tool call %s to cancel (%s)", call_id, reason)
+        return found
+
+    def cancel_all(self, *, reason: str = "cancelled") -> list[str]:
+        """Stop every call whose handler is still running, without answering them.
+
+        Calls already sending their result are not affected. Returns at once, like
+        :meth:`cancel`.
+
+        Args:
+            reason: Why (``interrupted``, ``turn_ended``, ``connection_lost``...); logged and
+                given as the ``CancelledError``'s message.
+
+        Returns:
+            The ``callId`` of each call cancelled.
+        """
+        cancelled = []
+        for task, call in list(self._calls.items()):
+            if call.state is CallState.RUNNING:
+                self._cancel(task, call, reason)
+                cancelled.append(call.call_id)
+        return cancelled
+
+    def _cancel(self, task: asyncio.Task[None], call: _Call, reason: str) -> None:
+        call.state = CallState.CANCELLED
+        task.cancel(f"tool call {call.call_id} abandoned: {reason}")
+        logger.info("Cancelled tool call %s (%s): %s", call.call_id, call.tool_name, reason)
 
     async def execute(self, tool_name: str, arguments: Any) -> ToolResult:
         """Run one call to completion and return its result; never raises (except on
@@ -121,7 +228,7 @@ class ToolRunner:
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # we are being cancelled (aclose)
+                raise  # we are being cancelled (cancel, aclose)
             return self._failed(found.name, exc)  # the handler raised it on its own
 
     def _failed(self, name: str, exc: BaseException) -> ToolResult:
@@ -130,8 +237,8 @@ class ToolRunner:
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight (calls submitted meanwhile are waited for too)."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        while self._calls:
+            await asyncio.wait(set(self._calls))
 
     async def aclose(self) -> None:
         """Cancel every call in flight and wait for them to finish. Idempotent.
@@ -141,8 +248,9 @@ class ToolRunner:
         it waits for).
         """
         self._closed = True
-        tasks = set(self._tasks)
-        for task in tasks:
+        tasks = set(self._calls)
+        for task, call in self._calls.items():
+            call.state = CallState.CANCELLED
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -379,3 +380,220 @@ async def test_execute_directly() -> None:
     runner, _ = _runner(echo)
     assert (await runner.execute("echo", {"text": "direct"})).text == "direct"
     assert (await runner.execute("nope", {})).is_error
+
+
+# --- cancellation: the server abandoned the call ------------------------------------------------
+
+
+def _waiting_tool(
+    entered: asyncio.Event, finally_ran: list[str], seen: list[BaseException] | None = None
+) -> Any:
+    @tool("wait", "Waits for an event that never fires")
+    async def wait(name: str) -> str:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            if seen is not None:
+                seen.append(exc)
+            raise
+        finally:
+            finally_ran.append(name)
+        return "never"  # pragma: no cover
+
+    return wait
+
+
+async def test_cancel_stops_an_async_handler_and_sends_nothing() -> None:
+    entered = asyncio.Event()
+    finally_ran: list[str] = []
+    seen: list[BaseException] = []
+    runner, outbox = _runner(_waiting_tool(entered, finally_ran, seen), echo)
+    runner.submit("c1", "wait", {"name": "c1"})
+    runner.submit("c2", "echo", {"text": "other"})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+    assert runner.running == ["c1"]
+    assert runner.cancel("c1", reason="interrupted") is True
+    assert runner.running == []
+    await _settle(runner)
+    assert finally_ran == ["c1"]
+    assert seen[0].args == ("tool call c1 abandoned: interrupted",)
+    assert outbox.calls == ["c2"]  # no result for the cancelled call; the other one answered
+    assert runner.pending == 0
+    assert not _other_tasks()
+    runner.submit("c3", "echo", {"text": "later"})  # the runner goes on
+    await _settle(runner)
+    assert outbox.results["c3"].text == "later"
+
+
+async def test_cancel_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chucky.client.tools")
+    entered = asyncio.Event()
+    runner, _ = _runner(_waiting_tool(entered, []))
+    runner.submit("c1", "wait", {"name": "c1"})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+    runner.cancel("c1", reason="timeout")
+    await _settle(runner)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "Cancelled tool call c1 (wait): timeout"
+    ]
+
+
+async def test_cancel_of_an_unknown_call_does_nothing() -> None:
+    entered = asyncio.Event()
+    finally_ran: list[str] = []
+    runner, outbox = _runner(_waiting_tool(entered, finally_ran))
+    assert runner.cancel("nobody") is False  # nothing in flight at all
+    runner.submit("c1", "wait", {"name": "c1"})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+    assert runner.cancel("nobody") is False
+    assert runner.cancel_all() == ["c1"]
+    await _settle(runner)
+    assert finally_ran == ["c1"]
+    assert outbox.calls == []
+
+
+async def test_cancel_of_a_finished_call_does_nothing() -> None:
+    runner, outbox = _runner(echo)
+    runner.submit("c", "echo", {"text": "x"})
+    await _settle(runner)
+    assert runner.cancel("c") is False
+    assert runner.cancel_all() == []
+    assert outbox.calls == ["c"]
+
+
+async def test_cancel_of_a_call_sending_its_result_does_not_stop_the_send() -> None:
+    """The handler just finished and its result is on its way when the cancel arrives."""
+    runner, outbox = _runner(echo)
+    outbox.hang = asyncio.Event()
+    runner.submit("c", "echo", {"text": "x"})
+    async with asyncio.timeout(PATIENCE):
+        await outbox.sending.wait()
+    assert runner.pending == 1
+    assert runner.running == []
+    assert runner.cancel("c", reason="timeout") is False
+    assert runner.cancel_all(reason="turn_ended") == []
+    outbox.hang.set()
+    await _settle(runner)
+    assert outbox.calls == ["c"]  # exactly one result
+    assert outbox.results["c"].text == "x"
+
+
+async def test_cancel_before_the_handler_started_runs_nothing_and_sends_nothing() -> None:
+    started: list[str] = []
+
+    @tool("note", "d")
+    async def note() -> str:
+        started.append("ran")
+        return "ran"
+
+    runner, outbox = _runner(note)
+    runner.submit("c", "note", {})
+    assert runner.cancel("c") is True  # same loop iteration: the task has not run yet
+    await _settle(runner)
+    assert started == []
+    assert outbox.calls == []
+
+
+async def test_cancel_in_the_same_iteration_as_the_handler_wakes_up() -> None:
+    """The handler's event fired, but the cancel reaches the task before it resumes: the call
+    was still running, so it is cancelled, and nothing is sent (exactly none, never two)."""
+    release = asyncio.Event()
+    finally_ran: list[str] = []
+
+    @tool("racy", "d")
+    async def racy() -> str:
+        try:
+            await release.wait()
+            return "done"
+        finally:
+            finally_ran.append("racy")
+
+    runner, outbox = _runner(racy)
+    runner.submit("c", "racy", {})
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    release.set()
+    assert runner.cancel("c") is True
+    await _settle(runner)
+    assert finally_ran == ["racy"]
+    assert outbox.calls == []
+
+
+async def test_cancel_of_a_sync_handler_returns_at_once_and_discards_its_value() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    @tool("blocking", "d")
+    def blocking() -> str:
+        entered.set()
+        release.wait(PATIENCE)
+        finished.set()
+        return "late"
+
+    runner, outbox = _runner(blocking)
+    runner.submit("c", "blocking", {})
+    await asyncio.to_thread(entered.wait, PATIENCE)
+    assert runner.cancel("c", reason="interrupted") is True
+    await _settle(runner)  # the call is over for the runner while the thread still runs
+    assert runner.pending == 0
+    assert not finished.is_set()
+    release.set()
+    await asyncio.to_thread(finished.wait, PATIENCE)
+    await asyncio.sleep(TICK)  # give a (wrongly) forwarded late value the time to be sent
+    assert outbox.calls == []
+
+
+async def test_a_handler_that_swallows_the_cancel_has_its_value_discarded() -> None:
+    entered = asyncio.Event()
+
+    @tool("stubborn", "d")
+    async def stubborn() -> str:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return "returned anyway"
+
+    runner, outbox = _runner(stubborn)
+    runner.submit("c", "stubborn", {})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+    assert runner.cancel("c") is True
+    await _settle(runner)
+    assert outbox.calls == []
+
+
+async def test_cancel_all_leaves_calls_that_are_answering() -> None:
+    entered = asyncio.Event()
+    finally_ran: list[str] = []
+    runner, outbox = _runner(_waiting_tool(entered, finally_ran), echo)
+    outbox.hang = asyncio.Event()
+    runner.submit("answering", "echo", {"text": "x"})
+    runner.submit("running", "wait", {"name": "running"})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+        await outbox.sending.wait()
+    assert runner.running == ["running"]
+    assert runner.cancel_all(reason="turn_ended") == ["running"]
+    outbox.hang.set()
+    await _settle(runner)
+    assert finally_ran == ["running"]
+    assert outbox.calls == ["answering"]
+
+
+async def test_cancel_with_a_repeated_call_id_cancels_both() -> None:
+    entered = asyncio.Event()
+    finally_ran: list[str] = []
+    runner, outbox = _runner(_waiting_tool(entered, finally_ran))
+    runner.submit("same", "wait", {"name": "a"})
+    runner.submit("same", "wait", {"name": "b"})
+    async with asyncio.timeout(PATIENCE):
+        await entered.wait()
+    assert runner.cancel("same") is True
+    await _settle(runner)
+    assert sorted(finally_ran) == ["a", "b"]
+    assert outbox.calls == []
