@@ -6,12 +6,18 @@ A :class:`ClientConnection` owns three kinds of tasks, all cancelled by :meth:`c
   to the bounded :class:`~chucky.client.inbox.Inbox` the session reads; ``tool_call`` frames go
   to the :class:`~chucky.tool_runner.ToolRunner`, which runs each handler in its own task, so a
   slow handler never holds up other frames or pings;
+* the **tool calls** in flight, each in its own task. A call the server abandoned is cancelled
+  and not answered (the server no longer waits for it): the one named by a ``control``
+  ``tool_cancel`` (our extension, PROTOCOL.md section 10); and every call still running when
+  :meth:`ClientConnection.interrupt` is called, when the turn ends (its ``result``, or the
+  ``error`` frame that ends it) and when the socket is lost. Every call in flight belongs to
+  the running turn: a server runs one turn at a time and frames arrive in order, so a call of
+  the next turn is only read after the previous turn's ``result``;
 * the **keepalive** sends a JSON ``ping`` and a WebSocket ping every ``keepalive_interval``
   seconds; if neither a pong nor any other frame arrives within the next interval (and the
   application is not simply slow to read, which pauses reading on purpose), the server is
   declared gone: the inbox fails with :class:`~chucky.errors.ConnectionError` and the socket is
-  aborted. A silent server is therefore detected within about twice the interval;
-* the **tool calls** in flight.
+  aborted. A silent server is therefore detected within about twice the interval.
 
 Every way the socket can end (closed by either side, reset, keepalive timeout) fails the inbox
 with a typed error, so a consumer never waits forever and never sees an iterator end silently.
@@ -47,7 +53,7 @@ from ..errors import (
     TimeoutError,
     ValidationError,
 )
-from ..messages import ErrorMessage, SDKMessage, WireModel
+from ..messages import ErrorMessage, ResultMessage, SDKMessage, WireModel
 from ..protocol.client import (
     ClientProtocol,
     HandshakeFailed,
@@ -58,6 +64,7 @@ from ..protocol.client import (
     ServerError,
     SessionInfo,
     ToolCall,
+    ToolCancelled,
     TurnFailed,
 )
 from ..tool_runner import ToolRunner
@@ -225,6 +232,18 @@ class ClientConnection:
     async def send_control(self, action: str) -> None:
         await self._send(self.proto.send_control(action))
 
+    async def interrupt(self) -> None:
+        """Cancel the tool calls still running (without answering them), then send ``control``
+        ``interrupt``.
+
+        Raises:
+            ConnectionError: the connection is gone (the calls are cancelled all the same).
+            InvalidStateError: the connection is closed.
+        """
+        # Cancelled first: a handler finishing while the frame is on its way must not answer.
+        self._runner.cancel_all(reason="interrupted")
+        await self.send_control("interrupt")
+
     async def _send_tool_result(self, call_id: str, result: ToolResult) -> None:
         await self._send(self.proto.send_tool_result(call_id, result.to_wire()))
 
@@ -241,11 +260,17 @@ class ClientConnection:
                 self._inbound += 1
                 event = proto.receive(text)
                 if isinstance(event, WireModel):
+                    if isinstance(event, ResultMessage):
+                        # The turn is over: the server waits for none of its calls any more.
+                        self._runner.cancel_all(reason="turn_ended")
                     if not inbox.try_put(event):
                         await inbox.put(event)  # full: wait (backpressure)
                 elif isinstance(event, ToolCall):
                     self._runner.submit(event.call_id, event.tool_name, event.input)
+                elif isinstance(event, ToolCancelled):
+                    self._runner.cancel(event.call_id, reason=event.reason)
                 elif isinstance(event, TurnFailed):
+                    self._runner.cancel_all(reason="turn_ended")
                     await inbox.put(ErrorMessage.from_exception(event.error, event.payload))
                 else:
                     self._on_control(event)
@@ -259,6 +284,8 @@ class ClientConnection:
             error = ConnectionError(f"the connection failed: {exc}")
         finally:
             self.proto.connection_lost()
+            # No answer can reach the server any more, and it abandons pending calls on close.
+            self._runner.cancel_all(reason="connection_lost")
             if error is None:
                 error = self._closed_error(None)
             self._fail(error)

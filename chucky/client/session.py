@@ -193,10 +193,26 @@ class Session:
 
     async def interrupt(self) -> None:
         """Stop the running turn; it ends with a ``result`` of subtype
-        ``error_during_execution`` (PROTOCOL.md section 4)."""
+        ``error_during_execution`` (PROTOCOL.md section 4). Keep reading :meth:`stream` to get it.
+
+        The session's tool handlers still running are cancelled at once, and no result is sent
+        for them: every tool call in flight belongs to the running turn (turns run one at a
+        time), and the server no longer waits for its answer. An async handler gets
+        :class:`asyncio.CancelledError` at its current ``await`` (its ``finally`` blocks run); a
+        sync handler runs in a worker thread that cannot be stopped: it runs to its end and its
+        return value is discarded. A handler that has already returned is not affected: its
+        result is sent. Handlers are likewise cancelled when the turn ends (its ``result`` or
+        ``error`` arrives) while they run, when a server supporting our ``tool_cancel``
+        extension abandons their call, and when the connection is lost.
+
+        Does nothing before the first :meth:`send` or after :meth:`close`.
+
+        Raises:
+            ConnectionError: the connection is gone (the handlers are cancelled all the same).
+        """
         if self._conn is None:
             return
-        await self._conn.send_control("interrupt")
+        await self._conn.interrupt()
 
     async def close(self) -> None:
         """Close the connection and stop its tasks. Idempotent."""
