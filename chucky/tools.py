@@ -312,6 +312,12 @@ def tool(
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Decorator turning a sync or async function into a :class:`Tool`.
 
+    Async handlers run on the event loop, sync ones in a worker thread. When the server abandons
+    a call (interrupt, its own tool timeout, the end of the turn), an async handler is cancelled
+    (:class:`asyncio.CancelledError` at its current ``await``; clean up in ``finally``), while a
+    sync handler's thread cannot be stopped: it runs to its end and its return value is
+    discarded. Either way no result is sent for an abandoned call.
+
     Args:
         name: The bare tool name.
         description: What the tool does, for the model (the docstring's summary is not used;
