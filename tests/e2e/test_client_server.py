@@ -423,6 +423,66 @@ async def test_two_tools_run_at_once(server: ScriptedServer) -> None:
     assert text == "tool left returned: L; tool right returned: R"
 
 
+async def test_interrupt_cancels_a_running_tool_handler(server: ScriptedServer) -> None:
+    entered = asyncio.Event()
+    cleaned = asyncio.Event()
+
+    @tool("wait", "Waits for an event that never fires")
+    async def wait() -> str:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.set()
+        return "never"  # pragma: no cover
+
+    async with server.client(tools=[wait]) as client, client.create_session() as session:
+        await session.send("call wait {}")
+        messages = []
+        async with asyncio.timeout(ticks(100)):
+            async for msg in session.stream():
+                messages.append(msg)
+                if isinstance(msg, AssistantMessage) and msg.tool_uses:
+                    await entered.wait()
+                    await session.interrupt()
+                    await cleaned.wait()  # cancelled locally, before the server's result
+        assert messages[-1].subtype == "error_during_execution"
+        assert not any(isinstance(m, ErrorMessage) for m in messages)
+        await session.send("echo still usable")
+        assert [m async for m in session.stream()][-1].result == "still usable"
+
+
+async def test_a_server_tool_timeout_ends_the_handler_with_its_turn() -> None:
+    """The server gives up on the call; when the turn's result arrives, the handler still
+    running is cancelled: its late result would have been refused with an error frame, which
+    would have ended the next turn."""
+    release = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    @tool("slow", "Slower than the server's patience")
+    async def slow() -> str:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "late"
+
+    async with scripted_server(tool_timeout=ticks(4)) as running:
+        client = running.client(tools=[slow], tool_timeout=None)
+        async with client, client.create_session() as session:
+            await session.send("call slow {}")
+            first = [m async for m in session.stream()]
+            assert "timed out" in first[-1].result
+            async with asyncio.timeout(ticks(100)):
+                await cancelled.wait()
+            release.set()
+            await session.send("echo fine")
+            second = [m async for m in session.stream()]
+    assert not any(isinstance(m, ErrorMessage) for m in second)
+    assert second[-1].result == "fine"
+
+
 async def test_unknown_tool_declared_without_handler_is_answered(server: ScriptedServer) -> None:
     declared_only = {
         "name": "remote",
