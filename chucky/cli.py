@@ -64,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
         turns_per_minute=args.turns_per_minute,
         lease_ttl=args.lease_ttl,
         shutdown_grace=args.shutdown_grace,
+        write_timeout=args.write_timeout,
+        max_queued_turns=args.max_queued_turns,
+        max_queued_bytes=args.max_queued_bytes,
         min_output_tokens=args.min_output_tokens,
         routing_file=args.config,
     )
@@ -238,6 +241,27 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long running turns may take to finish",
+    )
+    serve.add_argument(
+        "--write-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that does not read a frame for this long is disconnected",
+    )
+    serve.add_argument(
+        "--max-queued-turns",
+        type=int,
+        default=16,
+        metavar="N",
+        help="turns that may wait behind the running one on a connection",
+    )
+    serve.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        metavar="N",
+        help="characters of turn frames that may wait on a connection",
     )
     serve.set_defaults(run=_serve)
 

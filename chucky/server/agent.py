@@ -3,15 +3,19 @@
 The loop does not know which model it drives: it sends a :class:`ModelRequest` to the routed
 provider, forwards the raw events as ``stream_event`` frames when the session asked for partial
 messages, folds them into the ``assistant`` message, runs the tool calls through the client, and
-repeats until the model stops, ``maxTurns`` or ``maxBudgetUsd``. Then it emits the ``result``
-(PROTOCOL.md section 4: exactly one per turn, always last, integer counters).
+repeats until the model stops, ``maxTurns`` or ``maxBudgetUsd``.
 
-Every model call is paid for in advance (:mod:`chucky.server.budget`): its worst case is
-reserved in the ledger, its ``max_tokens`` lowered to what the user's window budget and the
-session's ``maxBudgetUsd`` can pay for, and its actual cost settled after it. The first call is
-reserved before anything is sent, so a user with nothing left gets ``BUDGET_EXCEEDED`` and the
-turn does not run; a later call that cannot be paid for ends the turn with
-``error_max_budget_usd``.
+The loop does not send the ``result`` itself: :meth:`AgentTurn.run` returns the turn's outcome
+(a :class:`TurnOutcome`) and the connection settles the turn, then sends :meth:`AgentTurn.result`
+(PROTOCOL.md section 4: exactly one per turn, always last, integer counters). Every frame it
+sends is a :mod:`chucky.messages` model, encoded by :class:`~chucky.protocol.server.ServerProtocol`.
+
+Every model call is paid for in advance through the turn's
+:class:`~chucky.server.account.TurnAccount`: its worst case is reserved in the ledger, its
+``max_tokens`` lowered to what the user's window budget and the session's ``maxBudgetUsd`` can
+pay for, and its actual cost settled after it. The first call is reserved before anything is
+sent, so a user with nothing left gets ``BUDGET_EXCEEDED`` and the turn does not run; a later
+call that cannot be paid for ends the turn with ``error_max_budget_usd``.
 
 With an ``outputFormat`` the system prompt carries the schema, and the final text is validated
 against it (:mod:`chucky.server.structured`). An invalid answer is answered with a repair request
@@ -33,9 +37,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..errors import ProviderError
-from ..messages import ResultMessage, Usage
+from ..messages import (
+    AssistantBody,
+    AssistantMessage,
+    ResultMessage,
+    StreamEventMessage,
+    SystemMessage,
+    Usage,
+    UserBody,
+    UserMessage,
+    WireModel,
+)
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
-from .budget import CallGrant, Settlement, UserBudget
+from ..protocol.turns import ModelCallReserved, ModelOutput, TurnEvent
+from .account import TurnAccount
+from .budget import CallGrant
 from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
 from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
@@ -43,7 +59,7 @@ from .routing import Route
 from .store import SessionRecord, new_id
 from .structured import repair_request, schema_instruction, validate_output
 
-__all__ = ["AgentTurn", "TurnIO", "TurnSettings"]
+__all__ = ["AgentTurn", "TurnIO", "TurnOutcome", "TurnSettings", "empty_result"]
 
 logger = logging.getLogger("chucky.server.agent")
 
@@ -54,17 +70,22 @@ _ECHO_BUDGET = MAX_SERVER_FRAME_BYTES - 64 * 1024
 class TurnIO(Protocol):
     """What the loop needs from the connection."""
 
-    async def send(self, frame: Mapping[str, Any]) -> None:
-        """Send one frame (a JSON-ready dict)."""
+    async def send_message(self, message: WireModel) -> None:
+        """Send one SDK message."""
 
     async def call_tool(self, tool: ClientTool, call_id: str, arguments: Any) -> ToolResultPayload:
         """Have the client run ``tool``; always returns a result (errors included)."""
 
-    async def checkpoint(self, settlements: list[Settlement]) -> None:
-        """Persist the session's new messages, and settle ``settlements`` with them."""
+    def record(self, event: TurnEvent) -> None:
+        """Tell the turn's state machine what the loop did."""
 
-    async def turn_ending(self, settlements: list[Settlement]) -> None:
-        """The ``result`` is about to be sent: persist, settle, and settle the turn's compute."""
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    """How the loop ended: the ``result`` subtype and its errors."""
+
+    subtype: str
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +125,7 @@ class AgentTurn:
         catalog: ToolCatalog,
         route: Route,
         io: TurnIO,
-        budget: UserBudget,
+        account: TurnAccount,
         fallback: Route | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -115,7 +136,7 @@ class AgentTurn:
         self.catalog = catalog
         self.route = route
         self.io = io
-        self.budget = budget
+        self.account = account
         self.fallback = fallback
         self._streamed = False
         self._clock = clock
@@ -130,7 +151,6 @@ class AgentTurn:
             "cache_read_input_tokens": 0,
         }
         self.cost_microdollars = 0
-        self.settlements: list[Settlement] = []
         self.stop_reason: str | None = None
         self.final_text = ""
         self.structured: Any = None
@@ -138,20 +158,21 @@ class AgentTurn:
 
     # -- frames --------------------------------------------------------------------------------
 
-    def _system_init(self) -> dict[str, Any]:
-        return {
-            "type": "system",
-            "subtype": "init",
-            "uuid": new_id(),
-            "session_id": self.session.session_id,
-            "cwd": self.settings.cwd,
-            "tools": self.catalog.names,
-            "mcp_servers": self.catalog.servers,
-            "model": self.route.name or self.settings.model,
-            "permissionMode": self.settings.permission_mode,
-        }
+    def _system_init(self) -> SystemMessage:
+        return SystemMessage(
+            subtype="init",
+            uuid=new_id(),
+            session_id=self.session.session_id,
+            cwd=self.settings.cwd,
+            tools=self.catalog.names,
+            mcp_servers=self.catalog.servers,
+            model=self.route.name or self.settings.model,
+            permission_mode=self.settings.permission_mode,
+        )
 
-    def result(self, subtype: str = "success", *, errors: list[str] | None = None) -> ResultMessage:
+    def result(
+        self, subtype: str = "success", *, errors: tuple[str, ...] | list[str] | None = None
+    ) -> ResultMessage:
         """The ``result`` of this turn as it stands."""
         success = subtype == "success"
         structured: Any = None
@@ -169,72 +190,65 @@ class AgentTurn:
             usage=Usage(**self.usage),
             result=self.final_text if success else None,
             structured_output=structured,
-            errors=errors if not success else None,
+            errors=list(errors or ()) if not success else None,
             stop_reason=self.stop_reason,
         )
 
     # -- the loop ------------------------------------------------------------------------------
 
-    async def run(self) -> ResultMessage:
-        """Run the turn to its ``result`` (which is sent, and returned).
+    async def run(self) -> TurnOutcome:
+        """Run the turn to its end and say how it ended (the caller settles the turn, then
+        sends :meth:`result`).
 
         Raises:
             BudgetExceededError: the user's window budget cannot pay for the first call;
                 nothing was sent and the transcript is unchanged.
             ProviderError: the model failed; the caller reports it as an ``error`` frame.
-            asyncio.CancelledError: the turn was interrupted or the socket went away.
+            asyncio.CancelledError: the turn was stopped (interrupt, socket gone, shutdown).
         """
         settings = self.settings
         session = self.session
+        checkpoint = self.account.checkpoint
         grant: CallGrant | str = "max_turns"
         if settings.max_turns > 0:
             user_message = {"role": "user", "content": self.content}
             grant = await self._reserve(self._request([*session.model_messages(), user_message]))
             if grant == "window":
-                raise await self.budget.exceeded_now("ai", self._wall_clock())
+                raise await self.account.budget.exceeded_now("ai", self._wall_clock())
         # Stored before it is announced: a turn the client saw start is never lost.
         session.append("user", self.content)
-        await self.io.checkpoint(self.take_settlements())
-        await self.io.send(self._system_init())
+        await checkpoint()
+        await self.io.send_message(self._system_init())
         while True:
             if self.num_turns >= settings.max_turns:
-                return await self._finish("error_max_turns", ["max turns reached"])
+                return TurnOutcome("error_max_turns", ("max turns reached",))
             if not isinstance(grant, CallGrant):
-                return await self._finish("error_max_budget_usd", ["max budget reached"])
+                return TurnOutcome("error_max_budget_usd", ("max budget reached",))
             call = await self._call_with_fallback(grant)
             if call is None:
-                return await self._finish("error_max_budget_usd", ["max budget reached"])
-            message = call
-            tool_uses = [b for b in message if b.get("type") == "tool_use"]
+                return TurnOutcome("error_max_budget_usd", ("max budget reached",))
+            tool_uses = [b for b in call if b.get("type") == "tool_use"]
             if not tool_uses:
                 error = self._check_structured()
                 if error is None:
-                    return await self._finish("success")
+                    return TurnOutcome("success")
                 if self._repairs >= settings.max_structured_output_retries:
-                    return await self._finish(
+                    return TurnOutcome(
                         "error_max_structured_output_retries",
-                        [f"structured output failed validation: {error}"],
+                        (f"structured output failed validation: {error}",),
                     )
                 # The repair request is an ordinary user message: it stays in the transcript,
                 # and the next call is reserved, counted and capped like any other.
                 self._repairs += 1
                 session.append("user", repair_request(error))
-                await self.io.checkpoint(self.take_settlements())
+                await checkpoint()
                 if self.num_turns < settings.max_turns:
                     grant = await self._reserve(self._request(session.model_messages()))
                 continue
             await self._run_tools(tool_uses)
-            await self.io.checkpoint(self.take_settlements())
+            await checkpoint()
             if self.num_turns < settings.max_turns:
                 grant = await self._reserve(self._request(session.model_messages()))
-
-    async def _finish(self, subtype: str, errors: list[str] | None = None) -> ResultMessage:
-        # Stored and settled before the client hears of it: a client that reconnects (or asks
-        # for its usage) at once finds it.
-        await self.io.turn_ending(self.take_settlements())
-        result = self.result(subtype, errors=errors)
-        await self.io.send(result.to_wire())
-        return result
 
     def _check_structured(self) -> str | None:
         """Validate the final text against the output schema (if any); the error, or ``None``."""
@@ -292,13 +306,15 @@ class AgentTurn:
         cap = self.settings.max_budget_usd
         if cap is not None and cap < 1e12:  # larger caps cannot bind (and would not convert)
             room = max(0, usd_to_microdollars(cap) - self.session.spent_microdollars)
-        return await self.budget.reserve_call(
+        grant = await self.account.reserve_call(
             input_tokens=self.route.provider.estimate_input_tokens(request),
             max_tokens=request.max_tokens,
             price=self.route.price,
             session_room=room,
-            now=self._wall_clock(),
         )
+        if isinstance(grant, CallGrant):
+            self.io.record(ModelCallReserved())
+        return grant
 
     async def _call_with_fallback(self, grant: CallGrant) -> list[dict[str, Any]] | None:
         """One model call; if the provider fails with a retryable error before anything was
@@ -329,29 +345,25 @@ class AgentTurn:
             request = dataclasses.replace(request, max_tokens=grant.max_tokens)
         accumulator = MessageAccumulator()
         partial = settings.include_partial_messages
-        send = self.io.send
+        send = self.io.send_message
         session_id = session.session_id
         started = self._clock()
         self._streamed = False
         try:
             async for event in self.route.provider.stream(request):
-                self._streamed = True
+                if not self._streamed:
+                    self._streamed = True
+                    self.io.record(ModelOutput())
                 accumulator.feed(event)
                 if partial:
                     await send(
-                        {
-                            "type": "stream_event",
-                            "uuid": new_id(),
-                            "session_id": session_id,
-                            "parent_tool_use_id": None,
-                            "event": event,
-                        }
+                        StreamEventMessage(uuid=new_id(), session_id=session_id, event=event)
                     )
         finally:
             self.api_seconds += self._clock() - started
-            # A call that failed part-way still used tokens: charge what was reported, and
-            # release the rest of the reservation.
-            await self._charge(grant, accumulator.usage)
+            # A call that failed or was stopped part-way still used tokens: charge what was
+            # reported; the rest of the reservation is released.
+            self._charge(grant, accumulator.usage)
         self.num_turns += 1
         self.stop_reason = accumulator.stop_reason
         content = accumulator.content
@@ -359,35 +371,25 @@ class AgentTurn:
         session.append("assistant", content, message_uuid)
         self.final_text = accumulator.text
         await send(
-            {
-                "type": "assistant",
-                "uuid": message_uuid,
-                "session_id": session_id,
-                "parent_tool_use_id": None,
-                "message": {
-                    "id": accumulator.message_id,
-                    "role": "assistant",
-                    "model": self.route.name or settings.model,
-                    "content": content,
-                    "stop_reason": accumulator.stop_reason,
-                    "usage": dict(accumulator.usage),
-                },
-            }
+            AssistantMessage(
+                uuid=message_uuid,
+                session_id=session_id,
+                message=AssistantBody(
+                    id=accumulator.message_id,
+                    model=self.route.name or settings.model,
+                    content=content,
+                    stop_reason=accumulator.stop_reason,
+                    usage=Usage(**accumulator.usage),
+                ),
+            )
         )
         return content
 
-    async def _charge(self, grant: CallGrant, usage: Mapping[str, int]) -> None:
+    def _charge(self, grant: CallGrant, usage: Mapping[str, int]) -> None:
         _add_usage(self.usage, usage)
-        cost, settlement = self.budget.charge(grant, usage, self.route.price)
-        if settlement is not None:
-            self.settlements.append(settlement)  # written with the session's next save
+        cost = self.account.charge(grant, dict(usage), self.route.price)
         self.cost_microdollars += cost
         self.session.spent_microdollars += cost
-
-    def take_settlements(self) -> list[Settlement]:
-        """The ledger settlements not written yet (the caller writes them)."""
-        taken, self.settlements = self.settlements, []
-        return taken
 
     async def _run_tools(self, tool_uses: list[dict[str, Any]]) -> None:
         # Several tool_use blocks: the calls go out back to back and run concurrently.
@@ -407,14 +409,12 @@ class AgentTurn:
         blocks = _result_blocks(tool_uses, results)
         message_uuid = new_id()
         self.session.append("user", blocks, message_uuid)
-        await self.io.send(
-            {
-                "type": "user",
-                "uuid": message_uuid,
-                "session_id": self.session.session_id,
-                "parent_tool_use_id": None,
-                "message": {"role": "user", "content": _fit_echo(blocks)},
-            }
+        await self.io.send_message(
+            UserMessage(
+                uuid=message_uuid,
+                session_id=self.session.session_id,
+                message=UserBody(content=_fit_echo(blocks)),
+            )
         )
 
     async def _run_tool(self, block: Mapping[str, Any]) -> ToolResultPayload:
@@ -504,3 +504,20 @@ def _cut_echo(blocks: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
             items.append(item)
         fitted.append({**block, "content": items})
     return fitted
+
+
+def empty_result(session_id: str, subtype: str, errors: tuple[str, ...]) -> ResultMessage:
+    """The ``result`` of a turn that ended before its loop started (interrupted while queued
+    or admitted): no model call, no cost."""
+    return ResultMessage(
+        subtype=subtype,
+        uuid=new_id(),
+        session_id=session_id,
+        is_error=subtype != "success",
+        num_turns=0,
+        duration_ms=0,
+        duration_api_ms=0,
+        total_cost_usd=0.0,
+        usage=Usage(),
+        errors=list(errors) or None,
+    )

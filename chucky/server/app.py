@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import websockets.http11
@@ -33,7 +34,7 @@ from ..errors import ChuckyError, InvalidStateError
 from ..protocol.server import ServerProtocol
 from ..tokens import TokenClaims
 from .auth import authenticate, extract_token
-from .budget import BudgetSettings
+from .budget import BudgetSettings, Settlement
 from .config import ServerConfig
 from .connection import CLOSE_POLICY, Connection, FrameSocket
 from .http import HttpExchanges, serve_http_and_ws
@@ -96,6 +97,8 @@ class ChuckyServer:
         self._server: Server | None = None
         self._http = HttpExchanges()
         self._connections: set[Connection] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._unsettled: list[Settlement] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._secrets: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._closed = False
@@ -188,8 +191,34 @@ class ChuckyServer:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
+        # Settlements and saves still in flight finish before the store closes.
+        while self._pending:
+            await asyncio.wait(set(self._pending))
+        await self._settle_deferred()
         await self.router.aclose()
         await self.store.aclose()
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` (a turn's store work) alive until it ends: :meth:`shutdown` waits for
+        it before closing the store."""
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def defer_settlements(self, settlements: list[Settlement]) -> None:
+        """Settlements the store refused (it was down): retried with every heartbeat. Until
+        then the reservations stay held, so the budget still holds."""
+        self._unsettled.extend(settlements)
+
+    async def _settle_deferred(self) -> None:
+        pending, self._unsettled = self._unsettled, []
+        now = time.time()
+        for index, (reservation, actual) in enumerate(pending):
+            try:
+                await self.store.settle(reservation, actual, now)
+            except ChuckyError:
+                self._unsettled.extend(pending[index:])
+                logger.warning("settling %d reservations failed; retrying", len(pending) - index)
+                return
 
     async def close(self) -> None:
         """Shut down at once: running turns are interrupted (each still gets its ``result``)."""
@@ -216,6 +245,7 @@ class ChuckyServer:
                 now = time.time()
                 await self.store.heartbeat(self.node_id, now, ttl)
                 await self.store.recover(now)
+                await self._settle_deferred()
             except ChuckyError:
                 logger.exception("heartbeat failed")
 

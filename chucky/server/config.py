@@ -55,6 +55,11 @@ class ServerConfig:
         max_invalid_frames: rejected frames tolerated before closing with 1008.
         max_frame_bytes: largest frame accepted (16 MiB default, multimodal content).
         busy_policy: a turn arriving while another runs is ``queue``d or ``reject``ed.
+        max_queued_turns, max_queued_bytes: turns (and characters of their frames) that may
+            wait behind the running turn on one connection; beyond, a turn is refused with
+            ``RATE_LIMIT`` / ``queue_full`` (a turn arriving at an empty queue always waits).
+        write_timeout: seconds a frame may take to reach a client; a client that does not
+            read for longer is cut off and its turn ends as a disconnect.
         status_interval: during a turn, send a ``system``/``status`` frame after this many
             seconds without any frame (the official Python client gives up after 300 s).
         idle_timeout: close a connection after this many seconds with no turn and no frame
@@ -89,6 +94,9 @@ class ServerConfig:
     max_invalid_frames: int = 10
     max_frame_bytes: int = 16 * 1024 * 1024
     busy_policy: Literal["queue", "reject"] = "queue"
+    max_queued_turns: int = 16
+    max_queued_bytes: int = 8 * 1024 * 1024
+    write_timeout: float = 30.0
     status_interval: float = 30.0
     idle_timeout: float = 900.0
     ping_interval: float | None = 20.0

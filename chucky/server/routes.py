@@ -28,7 +28,17 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from .. import __version__
 from ..errors import ChuckyError, ConnectionError, ValidationError
+from ..messages import WireModel
 from ..options import SessionOptions
+from ..protocol.client import (
+    ClientProtocol,
+    HandshakeFailed,
+    Ready,
+    ServerError,
+    ToolCall,
+    TurnFailed,
+)
+from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
 from .http import HttpRequest, HttpResponse, sse_event
@@ -69,8 +79,10 @@ def _error_headers(payload: dict[str, Any]) -> dict[str, str]:
 
 
 class PromptSocket:
-    """The socket of a ``POST /prompt`` turn: it plays the client's frames (``init``, the
-    turn, ``end_input``) and hands every frame the server sends to ``sink``."""
+    """The socket of a ``POST /prompt`` turn, driven by a real
+    :class:`~chucky.protocol.client.ClientProtocol`: it plays the client's frames (``init``,
+    the turn once ``ready`` came, ``end_input``), answers every ``tool_call`` with an error
+    result, and hands each message or ``error`` the server sends to ``sink`` as its wire dict."""
 
     def __init__(
         self,
@@ -80,17 +92,9 @@ class PromptSocket:
     ) -> None:
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._sink = sink
-        for frame in (
-            {"type": "init", "payload": options},
-            {
-                "type": "user",
-                "session_id": "",
-                "message": {"role": "user", "content": content},
-                "parent_tool_use_id": None,
-            },
-            {"type": "control", "payload": {"action": "end_input"}},
-        ):
-            self._inbox.put_nowait(json.dumps(frame))
+        self._content = content
+        self._proto = ClientProtocol(options)
+        self._inbox.put_nowait(self._proto.start())
         self.closed = False
 
     async def recv(self) -> str | bytes:
@@ -102,25 +106,22 @@ class PromptSocket:
     async def send(self, message: str | bytes, *, text: bool | None = None) -> None:
         if self.closed:
             raise ConnectionClosedOK(None, None)
-        frame = json.loads(message)
-        if frame.get("type") == "tool_call":
-            payload = frame.get("payload") or {}
-            answer = {
-                "type": "tool_result",
-                "payload": {
-                    "callId": payload.get("callId"),
-                    "result": {
-                        "content": [
-                            {
-                                "type": "text",
-                                "text": _NO_CLIENT_TOOLS.format(name=payload.get("toolName")),
-                            }
-                        ],
-                        "isError": True,
-                    },
-                },
-            }
-            self._inbox.put_nowait(json.dumps(answer))
+        proto = self._proto
+        event = proto.receive(message)
+        frame: dict[str, Any] | None = None
+        if isinstance(event, Ready):
+            self._inbox.put_nowait(proto.send_turn(self._content))
+            self._inbox.put_nowait(proto.send_control("end_input"))
+        elif isinstance(event, ToolCall):
+            answer = error_result(_NO_CLIENT_TOOLS.format(name=event.tool_name))
+            self._inbox.put_nowait(proto.send_tool_result(event.call_id, answer.to_wire()))
+        elif isinstance(event, WireModel):
+            frame = dict(event)
+        elif isinstance(event, TurnFailed):
+            frame = {"type": "error", "payload": event.payload}
+        elif isinstance(event, HandshakeFailed | ServerError):
+            frame = {"type": "error", "payload": event.error.to_payload()}
+        if frame is None:
             return
         try:
             await self._sink(frame)
@@ -254,8 +255,7 @@ class Routes:
         frames: list[dict[str, Any]] = []
 
         async def sink(frame: dict[str, Any]) -> None:
-            if frame.get("type") not in ("control", "pong"):
-                frames.append(frame)
+            frames.append(frame)
 
         await self._run(PromptSocket(options, content, sink), claims, response)
         result = next((f for f in reversed(frames) if f.get("type") == "result"), None)
@@ -282,8 +282,7 @@ class Routes:
         )
 
         async def sink(frame: dict[str, Any]) -> None:
-            if frame.get("type") not in ("control", "pong"):
-                await response.write(sse_event(json.dumps(frame), event="message"))
+            await response.write(sse_event(json.dumps(frame), event="message"))
 
         await self._run(PromptSocket(options, content, sink), claims, response)
         with contextlib.suppress(ConnectionError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +32,7 @@ from chucky.protocol.server import (
     ControlReceived,
     FrameRejected,
     InitReceived,
+    InterruptReceived,
     PingReceived,
     ServerEvent,
     ServerProtocol,
@@ -38,10 +40,35 @@ from chucky.protocol.server import (
     ToolResultReceived,
     TurnReceived,
 )
+from chucky.protocol.turns import Admitted, Start, Turn, TurnState
 
 
-def send(proto: ServerProtocol, value: dict[str, Any] | str) -> list[ServerEvent]:
-    return proto.receive(value if isinstance(value, str) else json.dumps(value))
+@dataclass(frozen=True)
+class Queued:
+    """A :class:`TurnReceived`, compared by what it carries (its turn is a live object)."""
+
+    content: Any
+    options: SessionOptions | None
+    form: str
+
+
+def send(proto: ServerProtocol, value: dict[str, Any] | str) -> list[Any]:
+    events: list[Any] = []
+    for event in proto.receive(value if isinstance(value, str) else json.dumps(value)):
+        if isinstance(event, TurnReceived):
+            assert event.turn.state is TurnState.QUEUED and event.turn in proto.turns
+            event = Queued(event.content, event.options, event.form)
+        events.append(event)
+    return events
+
+
+def running(proto: ServerProtocol) -> Turn:
+    """A turn of ``proto`` that runs (tool calls belong to one)."""
+    send(proto, user("run"))
+    turn = proto.turns[-1]
+    turn.process(Start())
+    turn.process(Admitted())
+    return turn
 
 
 def one(events: list[ServerEvent]) -> ServerEvent:
@@ -102,7 +129,7 @@ def test_a_second_init_is_rejected_without_closing() -> None:
     assert "init" in rejected.error.message
     assert proto.state is ServerState.OPEN
     assert proto.invalid_frames == 1
-    assert isinstance(one(send(proto, user("still here"))), TurnReceived)
+    assert isinstance(one(send(proto, user("still here"))), Queued)
 
 
 def test_invalid_init_options_are_rejected_and_init_is_still_awaited() -> None:
@@ -118,7 +145,7 @@ def test_a_turn_before_init_is_an_implicit_init() -> None:
     events = send(proto, user("hello"))
     assert events == [
         InitReceived(SessionOptions(), implicit=True),
-        TurnReceived("hello", None, "user"),
+        Queued("hello", None, "user"),
     ]
     assert proto.state is ServerState.OPEN
     assert rejection(send(proto, {"type": "init", "payload": {}})).error.details["type"] == "init"
@@ -137,7 +164,7 @@ def test_the_implicit_init_uses_the_prompt_options() -> None:
     options = SessionOptions(model="opus", max_turns=3)
     assert events == [
         InitReceived(options, implicit=True),
-        TurnReceived("2 + 2?", options, "prompt"),
+        Queued("2 + 2?", options, "prompt"),
     ]
 
 
@@ -160,34 +187,34 @@ IMAGE = {
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
-        (user("hi"), TurnReceived("hi", None, "user")),
+        (user("hi"), Queued("hi", None, "user")),
         (
             user([{"type": "text", "text": "see"}, IMAGE]),
-            TurnReceived([{"type": "text", "text": "see"}, IMAGE], None, "user"),
+            Queued([{"type": "text", "text": "see"}, IMAGE], None, "user"),
         ),
         (
             {"type": "prompt", "payload": {"message": "hi", "options": {"model": "haiku"}}},
-            TurnReceived("hi", SessionOptions(model="haiku"), "prompt"),
+            Queued("hi", SessionOptions(model="haiku"), "prompt"),
         ),
         (
             {"type": "prompt", "payload": {"message": "hi", "systemPrompt": "S", "maxTurns": 2}},
-            TurnReceived("hi", SessionOptions(system_prompt="S", max_turns=2), "prompt"),
+            Queued("hi", SessionOptions(system_prompt="S", max_turns=2), "prompt"),
         ),
-        ({"type": "prompt", "payload": {"message": "hi"}}, TurnReceived("hi", None, "prompt")),
+        ({"type": "prompt", "payload": {"message": "hi"}}, Queued("hi", None, "prompt")),
         (
             {"type": "sdk_message", "payload": {"type": "user", "message": "hi"}},
-            TurnReceived("hi", None, "sdk_message"),
+            Queued("hi", None, "sdk_message"),
         ),
         (
             {
                 "type": "sdk_message",
                 "payload": {"type": "user_message", "message": {"role": "user", "content": "hi"}},
             },
-            TurnReceived("hi", None, "sdk_message"),
+            Queued("hi", None, "sdk_message"),
         ),
         (
             {"type": "sdk_message", "payload": {"type": "user", "content": [IMAGE]}},
-            TurnReceived([IMAGE], None, "sdk_message"),
+            Queued([IMAGE], None, "sdk_message"),
         ),
     ],
 )
@@ -200,7 +227,7 @@ def test_turns_right_after_init_are_all_returned() -> None:
     proto = ServerProtocol()
     assert isinstance(one(send(proto, {"type": "init"})), InitReceived)
     turns = [one(send(proto, user(f"t{i}"))) for i in range(3)]
-    assert turns == [TurnReceived(f"t{i}", None, "user") for i in range(3)]
+    assert turns == [Queued(f"t{i}", None, "user") for i in range(3)]
 
 
 def test_bad_prompt_options_are_rejected() -> None:
@@ -218,22 +245,25 @@ def test_bad_prompt_options_are_rejected() -> None:
 
 def test_tool_call_frame_registers_a_pending_call() -> None:
     proto = opened()
-    assert proto.tool_call("c1", "add", {"a": 1, "b": 2}) == (
+    turn = running(proto)
+    assert proto.tool_call(turn, "c1", "add", {"a": 1, "b": 2}) == (
         '{"type":"tool_call","payload":{"callId":"c1","toolName":"add","input":{"a":1,"b":2}}}'
     )
     assert proto.pending_calls == 1
+    assert turn.pending_calls == ["c1"]
 
 
 def test_tool_call_accepts_any_mapping() -> None:
     proto = opened()
-    text = proto.tool_call("c1", "add", MappingProxyType({"a": 1}))
+    text = proto.tool_call(running(proto), "c1", "add", MappingProxyType({"a": 1}))
     assert json.loads(text)["payload"]["input"] == {"a": 1}
 
 
 def test_tool_results_in_any_order() -> None:
     proto = opened()
+    turn = running(proto)
     for call_id in ("c1", "c2", "c3"):
-        proto.tool_call(call_id, "t", {})
+        proto.tool_call(turn, call_id, "t", {})
     assert proto.pending_calls == 3
     for call_id, is_error in (("c3", True), ("c1", None), ("c2", False)):
         event = one(send(proto, tool_result(call_id, is_error=is_error)))
@@ -244,12 +274,13 @@ def test_tool_results_in_any_order() -> None:
             ),
         )
     assert proto.pending_calls == 0
+    assert turn.pending_calls == []
     assert proto.invalid_frames == 0
 
 
 def test_a_result_for_an_unknown_call_is_rejected() -> None:
     proto = opened()
-    proto.tool_call("c1", "t", {})
+    proto.tool_call(running(proto), "c1", "t", {})
     rejected = rejection(send(proto, tool_result("nope")))
     assert rejected.error.details == {"reason": "invalid_frame", "type": "tool_result"}
     assert "'nope'" in rejected.error.message
@@ -259,20 +290,26 @@ def test_a_result_for_an_unknown_call_is_rejected() -> None:
 
 def test_a_second_result_for_the_same_call_is_rejected() -> None:
     proto = opened()
-    proto.tool_call("c1", "t", {})
+    proto.tool_call(running(proto), "c1", "t", {})
     assert isinstance(one(send(proto, tool_result("c1"))), ToolResultReceived)
     assert isinstance(one(send(proto, tool_result("c1"))), FrameRejected)
 
 
-def test_a_late_result_for_an_abandoned_call_is_rejected() -> None:
+def test_a_late_result_for_an_abandoned_call_is_dropped_quietly() -> None:
+    # The client may answer before it hears the call was abandoned (interrupt, timeout): an
+    # error frame then would end its next turn. A result for a call never made is refused.
     proto = opened()
-    proto.tool_call("c1", "t", {})
-    proto.tool_call("c2", "t", {})
-    proto.abandon("c1")
-    proto.abandon("never-sent")  # no-op
+    turn = running(proto)
+    proto.tool_call(turn, "c1", "t", {})
+    proto.tool_call(turn, "c2", "t", {})
+    assert proto.abandon("c1") is True
+    assert proto.abandon("never-sent") is False
     assert proto.pending_calls == 1
-    assert isinstance(one(send(proto, tool_result("c1"))), FrameRejected)
+    assert turn.pending_calls == ["c2"]
+    assert send(proto, tool_result("c1")) == []
+    assert proto.invalid_frames == 0
     assert isinstance(one(send(proto, tool_result("c2"))), ToolResultReceived)
+    assert isinstance(one(send(proto, tool_result("c1"))), FrameRejected)  # dropped once only
 
 
 # --- ping, control ------------------------------------------------------------------------------
@@ -310,7 +347,7 @@ def test_ping_before_init_is_answered_and_does_not_open() -> None:
 
 def test_control_close_ends_everything() -> None:
     proto = opened()
-    proto.tool_call("c1", "t", {})
+    proto.tool_call(running(proto), "c1", "t", {})
     assert send(proto, {"type": "control", "payload": {"action": "close"}}) == [
         ControlReceived("close")
     ]
@@ -322,7 +359,7 @@ def test_control_close_ends_everything() -> None:
 
 def test_end_input_refuses_later_turns() -> None:
     proto = opened()
-    proto.tool_call("c1", "t", {})
+    proto.tool_call(running(proto), "c1", "t", {})
     assert send(proto, {"type": "control", "payload": {"action": "end_input"}}) == [
         ControlReceived("end_input")
     ]
@@ -348,7 +385,7 @@ def test_end_input_refuses_later_turns() -> None:
 def test_interrupt_does_not_change_state() -> None:
     proto = opened()
     assert send(proto, {"type": "control", "payload": {"action": "interrupt"}}) == [
-        ControlReceived("interrupt")
+        InterruptReceived(None, ())
     ]
     assert proto.state is ServerState.OPEN
 
@@ -367,7 +404,7 @@ def test_the_frame_after_max_invalid_frames_is_fatal(limit: int) -> None:
         assert proto.state is ServerState.OPEN
         assert "too many" not in rejected.error.message
     # Valid frames in between neither reset nor add to the count.
-    assert isinstance(one(send(proto, user("ok"))), TurnReceived)
+    assert isinstance(one(send(proto, user("ok"))), Queued)
     assert proto.invalid_frames == limit
     rejected = rejection(send(proto, '{"type":"hello"}'))
     assert rejected.fatal
@@ -548,8 +585,11 @@ def test_the_server_machine_never_raises_and_counts_monotonically(
     frames: list[str | bytes], limit: int
 ) -> None:
     proto = ServerProtocol(max_invalid_frames=limit)
-    proto.tool_call("c1", "t", {})
-    proto.tool_call("c2", "t", {})
+    turn = Turn("elsewhere")
+    turn.process(Start())
+    turn.process(Admitted())
+    proto.tool_call(turn, "c1", "t", {})
+    proto.tool_call(turn, "c2", "t", {})
     for text in frames:
         before, was_closed = proto.invalid_frames, proto.state is ServerState.CLOSED
         events = proto.receive(text)

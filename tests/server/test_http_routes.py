@@ -497,7 +497,7 @@ async def test_event_stream_sends_frames_before_the_turn_ends(server: ScriptedSe
         assert frame["subtype"] == "init"
         # The model is still asleep: the first frame came while the turn runs.
         [connection] = server.server._connections
-        assert connection._turn is not None
+        assert connection._runner is not None
         # A shutdown interrupts the turn, which still ends the stream with its result.
         await server.server.shutdown(grace=0)
         frames = await stream.frames()
