@@ -39,8 +39,18 @@ from chucky.protocol.server import (
     ServerState,
     ToolResultReceived,
     TurnReceived,
+    TurnRejected,
 )
-from chucky.protocol.turns import Admitted, Start, Turn, TurnState
+from chucky.protocol.turns import (
+    Admitted,
+    CancelWork,
+    Ended,
+    LoopCancelled,
+    Start,
+    StopReason,
+    Turn,
+    TurnState,
+)
 
 
 @dataclass(frozen=True)
@@ -618,3 +628,106 @@ def test_unknown_call_id_is_clipped_in_the_error() -> None:
     (event,) = proto.receive(json.dumps(frame))
     assert isinstance(event, FrameRejected)
     assert len(proto.error(event.error)) < 2_000
+
+
+# --- the turn queue -----------------------------------------------------------------------------
+
+
+def _rejected_turn(events: list[Any]) -> TurnRejected:
+    event = one(events)
+    assert isinstance(event, TurnRejected), event
+    return event
+
+
+def test_the_queue_is_bounded_by_turns() -> None:
+    proto = opened(max_queued_turns=2)
+    assert isinstance(one(send(proto, user("t1"))), Queued)
+    assert isinstance(one(send(proto, user("t2"))), Queued)
+    refused = _rejected_turn(send(proto, user("t3")))
+    assert refused.error.code == "RATE_LIMIT"
+    assert refused.error.details["reason"] == "queue_full"
+    assert refused.error.details["limit"] == 2
+    assert "rate limit" in refused.error.message.lower()
+    assert proto.invalid_frames == 0  # not the client's protocol error
+    assert [t.content for t in proto.turns] == ["t1", "t2"]  # nothing kept of t3
+    proto.turns[0].process(Start())  # t1 runs: only t2 waits now
+    assert isinstance(one(send(proto, user("t3"))), Queued)
+
+
+def test_the_queue_is_bounded_by_size_but_one_turn_always_waits() -> None:
+    proto = opened(max_queued_bytes=1000)
+    big = "x" * 5000
+    assert isinstance(one(send(proto, user(big))), Queued)  # an empty queue takes anything
+    refused = _rejected_turn(send(proto, user("small")))
+    assert refused.error.details["queuedBytes"] > 5000
+    proto.turns[0].process(Start())
+    assert isinstance(one(send(proto, user("a" * 500))), Queued)
+    _rejected_turn(send(proto, user("b" * 600)))  # 500 + 600 + envelopes > 1000
+
+
+def test_a_busy_session_rejects_turns_when_configured() -> None:
+    proto = opened(reject_when_busy=True)
+    assert isinstance(one(send(proto, user("t1"))), Queued)
+    refused = _rejected_turn(send(proto, user("t2")))
+    assert refused.error.code == "SESSION_ERROR"
+    assert refused.error.details["reason"] == "session_busy"
+
+
+def test_an_interrupt_stops_the_oldest_turn_not_answered() -> None:
+    proto = opened()
+    send(proto, user("t1"))
+    send(proto, user("t2"))
+    first, second = proto.turns
+    first.process(Start())
+    first.process(Admitted())
+    event = one(send(proto, {"type": "control", "payload": {"action": "interrupt"}}))
+    assert event == InterruptReceived(first, (CancelWork(),))
+    assert second.state is TurnState.QUEUED  # the queued turn still runs after it
+    first.process(LoopCancelled())
+    first.process(Ended())
+    # Nothing runs now: an interrupt reaches the next turn before it starts.
+    event = one(send(proto, {"type": "control", "payload": {"action": "interrupt"}}))
+    assert event == InterruptReceived(second, ())
+    assert second.state is TurnState.ENDING
+    assert second.end is not None and second.end.errors == ("interrupted",)
+    assert proto.current() is second and proto.next_turn() is None
+
+
+def test_a_lost_connection_reaches_every_live_turn() -> None:
+    proto = opened()
+    send(proto, user("t1"))
+    send(proto, user("t2"))
+    first, second = proto.turns
+    first.process(Start())
+    affected = proto.connection_lost()
+    assert affected == [(first, [CancelWork()]), (second, [])]
+    assert second.state is TurnState.DONE
+    assert first.state is TurnState.STOPPING and not first.deliverable
+    assert proto.state is ServerState.CLOSED
+
+
+def test_a_shutdown_refuses_queued_and_later_turns() -> None:
+    proto = opened()
+    send(proto, user("t1"))
+    send(proto, user("t2"))
+    first, second = proto.turns
+    first.process(Start())
+    first.process(Admitted())
+    assert proto.drain() == [second]
+    assert first.state is TurnState.RUNNING
+    assert second.end is not None and second.end.error is not None
+    refused = _rejected_turn(send(proto, user("t3")))
+    assert refused.error.details["reason"] == "server_shutdown"
+    assert proto.drain_expired() == [CancelWork()]
+    assert first.stop_reason is StopReason.SHUTDOWN
+
+
+def test_tool_cancel_frames_only_for_clients_that_announce_them() -> None:
+    assert opened().tool_cancel("c1", "interrupted") is None
+    proto = ServerProtocol()
+    send(proto, {"type": "init", "payload": {"chuckyExtensions": ["interrupt", "tool_cancel"]}})
+    assert proto.extensions == {"interrupt", "tool_cancel"}
+    assert json.loads(proto.tool_cancel("c1", "interrupted") or "") == {
+        "type": "control",
+        "payload": {"action": "tool_cancel", "data": {"callId": "c1", "reason": "interrupted"}},
+    }
