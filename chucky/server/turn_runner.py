@@ -151,6 +151,7 @@ class TurnRunner:
         )
         self.agent: AgentTurn | None = None
         self.work: asyncio.Task[Any] | None = None
+        """The turn's admission and agent loop, while they run."""
         self._admitting = True
         self._admitted = asyncio.Event()
         self._clock = clock
@@ -176,6 +177,7 @@ class TurnRunner:
             for event in self._outcome():
                 host.execute(turn.process(event))
             await self.account.close()
+        self.work = None  # the task and its exception go now, with the frames they hold
         self._count()
         await deliver(host, turn, self.agent, self.session)
 
@@ -251,7 +253,7 @@ class TurnRunner:
             return [LoopEnded(outcome.subtype, outcome.errors)]
         if isinstance(exc, ClientGoneError):
             return [ClientGone(), LoopCancelled()]
-        error = _client_error(exc)
+        error = _detached(_client_error(exc))
         return [Refused(error)] if self._admitting else [LoopFailed(error)]
 
     def _count(self) -> None:
@@ -272,6 +274,15 @@ def _client_error(exc: BaseException) -> ChuckyError:
         return exc
     logger.error("turn failed", exc_info=exc)
     return ChuckyError("Internal error: the turn failed", code="INTERNAL_ERROR")
+
+
+def _detached(error: ChuckyError) -> ChuckyError:
+    """``error`` without its traceback and chained causes (logged already): kept in the turn's
+    end, a traceback would hold the frames of the failed work -- and the user's message, up to
+    16 MiB -- until the garbage collector finds the cycle."""
+    error.__traceback__ = None
+    error.__cause__ = error.__context__ = None
+    return error
 
 
 async def deliver(
