@@ -1,9 +1,10 @@
 """:class:`SqlStore`: the :class:`~chucky.server.store.Store` on SQLite or PostgreSQL.
 
 Every method is one transaction. How each promise of atomicity is kept is told where the SQL
-is: the ledger in :mod:`.ledger`, leases and rate counters in :mod:`.leases`, projects in
-:mod:`.projects`, sessions in :mod:`.sessions`, the schema and its migrations in
-:mod:`.schema`, the engines' settings in :mod:`.engines`. This module owns the
+is: the ledger and the window anchors in :mod:`.ledger`, leases and rate counters in
+:mod:`.leases`, nodes in :mod:`.nodes`, projects in :mod:`.projects`, sessions in
+:mod:`.sessions`, the schema and its migrations in :mod:`.schema`, the engines' settings in
+:mod:`.engines`. This module owns the
 lifecycle, the transactions and the boundary: every SQLAlchemy or driver error leaves as a
 :class:`~chucky.server.store.StoreError` with the cause chained; the typed errors the interface
 promises (``ValidationError``, ``SessionError``, ``ConcurrencyLimitError``) pass through.
@@ -38,8 +39,10 @@ from ..store import (
     Lease,
     LedgerKey,
     LedgerUsage,
+    NodeRecord,
     Project,
     RateDecision,
+    Reclaimed,
     Reservation,
     ResourceKind,
     SessionRecord,
@@ -48,6 +51,7 @@ from ..store import (
     new_id,
 )
 from . import leases, ledger
+from . import nodes as node_rows
 from . import projects as project_rows
 from . import sessions as session_rows
 from .engines import (
@@ -436,6 +440,19 @@ class SqlStore(Store):
     async def usage(self, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
         return await self._run(lambda c: ledger.usage(c, key, kind), write=False)
 
+    async def window_anchor(
+        self, project_id: str, user_id: str, window: str, proposed: float
+    ) -> float:
+        # Read first: every connection asks once, and only a user's first one writes.
+        found = await self._run(
+            lambda c: ledger.find_anchor(c, project_id, user_id, window), write=False
+        )
+        if found is not None:
+            return found
+        return await self._run(
+            lambda c: ledger.store_anchor(c, self._backend, project_id, user_id, window, proposed)
+        )
+
     # -- concurrency leases --------------------------------------------------------------------
 
     async def acquire_lease(
@@ -472,6 +489,7 @@ class SqlStore(Store):
         async def work(connection: AsyncConnection) -> None:
             await leases.extend(connection, node_id, now + ttl)
             await ledger.extend(connection, node_id, now + ttl)
+            await node_rows.touch(connection, node_id, now)
 
         await self._run(work)
 
@@ -480,9 +498,29 @@ class SqlStore(Store):
             dropped = await leases.drop_expired(connection, now)
             settled = await ledger.recover_expired(connection, now)
             await leases.prune_rate_counters(connection, now)
+            await node_rows.forget_silent(connection, now)
             return dropped, settled
 
         return await self._run(work)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(self, node: NodeRecord, now: float) -> None:
+        await self._run(lambda c: node_rows.register(c, self._backend, node, now))
+
+    async def deregister_node(self, node_id: str) -> None:
+        await self._run(lambda c: node_rows.remove(c, node_id))
+
+    async def reclaim_nodes(
+        self, host: str, is_dead: Callable[[NodeRecord], bool], now: float
+    ) -> Reclaimed:
+        # The proof is read-only and made outside any transaction (OS calls); only the dead
+        # are written, which is rare: the common case costs one read.
+        found = await self._run(lambda c: node_rows.on_host(c, host), write=False)
+        dead = [node.node_id for node in found if is_dead(node)]
+        if not dead:
+            return Reclaimed(nodes=0, leases=0, reservations=0)
+        return await self._run(lambda c: node_rows.reclaim(c, dead, now))
 
     async def count_active(self, project_id: str, user_id: str | None, now: float) -> int:
         return await self._run(
