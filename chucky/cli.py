@@ -220,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how long a crashed node's sessions and reservations stay held",
+        help="how long a crashed node's sessions and reservations stay held (one of this "
+        "host, proven dead: none)",
     )
     serve.add_argument(
         "--config",

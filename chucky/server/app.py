@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -39,10 +40,11 @@ from .config import ServerConfig
 from .connection import CLOSE_POLICY, Connection, FrameSocket
 from .http import HttpExchanges, serve_http_and_ws
 from .metrics import ServerMetrics
+from .nodes import is_dead, node_record
 from .providers.scripted import ScriptedProvider
 from .routes import Routes
 from .routing import ModelRouter, RoutingConfig
-from .store import Store
+from .store import NodeRecord, Store
 
 __all__ = ["ChuckyServer"]
 
@@ -89,6 +91,7 @@ class ChuckyServer:
         self.store = store
         self.metrics = ServerMetrics()
         self.node_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.node = node_record(self.node_id)
         self.budget_settings = BudgetSettings(
             min_output_tokens=self.config.min_output_tokens,
             compute_grant=self.config.compute_grant,
@@ -120,21 +123,30 @@ class ChuckyServer:
         now = time.time()
         for project_id, project_secrets in config.projects.items():
             await self.store.upsert_project(project_id, list(project_secrets), now)
-        await self.store.recover(now)
-        self._server = await serve_http_and_ws(
-            self._handle,
-            Routes(self),
-            config.host,
-            config.port,
-            exchanges=self._http,
-            process_request=self._process_request,
-            compression=None,
-            max_size=config.max_frame_bytes,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
-            server_header=f"chucky/{__version__}",
-            logger=redacting_logger("chucky.server.websockets"),
-        )
+        await self.store.register_node(self.node, now)
+        try:
+            # Before listening: a client resuming a session of a process killed on this host
+            # finds it free at once, not after --lease-ttl.
+            await self.reclaim_dead_nodes(now)
+            await self.store.recover(now)
+            self._server = await serve_http_and_ws(
+                self._handle,
+                Routes(self),
+                config.host,
+                config.port,
+                exchanges=self._http,
+                process_request=self._process_request,
+                compression=None,
+                max_size=config.max_frame_bytes,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+                server_header=f"chucky/{__version__}",
+                logger=redacting_logger("chucky.server.websockets"),
+            )
+        except BaseException:
+            with contextlib.suppress(ChuckyError):
+                await self.store.deregister_node(self.node_id)
+            raise
         self._heartbeat = asyncio.create_task(self._beat(), name="chucky-heartbeat")
         logger.info("listening on %s (store %s, node %s)", self.url, self.store.url, self.node_id)
 
@@ -196,6 +208,11 @@ class ChuckyServer:
             await asyncio.wait(set(self._pending))
         await self._settle_deferred()
         await self.router.aclose()
+        if server is not None:  # started: registered
+            try:
+                await self.store.deregister_node(self.node_id)
+            except ChuckyError:
+                logger.exception("could not deregister node %s", self.node_id)
         await self.store.aclose()
 
     def track(self, task: asyncio.Task[Any]) -> None:
@@ -237,17 +254,36 @@ class ChuckyServer:
         await self.close()
 
     async def _beat(self) -> None:
-        """Keep this node's leases and reservations alive; recover those of dead nodes."""
+        """Keep this node's leases and reservations alive; take back those of dead nodes (at
+        once on this host, when they expire elsewhere)."""
         ttl = self.config.lease_ttl
         while True:
             await asyncio.sleep(ttl / 3)
             try:
                 now = time.time()
                 await self.store.heartbeat(self.node_id, now, ttl)
+                await self.reclaim_dead_nodes(now)
                 await self.store.recover(now)
                 await self._settle_deferred()
             except ChuckyError:
                 logger.exception("heartbeat failed")
+
+    async def reclaim_dead_nodes(self, now: float) -> int:
+        """Take back the leases and reservations of the nodes of this host whose process is
+        provably gone (:mod:`chucky.server.nodes`); returns how many nodes."""
+        reclaimed = await self.store.reclaim_nodes(self.node.host, self._is_dead, now)
+        if reclaimed.nodes:
+            logger.warning(
+                "reclaimed %d dead node(s) of this host: %d lease(s) released, %d open "
+                "reservation(s) charged in full",
+                reclaimed.nodes,
+                reclaimed.leases,
+                reclaimed.reservations,
+            )
+        return reclaimed.nodes
+
+    def _is_dead(self, node: NodeRecord) -> bool:
+        return node.node_id != self.node_id and is_dead(node.pid, node.process_start)
 
     def holds_live(self, session_id: str) -> bool:
         """Whether a socket of this node that is not closing serves ``session_id``."""

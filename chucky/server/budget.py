@@ -15,8 +15,18 @@ the time it really took when it ends, is interrupted or its socket goes away.
 
 The settle never charges more than was reserved, so the promise holds even if a provider
 reports more input tokens than it was estimated to use; the overrun is logged. A node that dies
-leaves its reservations to expire: :meth:`~chucky.server.store.Store.recover` settles them at
-their full amount.
+leaves its reservations to be settled at their full amount: at once by a process of its host
+that proves it dead (:meth:`~chucky.server.store.Store.reclaim_nodes`), else when they expire
+(:meth:`~chucky.server.store.Store.recover`).
+
+Windows (PROTOCOL.md section 7). The ledger counts a user's spend per window instance of the
+user's windows, not of the token's: the anchor they are counted from is stored once per
+(project, user, window type) by the first token seen (its ``windowStart``, else its ``iat``;
+:meth:`~chucky.server.store.Store.window_anchor`), and later tokens' ``windowStart`` does not
+move it. A backend minting a token per page load (``create_budget`` writes ``windowStart =
+now``) thus never gives the user a fresh budget. ``lifetime`` has one instance. Each window
+type is a ledger of its own: spend under ``day`` tokens does not count against ``hour`` tokens.
+Each reservation is checked against the limit of the token presented.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
 from ..errors import BudgetExceededError
 from ..tokens import TokenClaims
-from ..windows import format_utc, window_bounds, window_key
+from ..windows import anchored_bounds, anchored_key, format_utc, from_unix, to_unix, token_anchor
 from .pricing import ModelPrice, cost_microdollars
 from .store import LedgerKey, LedgerUsage, Reservation, ResourceKind, Store
 
@@ -117,19 +128,38 @@ class UserBudget:
         self.claims = claims
         self.settings = settings
         self.node_id = node_id
+        self._anchor: datetime | None = None  # the stored one, once read: it never changes
 
     # -- windows -------------------------------------------------------------------------------
 
-    def key(self, now: float) -> LedgerKey:
-        budget = self.claims.budget
-        return LedgerKey(
-            self.claims.iss, self.claims.sub, window_key(budget, now, issued_at=self.claims.iat)
-        )
+    async def anchor(self) -> datetime:
+        """The anchor of the user's windows of this token's type, as stored by the first
+        token seen (read once, then cached).
 
-    def window(self, now: float) -> tuple[str, str | None]:
-        """The current window instance as ISO 8601 ``(start, end)``; ``end`` is ``None`` for
-        ``lifetime``."""
-        start, end = window_bounds(self.claims.budget, now, issued_at=self.claims.iat)
+        Raises:
+            ValidationError: the token's own anchor is out of range (its first use only).
+        """
+        if self._anchor is None:
+            claims = self.claims
+            proposed = to_unix(token_anchor(claims.budget, claims.iat))
+            stored = await self.store.window_anchor(
+                claims.iss, claims.sub, claims.budget.window, proposed
+            )
+            self._anchor = from_unix(stored)
+        return self._anchor
+
+    async def key(self, now: float) -> LedgerKey:
+        """The ledger key of the user's window instance containing ``now``."""
+        window = anchored_key(self.claims.budget.window, await self.anchor(), now)
+        return LedgerKey(self.claims.iss, self.claims.sub, window)
+
+    async def window(self, now: float) -> tuple[str, str | None]:
+        """The user's window instance containing ``now`` as ISO 8601 ``(start, end)``; ``end``
+        is ``None`` for ``lifetime`` (then ``start`` is the anchor)."""
+        return self._bounds(await self.anchor(), now)
+
+    def _bounds(self, anchor: datetime, now: float) -> tuple[str, str | None]:
+        start, end = anchored_bounds(self.claims.budget.window, anchor, now)
         return format_utc(start), format_utc(end) if end is not None else None
 
     def limit(self, kind: ResourceKind) -> int:
@@ -144,7 +174,10 @@ class UserBudget:
         limit = self.limit(kind)
         spent = usage.used + usage.reserved
         remaining = max(0, limit - spent)
-        _, end = self.window(now)
+        # The stored anchor is known here: ``usage`` was read under the key made from it. (Used
+        # before, this falls back to the token's own anchor.)
+        anchor = self._anchor or token_anchor(self.claims.budget, self.claims.iat)
+        _, end = self._bounds(anchor, now)
         if kind == "ai":
             what, reason = "AI budget", "user_budget_exhausted"
             numbers: dict[str, Any] = {"limit": limit, "used": spent, "remaining": remaining}
@@ -201,7 +234,7 @@ class UserBudget:
         if want == 0:
             return CallGrant(None, max_tokens)
         reservation = await self.store.reserve(
-            self.key(now),
+            await self.key(now),
             "ai",
             want=want,
             limit=self.limit("ai"),
@@ -238,7 +271,7 @@ class UserBudget:
 
     async def exceeded_now(self, kind: ResourceKind, now: float) -> BudgetExceededError:
         """:meth:`exceeded` with the ledger's current numbers."""
-        return self.exceeded(kind, await self.store.usage(self.key(now), kind), now)
+        return self.exceeded(kind, await self.store.usage(await self.key(now), kind), now)
 
     # -- compute -------------------------------------------------------------------------------
 
@@ -248,7 +281,7 @@ class UserBudget:
         Raises:
             BudgetExceededError: ``first`` (a turn is starting) and no compute is left.
         """
-        key = self.key(now)
+        key = await self.key(now)
         reservation = await self.store.reserve(
             key,
             "compute",
@@ -278,13 +311,13 @@ class UserBudget:
 
     async def report(self, now: float) -> dict[str, Any]:
         """The ``GET /usage`` body (PROTOCOL.md section 9): microdollars and seconds."""
-        key = self.key(now)
+        key = await self.key(now)
         ai = await self.store.usage(key, "ai")
         compute = await self.store.usage(key, "compute")
         ai_limit, compute_limit = self.limit("ai"), self.limit("compute")
         ai_left = max(0, ai_limit - ai.used - ai.reserved)
         compute_left = max(0, compute_limit - compute.used - compute.reserved)
-        start, end = self.window(now)
+        start, end = await self.window(now)
         return {
             "ai": {
                 "used": ai.used,

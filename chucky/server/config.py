@@ -72,7 +72,8 @@ class ServerConfig:
             (``CONCURRENCY_LIMIT`` beyond); ``None`` is no limit.
         turns_per_minute: turns one user may start per minute (``RATE_LIMIT`` beyond).
         lease_ttl: seconds a concurrency slot or budget reservation of a node that stopped
-            sending heartbeats (it crashed) is kept before it is recovered.
+            sending heartbeats (it crashed) is kept before it is recovered; a node of this
+            host proven dead (:mod:`chucky.server.nodes`) is recovered at once.
         min_output_tokens: a model call is made only if the budget pays for its input plus
             this many output tokens.
         compute_grant: seconds of compute a running turn sets aside at a time.

@@ -120,6 +120,10 @@ async def open_session(
 async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -> Lease:
     """Take the session's lease.
 
+    A lease held by a process of this host that is provably gone (killed: its leases were not
+    released) is taken back at once (:meth:`~chucky.server.app.ChuckyServer.reclaim_dead_nodes`),
+    then the lease is taken again without waiting.
+
     A socket that has just closed releases its lease a moment after the client saw the close,
     so a client that reconnects at once would find its own session busy, or its last slot
     taken. Such a conflict is retried for up to :data:`RELEASE_WAIT` seconds, unless the holder
@@ -127,6 +131,7 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
     """
     config = server.config
     deadline = time.monotonic() + RELEASE_WAIT
+    reclaimed = False
     while True:
         try:
             return await server.store.acquire_lease(
@@ -142,9 +147,19 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
         except SessionError as exc:
             if exc.reason != "session_busy" or server.holds_live(session_id):
                 raise
+            if not reclaimed:
+                # Then at once again: the holder may have been a dead process of this host
+                # (or a closing socket that let go meanwhile).
+                reclaimed = True
+                await server.reclaim_dead_nodes(time.time())
+                continue
             if time.monotonic() >= deadline:
                 raise
         except ConcurrencyLimitError:
+            if not reclaimed:
+                reclaimed = True
+                await server.reclaim_dead_nodes(time.time())
+                continue
             if not server.releasing(claims) or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(0.02)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,8 +25,10 @@ __all__ = [
     "Lease",
     "LedgerKey",
     "LedgerUsage",
+    "NodeRecord",
     "Project",
     "RateDecision",
+    "Reclaimed",
     "Reservation",
     "ResourceKind",
     "SessionRecord",
@@ -129,7 +131,8 @@ class LedgerKey:
     project_id: str
     user_id: str
     window: str
-    """The window instance, :func:`chucky.windows.window_key` (``day:2026-11-21T00:00:00Z``)."""
+    """The window instance, :func:`chucky.windows.anchored_key` from the user's stored anchor
+    (``day:2026-11-21T00:00:00Z``; ``lifetime`` has one instance, ``lifetime``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,30 @@ class Lease:
     user_id: str
     session_id: str
     node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A server process sharing the store: who it is, and how to tell whether it still runs."""
+
+    node_id: str
+    host: str
+    """The process space ``pid`` belongs to (:func:`chucky.server.nodes.host_identity`)."""
+    pid: int
+    process_start: str | None
+    """What tells this process from a later one with the same pid (Linux: its start time);
+    ``None`` when the platform does not say."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """What :meth:`Store.reclaim_nodes` took back from dead nodes."""
+
+    nodes: int
+    leases: int
+    """Leases deleted."""
+    reservations: int
+    """Open reservations settled at their full amount."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +357,18 @@ class Store(ABC):
     async def usage(self, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
         """The counters of one resource in one window instance (zeros if none)."""
 
+    @abstractmethod
+    async def window_anchor(
+        self, project_id: str, user_id: str, window: str, proposed: float
+    ) -> float:
+        """The anchor of the user's ``window`` windows (Unix seconds), fixed by the first call.
+
+        The first call for (project, user, window type) stores ``proposed`` (the token's
+        ``windowStart``, else its ``iat``); every later call returns that, whatever it
+        proposes. Atomic: concurrent first calls with different proposals, on any nodes, all
+        get the one anchor that was stored.
+        """
+
     # -- concurrency leases --------------------------------------------------------------------
 
     @abstractmethod
@@ -360,13 +399,40 @@ class Store(ABC):
 
     @abstractmethod
     async def heartbeat(self, node_id: str, now: float, ttl: float) -> None:
-        """Extend every lease and open reservation of ``node_id`` to ``now + ttl``."""
+        """Extend every lease and open reservation of ``node_id`` to ``now + ttl``, and mark
+        the node seen at ``now``."""
 
     @abstractmethod
     async def recover(self, now: float) -> tuple[int, int]:
-        """Drop expired leases and settle expired reservations at their full amount.
+        """Drop expired leases and settle expired reservations at their full amount (the rule
+        for nodes that cannot be proven dead: those of other hosts).
 
-        Returns ``(leases dropped, reservations settled)``.
+        Also forgets nodes not seen for a day. Returns ``(leases dropped, reservations
+        settled)``.
+        """
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def register_node(self, node: NodeRecord, now: float) -> None:
+        """Record a server process as started and seen at ``now`` (again: seen at ``now``)."""
+
+    @abstractmethod
+    async def deregister_node(self, node_id: str) -> None:
+        """Forget a node that shut down cleanly (idempotent). Its leases and reservations are
+        its own business: released as its sockets closed, or left to expire."""
+
+    @abstractmethod
+    async def reclaim_nodes(
+        self, host: str, is_dead: Callable[[NodeRecord], bool], now: float
+    ) -> Reclaimed:
+        """Take back at once what the dead nodes of ``host`` held.
+
+        For each node registered on ``host`` for which ``is_dead`` is true (its process is
+        provably gone: :func:`chucky.server.nodes.is_dead`): delete its leases, settle its open
+        reservations at their full amount (the worst case, as :meth:`recover`: a crash never
+        lets a user over budget), and forget it. Nodes of other hosts are not looked at.
+        Safe to run on several processes at once: each lease and reservation goes once.
         """
 
     @abstractmethod

@@ -23,7 +23,14 @@ from support.raw import (
     turn,
     user_frame,
 )
-from support.serve import ServeProcess, ServeProcesses, resumed, token_for, usage
+from support.serve import (
+    ServeProcess,
+    ServeProcesses,
+    resumed,
+    token_for,
+    until_system_init,
+    usage,
+)
 from support.timing import ticks
 
 PROJECT = "multi"
@@ -38,10 +45,12 @@ def nodes(tmp_path: Path, postgres_database: str) -> Iterator[tuple[ServeProcess
         yield processes, postgres_database
 
 
-async def _two_nodes(nodes: tuple[ServeProcesses, str]) -> tuple[ServeProcess, ServeProcess]:
+async def _two_nodes(
+    nodes: tuple[ServeProcesses, str], *options: str
+) -> tuple[ServeProcess, ServeProcess]:
     """Nodes A and B, started at once on the fresh database (both create its schema)."""
     processes, database = nodes
-    args = ("--db", database, "--project", f"{PROJECT}:{SECRET}")
+    args = ("--db", database, "--project", f"{PROJECT}:{SECRET}", *options)
     a, b = await asyncio.gather(
         asyncio.to_thread(processes.start, *args), asyncio.to_thread(processes.start, *args)
     )
@@ -129,3 +138,25 @@ async def test_a_session_live_on_one_node_is_busy_on_the_other(
     # Closed on A, it is free on B.
     async with resumed(b.url, token, info["sessionId"]) as (ws, moved):
         assert moved["messageCount"] == 2
+
+
+async def test_a_node_killed_mid_turn_frees_its_session_on_the_other_at_once(
+    nodes: tuple[ServeProcesses, str],
+) -> None:
+    # Both nodes on this host: B proves A dead, so the lease TTL (far longer) never matters.
+    a, b = await _two_nodes(nodes, "--lease-ttl", "600")
+    token = token_for("crashed", PROJECT, SECRET)
+    async with open_url(a.url, token) as ws:
+        info = await init(ws)
+        await send(ws, user_frame("sleep 30; echo x"))
+        await until_system_init(ws)
+        await asyncio.to_thread(a.kill)
+    async with open_url(b.url, token) as ws:
+        moved = await init(ws, sessionId=info["sessionId"])  # not session_busy
+        assert moved["sessionId"] == info["sessionId"]
+        assert check_result(await turn(ws, "recall", TURN_TIMEOUT))["result"] == "sleep 30; echo x"
+    report = await usage(b.url, token)
+    assert (report["ai"]["reserved"], report["compute"]["reserved"]) == (0, 0), report
+    # A's call and compute grant were charged in full: at least the 60 s grant.
+    assert report["compute"]["used"] >= 60.0
+    assert 0 < report["ai"]["used"] <= report["ai"]["budget"]

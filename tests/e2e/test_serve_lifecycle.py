@@ -7,8 +7,10 @@ Each test runs real ``chucky serve`` subprocesses on 127.0.0.1 (port 0) on a SQL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +31,6 @@ from support.raw import (
 from support.serve import (
     ServeProcess,
     ServeProcesses,
-    resumed,
     run_chucky,
     sqlite_url,
     token_for,
@@ -129,38 +130,88 @@ async def test_a_turn_longer_than_the_grace_is_interrupted_and_settled(
         assert check_result(frames)["result"] == "sleep 30"
 
 
-async def test_restart_after_kill_recovers_the_dead_nodes_reservations_and_lease(
-    serve: ServeProcesses,
-) -> None:
-    node = await _start(serve, "--lease-ttl", "1")
-    token = token_for("crashed", PROJECT, SECRET, ai_dollars=0.5, compute_hours=1)
+def _reservations(database: Path) -> list[tuple[str, str, int, int | None, int]]:
+    """``(node_id, kind, amount, charged, settled)`` of every reservation in the SQLite file."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT node_id, kind, amount, charged, settled FROM reservations"
+        )
+        return [tuple(row) for row in rows]
+
+
+async def _kill_mid_turn(node: ServeProcess, token: str) -> str:
+    """Start a long turn on ``node``, ``kill -9`` it while the turn runs; the session id."""
     async with open_url(node.url, token) as ws:
         info = await init(ws)
         await send(ws, user_frame("sleep 30; echo x"))
         await until_system_init(ws)
         assert await asyncio.to_thread(node.kill) == -signal.SIGKILL
-    node = await _start(serve, "--lease-ttl", "1")
+    session_id = info["sessionId"]
+    assert isinstance(session_id, str)
+    return session_id
 
-    # The dead node's reservations are held until they expire, then charged in full: the
-    # state to reach is nothing reserved, and never more used than the budget.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ticks(200)
-    while True:
-        report = await usage(node.url, token)
-        if report["ai"]["reserved"] == 0 and report["compute"]["reserved"] == 0:
-            break
-        assert loop.time() < deadline, f"reservations never recovered: {report}"
-        await asyncio.sleep(ticks(4))
-    ai, compute = report["ai"], report["compute"]
-    assert 0 < ai["used"] <= ai["budget"]  # the killed call's reservation, at its full amount
-    assert 0 < compute["used"] <= compute["budget"]
-    assert ai["remaining"] == ai["budget"] - ai["used"]
 
-    # The dead node's lease expires too; the session and its user message are there.
-    async with resumed(node.url, token, info["sessionId"]) as (ws, resumed_info):
-        assert resumed_info["messageCount"] >= 1
+async def _resumes_at_once(url: str, token: str, session_id: str) -> None:
+    """``init`` with ``sessionId`` works on the first try, and the session goes on."""
+    async with open_url(url, token) as ws:
+        resumed_info = await init(ws, sessionId=session_id)  # a session_busy error fails here
+        assert resumed_info["sessionId"] == session_id
+        assert resumed_info["messageCount"] >= 1  # the killed turn's user message
         frames = await turn(ws, "recall", TURN_TIMEOUT)
         assert check_result(frames)["result"] == "sleep 30; echo x"
+
+
+async def _settled_in_full(url: str, token: str, database: Path, dead: ServeProcess) -> None:
+    """Nothing reserved any more: the killed process's model call and compute grant were
+    charged at their full amounts (the worst case: a crash never lets a user over budget)."""
+    report = await usage(url, token)
+    ai, compute = report["ai"], report["compute"]
+    assert (ai["reserved"], compute["reserved"]) == (0, 0), report
+    rows = await asyncio.to_thread(_reservations, database)
+    # Node ids are "<host>-<pid>-<random>".
+    killed = {
+        kind: (amount, charged)
+        for node, kind, amount, charged, _ in rows
+        if f"-{dead.pid}-" in node
+    }
+    assert set(killed) == {"ai", "compute"}, rows
+    assert all(amount == charged for amount, charged in killed.values()), rows
+    # The turn's compute grant: --compute-grant (60 s by default), though it ran a moment.
+    assert killed["compute"][0] == 60_000
+    # The call's reservation: its input and max_tokens of output, lowered to the budget.
+    assert 0 < killed["ai"][0] <= ai["budget"]
+    assert all(settled for *_, settled in rows), rows
+    assert ai["used"] == sum(charged or 0 for _, kind, _, charged, _ in rows if kind == "ai")
+    assert compute["used"] * 1000 == sum(
+        charged or 0 for _, kind, _, charged, _ in rows if kind == "compute"
+    )
+    assert ai["used"] <= ai["budget"]
+    assert ai["remaining"] == ai["budget"] - ai["used"]
+
+
+async def test_a_restart_after_kill_resumes_the_session_at_once(serve: ServeProcesses) -> None:
+    # A lease TTL far longer than the test: only the proof that the process is gone frees it.
+    node = await _start(serve, "--lease-ttl", "600")
+    token = token_for("crashed", PROJECT, SECRET, ai_dollars=0.5, compute_hours=1)
+    session_id = await _kill_mid_turn(node, token)
+
+    restarted = await _start(serve, "--lease-ttl", "600")
+    await _settled_in_full(restarted.url, token, serve.data_dir / "chucky.db", node)
+    await _resumes_at_once(restarted.url, token, session_id)
+
+
+async def test_a_process_killed_beside_another_frees_its_sessions_there(
+    serve: ServeProcesses,
+) -> None:
+    # Two processes on one host and one database; the one holding the session is killed.
+    holder, other = await asyncio.gather(
+        _start(serve, "--lease-ttl", "600"), _start(serve, "--lease-ttl", "600")
+    )
+    token = token_for("orphaned", PROJECT, SECRET, ai_dollars=0.5, compute_hours=1)
+    session_id = await _kill_mid_turn(holder, token)
+
+    await _resumes_at_once(other.url, token, session_id)
+    await _settled_in_full(other.url, token, serve.data_dir / "chucky.db", holder)
 
 
 async def _chucky(serve: ServeProcesses, *args: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,14 +28,23 @@ from support.raw import (
 )
 from support.timing import ticks
 
+from chucky.server.budget import UserBudget
 from chucky.server.store import LedgerKey
 from chucky.testing import ScriptedServer, scripted_server
-from chucky.tokens import create_budget, create_token, decode_token, window_key
+from chucky.tokens import create_budget, create_token, decode_token
+from chucky.windows import format_utc
 
 
-def _ledger_key(server: ScriptedServer, token: str) -> LedgerKey:
-    claims = decode_token(token).claims
-    return LedgerKey(claims.iss, claims.sub, window_key(claims.budget, time.time(), claims.iat))
+async def _ledger_key(server: ScriptedServer, token: str) -> LedgerKey:
+    """The ledger key the server counts ``token``'s user in now (from the stored anchor)."""
+    app = server.server
+    budget = UserBudget(app.store, decode_token(token).claims, app.budget_settings, node_id="t")
+    return await budget.key(time.time())
+
+
+def _minted_ago(seconds: float) -> str:
+    """A ``windowStart`` as ``create_budget`` writes it for a token minted ``seconds`` ago."""
+    return format_utc(datetime.fromtimestamp(time.time() - seconds, UTC))
 
 
 async def _usage(server: ScriptedServer, token: str) -> dict[str, Any]:
@@ -187,6 +197,38 @@ async def test_compute_time_is_settled_per_turn(server: ScriptedServer) -> None:
     assert usage["window"]["type"] == "day"
 
 
+@pytest.mark.parametrize("window", ["day", "lifetime"])
+async def test_tokens_minted_at_different_times_share_one_budget(
+    server: ScriptedServer, window: str
+) -> None:
+    # A backend minting a token per page load: windowStart = the minting time, each time.
+    budget = 1_600  # microdollars: the input plus about 105 output tokens
+    limits: dict[str, Any] = {"ai_dollars": budget / 1e6, "window": window}
+    first = server.token("reloader", window_start=_minted_ago(90), **limits)
+    async with open_raw(server, token=first) as ws:
+        await init(ws)
+        spent = check_result(await turn(ws, "stream 1000"))["total_cost_usd"]
+    second = server.token("reloader", window_start=_minted_ago(0), **limits)
+    assert decode_token(second).claims.budget.window_start != (
+        decode_token(first).claims.budget.window_start
+    )
+    async with open_raw(server, token=second) as ws:
+        await init(ws)
+        error = _error(await turn(ws, "echo another budget?"))
+        assert error["code"] == "BUDGET_EXCEEDED"
+        assert error["details"]["reason"] == "user_budget_exhausted"
+        assert error["details"]["used"] == round(spent * 1e6)
+    reports = [await _usage(server, token) for token in (first, second)]
+    assert reports[0] == reports[1]
+    assert reports[0]["ai"]["used"] == round(spent * 1e6) <= budget
+    # The window is the first token's: it starts at its windowStart.
+    first_start = decode_token(first).claims.budget.window_start
+    assert reports[1]["window"]["start"] == first_start
+    assert (await _ledger_key(server, second)).window == (
+        "lifetime" if window == "lifetime" else f"day:{first_start}"
+    )
+
+
 async def test_usage_needs_a_valid_bearer_token(server: ScriptedServer) -> None:
     status, _, body = await http_get(server, "/usage")
     assert status == 401
@@ -234,7 +276,7 @@ async def test_twenty_sessions_at_once_spend_at_most_the_budget(
         spent = sum(round(r["total_cost_usd"] * 1e6) for r in results)
         assert spent <= budget
         assert len(results) >= 3
-        usage = await server.server.store.usage(_ledger_key(server, token), "ai")
+        usage = await server.server.store.usage(await _ledger_key(server, token), "ai")
         assert usage.reserved == 0
         assert usage.used == spent
 

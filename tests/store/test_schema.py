@@ -38,7 +38,7 @@ async def test_open_creates_the_schema_and_reopening_keeps_the_data(
     await first.aclose()
     await first.aclose()  # idempotent
 
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 1
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 2
     assert await _version(raw_engine) == str(SCHEMA_VERSION)
     async with raw_engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
@@ -74,7 +74,7 @@ async def test_a_newer_schema_is_refused_and_left_untouched(
         )
 
     newer = SqlStore(store_url)
-    with pytest.raises(StoreError, match=r"schema version 999 is newer .*\(1\); upgrade chucky"):
+    with pytest.raises(StoreError, match=r"schema version 999 is newer .*\(2\); upgrade chucky"):
         await newer.open()
     with pytest.raises(InvalidStateError):
         await newer.get_project("proj_kept")
@@ -85,12 +85,12 @@ async def test_a_newer_schema_is_refused_and_left_untouched(
         assert kept.scalars().all() == ["proj_kept"]
 
 
-def _step_2(connection: Connection) -> None:
-    connection.execute(text("CREATE TABLE chucky_v2_extra (id INTEGER PRIMARY KEY)"))
+def _step_3(connection: Connection) -> None:
+    connection.execute(text("CREATE TABLE chucky_v3_extra (id INTEGER PRIMARY KEY)"))
 
 
-def _broken_step_2(connection: Connection) -> None:
-    _step_2(connection)
+def _broken_step_3(connection: Connection) -> None:
+    _step_3(connection)
     connection.execute(text("SELECT * FROM no_such_table"))
 
 
@@ -101,8 +101,8 @@ async def test_missing_steps_are_applied_to_an_older_database(
     await store.open()
     await store.create_project("demo", "hk_live_1", NOW, project_id="proj_kept")
     await store.aclose()
-    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _step_2))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _step_3))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
 
     upgraded = SqlStore(store_url)
     await upgraded.open()
@@ -110,9 +110,9 @@ async def test_missing_steps_are_applied_to_an_older_database(
         assert await upgraded.get_project("proj_kept") is not None
     finally:
         await upgraded.aclose()
-    assert await _version(raw_engine) == "2"
+    assert await _version(raw_engine) == "3"
     async with raw_engine.connect() as connection:
-        assert await connection.scalar(text("SELECT count(*) FROM chucky_v2_extra")) == 0
+        assert await connection.scalar(text("SELECT count(*) FROM chucky_v3_extra")) == 0
 
 
 async def test_a_failing_migration_changes_nothing(
@@ -121,16 +121,16 @@ async def test_a_failing_migration_changes_nothing(
     store = SqlStore(store_url)
     await store.open()
     await store.aclose()
-    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _broken_step_2))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _broken_step_3))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
 
     with pytest.raises(StoreError, match="Cannot open the database") as caught:
         await SqlStore(store_url).open()
     assert caught.value.__cause__ is not None
-    assert await _version(raw_engine) == "1"
+    assert await _version(raw_engine) == "2"
     async with raw_engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
-    assert "chucky_v2_extra" not in tables
+    assert "chucky_v3_extra" not in tables
 
 
 async def test_two_nodes_opening_one_fresh_database_at_once_both_succeed(store_url: str) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "count_live",
     "count_turn",
     "drop_expired",
+    "drop_node",
     "extend",
     "lock",
     "prune_rate_counters",
@@ -163,6 +164,14 @@ async def drop_expired(connection: AsyncConnection, now: float) -> int:
     """Delete every lease past its expiry; returns how many."""
     dropped = await connection.execute(
         delete(leases).where(leases.c.expires_at <= now).returning(leases.c.id)
+    )
+    return len(dropped.all())
+
+
+async def drop_node(connection: AsyncConnection, node_id: str) -> int:
+    """Delete every lease of ``node_id`` (a node proven dead); returns how many."""
+    dropped = await connection.execute(
+        delete(leases).where(leases.c.node_id == node_id).returning(leases.c.id)
     )
     return len(dropped.all())
 

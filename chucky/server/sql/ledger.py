@@ -29,9 +29,19 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..store import LedgerKey, LedgerUsage, Reservation, ResourceKind, new_id
 from .engines import Backend, insert_for
-from .schema import ledger, reservations
+from .schema import budget_anchors, ledger, reservations
 
-__all__ = ["SETTLED_RETENTION", "extend", "recover_expired", "reserve", "settle", "usage"]
+__all__ = [
+    "SETTLED_RETENTION",
+    "extend",
+    "find_anchor",
+    "recover_expired",
+    "reserve",
+    "settle",
+    "settle_node",
+    "store_anchor",
+    "usage",
+]
 
 SETTLED_RETENTION: Final = 86_400.0
 """Seconds a settled reservation is kept (a late duplicate settle finds it and charges 0)."""
@@ -181,6 +191,23 @@ async def recover_expired(connection: AsyncConnection, now: float) -> int:
     return settled
 
 
+async def settle_node(connection: AsyncConnection, node_id: str, now: float) -> int:
+    """Settle every open reservation of ``node_id`` (a node proven dead) at its full amount;
+    returns how many this call settled."""
+    held = (
+        await connection.scalars(
+            select(reservations.c.id).where(
+                reservations.c.node_id == node_id, reservations.c.settled == false()
+            )
+        )
+    ).all()
+    settled = 0
+    for reservation_id in held:
+        if await _settle_once(connection, reservation_id, None, now) is not None:
+            settled += 1
+    return settled
+
+
 async def extend(connection: AsyncConnection, node_id: str, expires_at: float) -> None:
     """Keep ``node_id``'s open reservations alive until ``expires_at``."""
     await connection.execute(
@@ -200,3 +227,49 @@ async def usage(connection: AsyncConnection, key: LedgerKey, kind: ResourceKind)
     if row is None:
         return LedgerUsage(used=0, reserved=0)
     return LedgerUsage(used=int(row.used), reserved=int(row.reserved))
+
+
+# -- window anchors ----------------------------------------------------------------------------
+
+
+def _anchor_matches(project_id: str, user_id: str, window: str) -> ColumnElement[bool]:
+    return and_(
+        budget_anchors.c.project_id == project_id,
+        budget_anchors.c.user_id == user_id,
+        budget_anchors.c.window == window,
+    )
+
+
+async def find_anchor(
+    connection: AsyncConnection, project_id: str, user_id: str, window: str
+) -> float | None:
+    """The stored anchor of the user's ``window`` windows, or ``None``."""
+    found = await connection.scalar(
+        select(budget_anchors.c.anchor).where(_anchor_matches(project_id, user_id, window))
+    )
+    return None if found is None else float(found)
+
+
+async def store_anchor(
+    connection: AsyncConnection,
+    backend: Backend,
+    project_id: str,
+    user_id: str,
+    window: str,
+    proposed: float,
+) -> float:
+    """Store ``proposed`` unless an anchor is there, then read the one that is.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT``: on SQLite under the write lock; on
+    PostgreSQL a second inserter waits for the first one's commit at the primary key, does
+    nothing, and its ``SELECT`` (a new snapshot, READ COMMITTED) sees the first one's row.
+    """
+    await connection.execute(
+        insert_for(backend, budget_anchors)
+        .values(project_id=project_id, user_id=user_id, window=window, anchor=proposed)
+        .on_conflict_do_nothing()
+    )
+    stored = await find_anchor(connection, project_id, user_id, window)
+    if stored is None:  # pragma: no cover - the row was just written or found
+        raise RuntimeError(f"no anchor for {project_id}/{user_id}/{window} after inserting one")
+    return stored

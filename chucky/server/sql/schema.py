@@ -6,9 +6,19 @@ database, so a fresh database runs every step and the steps are exercised by eve
 :func:`migrate` applies the missing steps in one transaction and refuses a database newer than
 :data:`SCHEMA_VERSION`.
 
-Adding version 2: append a step (ALTER TABLE ..., new tables) and change the definitions below
-to the new shape. Step 0 builds its tables from these definitions, so at the same time freeze
-what it creates: give it a copy of the version-1 tables in a ``MetaData`` of its own.
+Versions:
+
+1. The first schema. Step 0 creates it from frozen definitions (:mod:`.schema_v1`).
+2. Budget anchors and nodes (step 1, :func:`upgrade_to_version_2`): ``budget_anchors`` holds the
+   anchor of each user's windows, one per (project, user, window type), fixed by the first
+   token seen; ``nodes`` the server processes, so a process restarted on the same host can
+   prove its predecessor dead and take its leases back at once. Ledger keys of ``lifetime``
+   windows lose their start (``lifetime:<start>`` -> ``lifetime``).
+
+Adding version N + 1: append a step (ALTER TABLE ..., new tables, data moves) and change the
+definitions below to the new shape. The steps must keep creating what they created when they
+were written: step 1 creates its two tables from the definitions below, so when one of them
+changes, give step 1 a frozen copy first (as :mod:`.schema_v1` is for step 0).
 
 Conventions: times are Unix seconds (``DOUBLE``), money microdollars and compute milliseconds
 (``BIGINT``); JSON is stored as ASCII text (``json.dumps(ensure_ascii=True)``), which keeps lone
@@ -18,6 +28,7 @@ surrogates and NUL characters (PostgreSQL text refuses ``\\x00``) as escapes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy import (
@@ -32,29 +43,40 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    cast,
+    delete,
+    func,
     inspect,
+    literal,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection
 
+from ...errors import ValidationError
+from ...windows import LIFETIME_KEY, WINDOWS, parse_window_start, to_unix
 from ..store import StoreError
+from . import schema_v1
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "MigrationStep",
+    "budget_anchors",
     "leases",
     "ledger",
     "messages",
     "meta",
     "metadata",
     "migrate",
+    "nodes",
     "project_secrets",
     "projects",
     "rate_counters",
     "read_version",
     "reservations",
     "sessions",
+    "upgrade_to_version_2",
 ]
 
 metadata = MetaData(
@@ -180,29 +202,104 @@ rate_counters = Table(
     Column("count", Integer, nullable=False),
 )
 
+budget_anchors = Table(
+    "budget_anchors",
+    metadata,
+    # One per (project, user, window type): the first token seen fixes it, later tokens'
+    # windowStart is ignored. Unix seconds, as every time here.
+    Column("project_id", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("window", Text, primary_key=True),
+    Column("anchor", Double, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    # A server process, registered at start and removed at a clean shutdown. ``host`` names
+    # the process space its pid belongs to (chucky.server.nodes.host_identity);
+    # ``process_start`` tells a reused pid from the process itself (None: unknown).
+    Column("node_id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("process_start", Text, nullable=True),
+    Column("started_at", Double, nullable=False),
+    Column("seen_at", Double, nullable=False),
+    Index(None, "host"),
+)
+
 _VERSION_KEY: Final = "schema_version"
 
 MigrationStep = Callable[[Connection], None]
 
 
-def _create_version_1(connection: Connection) -> None:
-    metadata.create_all(
-        connection,
-        tables=[
-            meta,
-            projects,
-            project_secrets,
-            sessions,
-            messages,
-            ledger,
-            reservations,
-            leases,
-            rate_counters,
-        ],
+def upgrade_to_version_2(connection: Connection) -> None:
+    """Step 1: the ``budget_anchors`` and ``nodes`` tables; anchors and ledger keys from the
+    version-1 ledger, without resetting anyone's spend.
+
+    * Each (project, user, window type) with ledger rows gets an anchor: for ``hour``,
+      ``day``, ``week`` and ``month``, the start of its most recent instance, so the current
+      instance keeps its key and its usage (a ``month`` anchor is then on that instance's
+      day-of-month, which differs from the token's after a short month); for ``lifetime``,
+      its earliest start (the first token's).
+    * The ``lifetime:<start>`` rows of a (project, user, kind) become one ``lifetime`` row
+      (``used`` and ``reserved`` summed), and reservations naming them name it instead, so an
+      open one settles against the merged row.
+    """
+    metadata.create_all(connection, tables=[budget_anchors, nodes])
+    _seed_anchors(connection)
+    _merge_lifetime_rows(connection)
+
+
+def _seed_anchors(connection: Connection) -> None:
+    old = schema_v1.ledger
+    found: dict[tuple[str, str, str], list[datetime]] = {}
+    for row in connection.execute(select(old.c.project_id, old.c.user_id, old.c.window).distinct()):
+        window, _, start = str(row.window).partition(":")
+        if window not in WINDOWS or not start:
+            continue  # not a key chucky wrote: left alone
+        try:
+            found.setdefault((row.project_id, row.user_id, window), []).append(
+                parse_window_start(start)
+            )
+        except ValidationError:
+            continue
+    for (project_id, user_id, window), starts in found.items():
+        anchor = min(starts) if window == "lifetime" else max(starts)
+        connection.execute(
+            budget_anchors.insert().values(
+                project_id=project_id, user_id=user_id, window=window, anchor=to_unix(anchor)
+            )
+        )
+
+
+def _merge_lifetime_rows(connection: Connection) -> None:
+    old, held = schema_v1.ledger, schema_v1.reservations
+    is_lifetime = old.c.window.like("lifetime:%")
+    connection.execute(
+        old.insert().from_select(
+            ["project_id", "user_id", "window", "kind", "used", "reserved", "last_grant"],
+            select(
+                old.c.project_id,
+                old.c.user_id,
+                literal(LIFETIME_KEY, Text),
+                old.c.kind,
+                cast(func.sum(old.c.used), BigInteger),
+                cast(func.sum(old.c.reserved), BigInteger),
+                literal(0, BigInteger),
+            )
+            .where(is_lifetime)
+            .group_by(old.c.project_id, old.c.user_id, old.c.kind),
+        )
+    )
+    connection.execute(delete(old).where(is_lifetime))
+    # Settled ones too: no reservation names a ledger row that is gone.
+    connection.execute(
+        update(held).where(held.c.window.like("lifetime:%")).values(window=LIFETIME_KEY)
     )
 
 
-MIGRATIONS: Final[tuple[MigrationStep, ...]] = (_create_version_1,)
+MIGRATIONS: Final[tuple[MigrationStep, ...]] = (schema_v1.create, upgrade_to_version_2)
 """``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

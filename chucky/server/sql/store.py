@@ -1,8 +1,10 @@
 """:class:`SqlStore`: the :class:`~chucky.server.store.Store` on SQLite or PostgreSQL.
 
 Every method is one transaction. How each promise of atomicity is kept is told where the SQL
-is: the ledger in :mod:`.ledger`, leases and rate counters in :mod:`.leases`, the schema and its
-migrations in :mod:`.schema`, the engines' settings in :mod:`.engines`. This module owns the
+is: the ledger and the window anchors in :mod:`.ledger`, leases and rate counters in
+:mod:`.leases`, nodes in :mod:`.nodes`, projects in :mod:`.projects`, sessions in
+:mod:`.sessions`, the schema and its migrations in :mod:`.schema`, the engines' settings in
+:mod:`.engines`. This module owns the
 lifecycle, the transactions and the boundary: every SQLAlchemy or driver error leaves as a
 :class:`~chucky.server.store.StoreError` with the cause chained; the typed errors the interface
 promises (``ValidationError``, ``SessionError``, ``ConcurrencyLimitError``) pass through.
@@ -28,17 +30,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import BigInteger, Connection, Engine, func, literal, select, update
+from sqlalchemy import BigInteger, Connection, Engine, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ...errors import InvalidStateError, ValidationError
+from ...errors import InvalidStateError
 from ..store import (
     Lease,
     LedgerKey,
     LedgerUsage,
+    NodeRecord,
     Project,
     RateDecision,
+    Reclaimed,
     Reservation,
     ResourceKind,
     SessionRecord,
@@ -47,6 +51,8 @@ from ..store import (
     new_id,
 )
 from . import leases, ledger
+from . import nodes as node_rows
+from . import projects as project_rows
 from . import sessions as session_rows
 from .engines import (
     READ_ONLY,
@@ -56,10 +62,9 @@ from .engines import (
     create_sqlite_thread_engine,
     enable_wal,
     hide_password,
-    insert_for,
     is_memory_sqlite,
 )
-from .schema import SCHEMA_VERSION, migrate, project_secrets, projects
+from .schema import SCHEMA_VERSION, migrate
 
 __all__ = ["SqlStore"]
 
@@ -146,10 +151,6 @@ def _drive(coroutine: Coroutine[Any, Any, _T]) -> _T:
 def _dispose(engine: Engine | None) -> None:
     if engine is not None:
         engine.dispose()
-
-
-def _invalid(message: str) -> ValidationError:
-    return ValidationError(message, details={"reason": "invalid_options"})
 
 
 class SqlStore(Store):
@@ -314,130 +315,37 @@ class SqlStore(Store):
         self, name: str, secret: str, now: float, *, project_id: str | None = None
     ) -> Project:
         new_project_id = project_id or f"proj_{secrets_module.token_hex(6)}"
-
-        async def work(connection: AsyncConnection) -> Project:
-            created = await connection.scalar(
-                insert_for(self._backend, projects)
-                .values(id=new_project_id, name=name, created_at=now)
-                .on_conflict_do_nothing()
-                .returning(projects.c.id)
-            )
-            if created is None:
-                raise _invalid(f"Project {new_project_id} already exists")
-            await self._accept_secrets(connection, new_project_id, [secret], now)
-            return await self._load_project(connection, new_project_id)
-
-        return await self._run(work)
+        return await self._run(
+            lambda c: project_rows.create(c, self._backend, new_project_id, name, secret, now)
+        )
 
     async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
-        async def work(connection: AsyncConnection) -> Project:
-            await connection.execute(
-                insert_for(self._backend, projects)
-                .values(id=project_id, name=project_id, created_at=now)
-                .on_conflict_do_nothing()
-            )
-            await self._accept_secrets(connection, project_id, secrets, now)
-            return await self._load_project(connection, project_id)
-
-        return await self._run(work)
+        return await self._run(
+            lambda c: project_rows.upsert(c, self._backend, project_id, secrets, now)
+        )
 
     async def get_project(self, project_id: str) -> Project | None:
-        found = await self._run(lambda c: self._load_projects(c, project_id), write=False)
+        found = await self._run(lambda c: project_rows.load_all(c, project_id), write=False)
         return found[0] if found else None
 
     async def list_projects(self) -> list[Project]:
-        return await self._run(lambda c: self._load_projects(c, None), write=False)
+        return await self._run(lambda c: project_rows.load_all(c, None), write=False)
 
     async def add_secret(self, project_id: str, secret: str, now: float) -> Project:
         async def work(connection: AsyncConnection) -> Project:
-            if await self._lock_project(connection, project_id) is None:
-                raise _invalid(f"No project {project_id}")
-            await self._accept_secrets(connection, project_id, [secret], now)
-            return await self._load_project(connection, project_id)
+            if await project_rows.lock(connection, project_id) is None:
+                raise project_rows.invalid(f"No project {project_id}")
+            await project_rows.accept_secrets(connection, self._backend, project_id, [secret], now)
+            return await project_rows.load(connection, project_id)
 
         return await self._run(work)
 
     async def revoke_secrets(self, project_id: str, prefix: str, now: float) -> int:
         if not prefix:
-            raise _invalid("Give the start of the secret to revoke (an empty prefix matches all)")
-
-        async def work(connection: AsyncConnection) -> int:
-            # The row lock makes "never the last secret" hold against a concurrent revoke.
-            if await self._lock_project(connection, project_id) is None:
-                raise _invalid(f"No project {project_id}")
-            active = (
-                await connection.execute(
-                    select(project_secrets.c.id, project_secrets.c.secret).where(
-                        project_secrets.c.project_id == project_id,
-                        project_secrets.c.revoked_at.is_(None),
-                    )
-                )
-            ).all()
-            matching = [row.id for row in active if row.secret.startswith(prefix)]
-            if matching and len(matching) == len(active):
-                raise _invalid(
-                    f"Refusing to revoke every active secret of project {project_id}: "
-                    "add a new secret first"
-                )
-            if matching:
-                await connection.execute(
-                    update(project_secrets)
-                    .where(project_secrets.c.id.in_(matching))
-                    .values(revoked_at=now)
-                )
-            return len(matching)
-
-        return await self._run(work)
-
-    async def _lock_project(self, connection: AsyncConnection, project_id: str) -> str | None:
-        found = await connection.scalar(
-            select(projects.c.id).where(projects.c.id == project_id).with_for_update()
-        )
-        return None if found is None else str(found)
-
-    async def _accept_secrets(
-        self, connection: AsyncConnection, project_id: str, secrets: Sequence[str], now: float
-    ) -> None:
-        for secret in secrets:
-            # A secret revoked before is accepted again; one already active keeps its place.
-            await connection.execute(
-                insert_for(self._backend, project_secrets)
-                .values(project_id=project_id, secret=secret, created_at=now)
-                .on_conflict_do_update(
-                    index_elements=[project_secrets.c.project_id, project_secrets.c.secret],
-                    set_={"revoked_at": None},
-                )
+            raise project_rows.invalid(
+                "Give the start of the secret to revoke (an empty prefix matches all)"
             )
-
-    async def _load_project(self, connection: AsyncConnection, project_id: str) -> Project:
-        (project,) = await self._load_projects(connection, project_id)
-        return project
-
-    async def _load_projects(
-        self, connection: AsyncConnection, project_id: str | None
-    ) -> list[Project]:
-        project_query = select(projects).order_by(projects.c.created_at, projects.c.id)
-        secret_query = (
-            select(project_secrets.c.project_id, project_secrets.c.secret)
-            .where(project_secrets.c.revoked_at.is_(None))
-            .order_by(project_secrets.c.id)
-        )
-        if project_id is not None:
-            project_query = project_query.where(projects.c.id == project_id)
-            secret_query = secret_query.where(project_secrets.c.project_id == project_id)
-        rows = (await connection.execute(project_query)).all()
-        active: dict[str, list[str]] = {row.id: [] for row in rows}
-        for row in await connection.execute(secret_query):
-            active[row.project_id].append(row.secret)
-        return [
-            Project(
-                project_id=row.id,
-                name=row.name,
-                created_at=float(row.created_at),
-                secrets=tuple(active[row.id]),
-            )
-            for row in rows
-        ]
+        return await self._run(lambda c: project_rows.revoke(c, project_id, prefix, now))
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -532,6 +440,19 @@ class SqlStore(Store):
     async def usage(self, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
         return await self._run(lambda c: ledger.usage(c, key, kind), write=False)
 
+    async def window_anchor(
+        self, project_id: str, user_id: str, window: str, proposed: float
+    ) -> float:
+        # Read first: every connection asks once, and only a user's first one writes.
+        found = await self._run(
+            lambda c: ledger.find_anchor(c, project_id, user_id, window), write=False
+        )
+        if found is not None:
+            return found
+        return await self._run(
+            lambda c: ledger.store_anchor(c, self._backend, project_id, user_id, window, proposed)
+        )
+
     # -- concurrency leases --------------------------------------------------------------------
 
     async def acquire_lease(
@@ -568,6 +489,7 @@ class SqlStore(Store):
         async def work(connection: AsyncConnection) -> None:
             await leases.extend(connection, node_id, now + ttl)
             await ledger.extend(connection, node_id, now + ttl)
+            await node_rows.touch(connection, node_id, now)
 
         await self._run(work)
 
@@ -576,9 +498,29 @@ class SqlStore(Store):
             dropped = await leases.drop_expired(connection, now)
             settled = await ledger.recover_expired(connection, now)
             await leases.prune_rate_counters(connection, now)
+            await node_rows.forget_silent(connection, now)
             return dropped, settled
 
         return await self._run(work)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(self, node: NodeRecord, now: float) -> None:
+        await self._run(lambda c: node_rows.register(c, self._backend, node, now))
+
+    async def deregister_node(self, node_id: str) -> None:
+        await self._run(lambda c: node_rows.remove(c, node_id))
+
+    async def reclaim_nodes(
+        self, host: str, is_dead: Callable[[NodeRecord], bool], now: float
+    ) -> Reclaimed:
+        # The proof is read-only and made outside any transaction (OS calls); only the dead
+        # are written, which is rare: the common case costs one read.
+        found = await self._run(lambda c: node_rows.on_host(c, host), write=False)
+        dead = [node.node_id for node in found if is_dead(node)]
+        if not dead:
+            return Reclaimed(nodes=0, leases=0, reservations=0)
+        return await self._run(lambda c: node_rows.reclaim(c, dead, now))
 
     async def count_active(self, project_id: str, user_id: str | None, now: float) -> int:
         return await self._run(
