@@ -19,10 +19,11 @@ States, and the events that move a turn along (the whole table is :data:`TRANSIT
               --Interrupt, Drain-->        ENDING     (it never ran; the end says why)
               --ClientGone-->              DONE       (it never ran; nobody to tell)
     ADMITTING --Admitted-->                RUNNING
-              --Refused-->                 ENDING     (an error frame)
+              --Refused-->                 ENDING     (an error frame; it never ran)
               --Interrupt, ClientGone,
                 DrainExpired-->            STOPPING   (CancelWork)
     RUNNING   --LoopEnded, LoopFailed-->   ENDING
+              --Refused-->                 ENDING     (its first model call cannot be paid)
               --Interrupt, ClientGone,
                 ComputeExhausted,
                 DrainExpired-->            STOPPING   (CancelWork)
@@ -302,6 +303,7 @@ TRANSITIONS: Final[Mapping[tuple[TurnState, type[Any]], TurnState]] = {
     (_R, ComputeExhausted): _S,
     (_R, Drain): _R,
     (_R, DrainExpired): _S,
+    (_R, Refused): _E,
     (_R, LoopEnded): _E,
     (_R, LoopFailed): _E,
     # Stopping: the cancellation is on its way; what the loop still reports is recorded, and

@@ -226,24 +226,25 @@ class TurnAccount:
         else:
             await store.save_session(session)
 
-    def close(self) -> Awaitable[None]:
+    def close(self, *, ran: bool = True) -> Awaitable[None]:
         """Settle everything still open and save the session (idempotent; shielded: await it
         from a cancelled task and it still completes).
 
-        Compute is charged at the wall-clock time since the first grant, AI reservations at the
-        cost of their call (0 for a call reserved but never made).
+        Compute is charged at the wall-clock time since the first grant (nothing when the turn
+        was refused before it ran: ``ran`` false), AI reservations at the cost of their call
+        (0 for a call reserved but never made).
         """
         if self._closed is None:
-            self._closed = asyncio.ensure_future(self._close())
+            self._closed = asyncio.ensure_future(self._close(ran))
             self._track(self._closed)
         return asyncio.shield(self._closed)
 
-    async def _close(self) -> None:
+    async def _close(self, ran: bool) -> None:
         # Operations still in flight (a reservation whose caller was cancelled) end first:
         # what they reserve is settled below.
         while self._inflight:
             await asyncio.wait(set(self._inflight))
-        elapsed_ms = round(self.compute_elapsed * 1000)
+        elapsed_ms = round(self.compute_elapsed * 1000) if ran else 0
         compute = UserBudget.compute_settlements(self._compute, elapsed_ms / 1000)
         self.compute_ms = sum(amount for _, amount in compute)
         compute_ids = {grant.reservation_id for grant in self._compute}

@@ -155,6 +155,8 @@ class AgentTurn:
         self.final_text = ""
         self.structured: Any = None
         self._repairs = 0
+        self.started = False
+        """Whether the turn got past its first reservation (its user message is stored)."""
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class AgentTurn:
                 raise await self.account.budget.exceeded_now("ai", self._wall_clock())
         # Stored before it is announced: a turn the client saw start is never lost.
         session.append("user", self.content)
+        self.started = True
         await checkpoint()
         await self.io.send_message(self._system_init())
         while True:

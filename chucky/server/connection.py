@@ -225,6 +225,8 @@ class Connection:
         self, turn: Turn, tool: ClientTool, call_id: str, arguments: Any
     ) -> ToolResultPayload:
         """Send a ``tool_call`` and wait for its ``tool_result`` (or the timeout)."""
+        if turn.state is not TurnState.RUNNING:  # stopped before this call went out
+            return _abandoned("turn_ended")
         future: asyncio.Future[ToolResultPayload] = asyncio.get_running_loop().create_future()
         self._tool_waiters[call_id] = future
         metrics = self.server.metrics

@@ -176,7 +176,7 @@ class TurnRunner:
             await asyncio.wait({self.work})
             for event in self._outcome():
                 host.execute(turn.process(event))
-            await self.account.close()
+            await self.account.close(ran=turn.end is None or turn.end.ran)
         self.work = None  # the task and its exception go now, with the frames they hold
         self._count()
         await deliver(host, turn, self.agent, self.session)
@@ -254,7 +254,9 @@ class TurnRunner:
         if isinstance(exc, ClientGoneError):
             return [ClientGone(), LoopCancelled()]
         error = _detached(_client_error(exc))
-        return [Refused(error)] if self._admitting else [LoopFailed(error)]
+        # Refused before it started (rate limit, budget, unknown model): nothing was stored.
+        refused = self._admitting or (self.agent is not None and not self.agent.started)
+        return [Refused(error)] if refused else [LoopFailed(error)]
 
     def _count(self) -> None:
         metrics, project = self.host.server.metrics, self.host.claims.iss

@@ -8,9 +8,11 @@ read from ``/proc``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -19,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.faults import TOOL_SERVER, TurnLog, drive_turn
+from support.faults import TOOL_SERVER, TurnLog, check_history, drive_turn
 from support.raw import init, open_url, send, user_frame
 from support.serve import ServeProcess, ServeProcesses, sqlite_url, token_for, usage
 from support.timing import ticks
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from chucky.server.sql import SqlStore
+from chucky.tokens import decode_token
 
 PROJECT = "proj"
 SECRET = "hk_live_0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -199,3 +204,86 @@ async def test_a_thousand_queued_megabyte_turns_stay_bounded(
         assert error["details"]["limit"] == 16
     assert {e["code"] for e in errors} <= {"RATE_LIMIT", "BUDGET_EXCEEDED"}
     assert peak[0] - base < 50, f"server RSS grew from {base:.0f} MB to {peak[0]:.0f} MB"
+
+
+# -- kill -9 at random moments ---------------------------------------------------------------
+
+
+def _open_ai_reservations(database: Path) -> dict[str, int]:
+    """Unsettled AI reservations by user (what a crash leaves held)."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute(
+            "SELECT user_id, SUM(amount) FROM reservations "
+            "WHERE kind = 'ai' AND NOT settled GROUP BY user_id"
+        )
+        return {user: int(total) for user, total in rows}
+
+
+async def _session(database: Path, token: str, session_id: str) -> tuple[int, list[Any]]:
+    """The session's recorded spend and its transcript, read from the database."""
+    store = SqlStore(sqlite_url(database))
+    await store.open()
+    try:
+        claims = decode_token(token).claims
+        record = await store.get_session(session_id, claims.iss, claims.sub)
+        assert record is not None
+        return record.spent_microdollars, record.transcript
+    finally:
+        await store.aclose()
+
+
+async def test_kill_9_at_random_moments_then_restart_keeps_the_ledger_exact(
+    serve: ServeProcesses,
+) -> None:
+    """A crash charges the turn in flight its open reservations in full (documented: the
+    worst case, so a crash never lets a user over budget); everything else is exact: the ledger
+    holds what the sessions recorded (each charge is written with its session in one
+    transaction) plus those reservations, and the clients saw all of it but the results the
+    kill cut off the wire."""
+    rng = random.Random(9)
+    database = serve.data_dir / "chucky.db"
+    users = [f"k{i}" for i in range(3)]
+    tokens = {user: token_for(user, PROJECT, SECRET, ai_dollars=100) for user in users}
+    received = dict.fromkeys(users, 0)
+    crashed = dict.fromkeys(users, 0)
+    sessions: dict[str, str] = {}
+    for _ in range(4):
+        node = await _start(serve, "--lease-ttl", "600")
+
+        async def client(user: str, url: str) -> list[TurnLog]:
+            logs: list[TurnLog] = []
+            options: dict[str, Any] = {"mcpServers": [TOOL_SERVER]}
+            if user in sessions:
+                options["sessionId"] = sessions[user]
+            try:
+                async with open_url(url, tokens[user]) as ws:
+                    sessions[user] = (await init(ws, **options))["sessionId"]
+                    while True:
+                        script = rng.choice(["stream 30", "echo a; call t {}"])
+                        log = await drive_turn(ws, script, fault="none", delay=0)
+                        logs.append(log)
+                        if log.ends == 0:
+                            return logs
+            except (ConnectionClosed, OSError, InvalidHandshake):
+                return logs
+
+        clients = [asyncio.create_task(client(user, node.url)) for user in users]
+        await asyncio.sleep(rng.uniform(0.1, 0.6))
+        assert await asyncio.to_thread(node.kill) == -signal.SIGKILL
+        for user, task in zip(users, clients, strict=True):
+            received[user] += sum(log.cost for log in await task)
+        held = await asyncio.to_thread(_open_ai_reservations, database)
+        for user, amount in held.items():
+            crashed[user] += amount
+    node = await _start(serve, "--lease-ttl", "600")
+    for user in users:
+        report = await usage(node.url, tokens[user])
+        assert report["ai"]["reserved"] == 0 and report["compute"]["reserved"] == 0, report
+        spent, transcript = await _session(database, tokens[user], sessions[user])
+        assert report["ai"]["used"] == spent + crashed[user], (user, report)
+        assert received[user] <= spent
+        check_history(transcript)
+        async with open_url(node.url, tokens[user]) as ws:  # resumes at once, and works
+            await init(ws, sessionId=sessions[user])
+            frames = await drive_turn(ws, "echo back", fault="none", delay=0)
+            assert frames.result is not None and frames.result["result"] == "back"
