@@ -107,10 +107,17 @@ async def child(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[
 @contextlib.asynccontextmanager
 async def chucky_server(database_url: str | None = None) -> AsyncIterator[Subprocess]:
     """``chucky serve --port 0`` (scripted model) in its own process, its state in
-    ``database_url`` (a fresh SQLite file if ``None``)."""
+    ``database_url`` (a fresh SQLite file if ``None``).
+
+    Every model name is served by the scripted model and priced as itself (the server's default
+    model is a priced Claude model), so the ledger works as in production. Without a routing
+    file ``chucky serve`` would route to the embedded local model.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="chucky-bench-") as directory:
+        routing = Path(directory) / "scripted.toml"
+        routing.write_text('[models."*"]\nprovider = "scripted"\n', encoding="utf-8")
         async with child(
             sys.executable,
             "-m",
@@ -122,6 +129,8 @@ async def chucky_server(database_url: str | None = None) -> AsyncIterator[Subpro
             database_url or f"sqlite+aiosqlite:///{directory}/bench.db",
             "--project",
             f"{PROJECT_ID}:{SECRET}",
+            "--config",
+            str(routing),
         ) as server:
             yield server
 

@@ -38,6 +38,7 @@ from ..protocol.client import (
     ToolCall,
     TurnFailed,
 )
+from ..protocol.frames import ErrorFrame
 from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
@@ -118,9 +119,9 @@ class PromptSocket:
         elif isinstance(event, WireModel):
             frame = dict(event)
         elif isinstance(event, TurnFailed):
-            frame = {"type": "error", "payload": event.payload}
+            frame = ErrorFrame(payload=event.payload).model_dump(mode="json")
         elif isinstance(event, HandshakeFailed | ServerError):
-            frame = {"type": "error", "payload": event.error.to_payload()}
+            frame = ErrorFrame(payload=event.error.to_payload()).model_dump(mode="json")
         if frame is None:
             return
         try:

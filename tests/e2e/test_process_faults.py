@@ -60,6 +60,12 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def _assert_no_errors(node: ServeProcess) -> None:
+    """The server logged nothing at ERROR and no traceback."""
+    log = node.stderr()
+    assert " ERROR " not in log and "Traceback" not in log, log
+
+
 # -- SIGTERM at random moments ---------------------------------------------------------------
 
 
@@ -101,6 +107,7 @@ async def test_sigterm_at_random_moments_keeps_the_ledger_exact(
         node.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(node.wait, ticks(200)) == 0
         assert time.monotonic() - started < 10
+        _assert_no_errors(node)
         for user, client in zip(users, clients, strict=True):
             for log in await client:
                 assert log.ends <= 1
@@ -145,6 +152,7 @@ async def test_sigterm_with_clients_that_never_read_exits_within_the_grace(
     node.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(node.wait, grace + 10) == 0
     assert time.monotonic() - started < grace + 5
+    _assert_no_errors(node)
     for ws in lazy:
         ws.transport.abort()
     node = await _start(serve)
@@ -279,6 +287,7 @@ async def test_kill_9_at_random_moments_then_restart_keeps_the_ledger_exact(
     for user in users:
         report = await usage(node.url, tokens[user])
         assert report["ai"]["reserved"] == 0 and report["compute"]["reserved"] == 0, report
+        _assert_no_errors(node)
         spent, transcript = await _session(database, tokens[user], sessions[user])
         assert report["ai"]["used"] == spent + crashed[user], (user, report)
         assert received[user] <= spent

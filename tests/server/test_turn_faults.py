@@ -13,6 +13,7 @@ The scripted model is priced like Sonnet, so the ledger works as in production.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -29,8 +30,18 @@ from support.faults import (
     session_spent,
     settled,
 )
-from support.raw import check_result, init, open_raw, recv, send, turn, user_frame
+from support.raw import (
+    check_result,
+    init,
+    open_raw,
+    poll_until,
+    recv,
+    send,
+    turn,
+    user_frame,
+)
 from support.timing import ticks
+from websockets.asyncio.client import connect
 
 from chucky.server.app import ChuckyServer
 from chucky.server.config import ServerConfig
@@ -38,7 +49,7 @@ from chucky.server.sql import SqlStore
 from chucky.server.store import Reservation, SessionRecord
 from chucky.testing import ScriptedServer, scripted_server
 
-TURNS = 40  # per kind and variant: 3 variants x 40 = 120 turns of each fault kind
+TURNS = 60  # per kind and variant: 3 variants x 60 = 180 turns of each fault kind
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("stream 30", {}),
@@ -274,4 +285,36 @@ async def test_a_fault_at_every_store_step(
                     assert log.ends == 1, (steps[step - 1], log.frames)
             await settled(server)
         await _check_invariants(server, token, session_id, logs, delivered=fault != "drop")
+    assert _error_records(caplog) == []
+
+
+# -- a client that stops reading -----------------------------------------------------------------
+
+
+async def test_a_client_that_never_reads_is_cut_off_and_its_turn_settled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    deadline = ticks(20)
+    async with scripted_server(write_timeout=deadline, max_tokens=200_000) as server:
+        token = server.token("lazy")
+        # The client's library stops reading from the socket once one frame waits unread.
+        ws = await connect(f"{server.url}?token={token}", max_queue=1, max_size=None)
+        try:
+            assert json.loads(await ws.recv())["payload"]["action"] == "ready"
+            await ws.send(json.dumps({"type": "init", "payload": {"includePartialMessages": True}}))
+            session_id = json.loads(await ws.recv())["payload"]["data"]["sessionId"]
+            started = time.monotonic()
+            await ws.send(json.dumps(user_frame("stream 100000")))  # ~20 MB of frames
+            await poll_until(lambda: not server.server._connections, timeout=deadline + 30)
+            # The deadline, plus the time to fill the socket buffers (a few MB on loopback).
+            assert time.monotonic() - started < deadline + 5
+        finally:
+            ws.transport.abort()
+        await settled(server)
+        usage = await ledger(server.url, token)
+        assert usage["ai"]["reserved"] == 0 and usage["compute"]["reserved"] == 0, usage
+        spent, transcript = await session_spent(server.server.store, token, session_id)
+        assert usage["ai"]["used"] == spent > 0
+        check_history(transcript)
     assert _error_records(caplog) == []
