@@ -106,22 +106,39 @@ async def _turn_length(ws: Any, script: str, logs: list[TurnLog]) -> float:
     return sorted(durations)[1]
 
 
+def _database(engine: str, request: pytest.FixtureRequest) -> str | None:
+    """The database of a test: a fresh SQLite file (``None``), or a fresh PostgreSQL one."""
+    if engine == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("fault", ["interrupt", "close", "end_input", "drop"])
 async def test_faults_at_random_moments_keep_the_ledger_exact(
-    fault: Fault, variant: str, caplog: pytest.LogCaptureFixture
+    fault: Fault,
+    variant: str,
+    engine: str,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     caplog.set_level(logging.WARNING)
     script, options = VARIANTS[variant]
-    rng = random.Random(f"{fault}-{variant}")
+    rng = random.Random(f"{fault}-{variant}-{engine}")
     logs: list[TurnLog] = []
-    async with scripted_server() as server:
+    turns = TURNS if engine == "sqlite" else TURNS // 2
+    async with scripted_server(database_url=_database(engine, request)) as server:
         token = server.token("faulty", ai_dollars=100)
         context, ws, session_id = await _open(server, token, **options)
         # Faults land anywhere in a turn: from before admission to after the result.
         span = await _turn_length(ws, script, logs)
         try:
-            for _ in range(TURNS):
+            for _ in range(turns):
                 if ws is None:
                     context, ws, _ = await _open(server, token, sessionId=session_id, **options)
                 log = await drive_turn(
@@ -151,7 +168,7 @@ async def test_faults_at_random_moments_keep_the_ledger_exact(
         assert all(log.result and log.result["subtype"] == "success" for log in logs)
     if fault == "interrupt":
         stopped = sum(log.result is not None and log.result["is_error"] for log in logs)
-        assert stopped > TURNS // 4, "the delays should stop many turns mid-way"
+        assert stopped > turns // 4, "the delays should stop many turns mid-way"
     assert _error_records(caplog) == []
 
 
@@ -166,10 +183,13 @@ async def _results(ws: Any, count: int) -> list[TurnLog]:
     return logs
 
 
-async def test_interrupt_then_send_again_at_once(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_interrupt_then_send_again_at_once(
+    engine: str, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+) -> None:
     # What a chat UI does: stop, then send the next message immediately. 100 of 100 work.
     caplog.set_level(logging.WARNING)
-    async with scripted_server() as server:
+    async with scripted_server(database_url=_database(engine, request)) as server:
         token = server.token("chatty", ai_dollars=100)
         logs: list[TurnLog] = []
         async with open_raw(server, token=token) as ws:
@@ -243,12 +263,17 @@ class SteppedStore(SqlStore):
         return await super().count_turn(*args, **kwargs)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("fault", ["interrupt", "drop", "close"])
 async def test_a_fault_at_every_store_step(
-    fault: Fault, tmp_path: Any, caplog: pytest.LogCaptureFixture
+    fault: Fault,
+    engine: str,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     caplog.set_level(logging.WARNING)
-    store = SteppedStore(f"sqlite+aiosqlite:///{tmp_path}/stepped.db")
+    store = SteppedStore(_database(engine, request) or f"sqlite+aiosqlite:///{tmp_path}/stepped.db")
     config = ServerConfig(
         host="127.0.0.1", port=0, projects={"p": ["hk_live_" + "0" * 32]}, turns_per_minute=10_000
     )
