@@ -296,13 +296,6 @@ class ServerProtocol:
         """The turns waiting to start, oldest first."""
         return [turn for turn in self.turns if turn.state is TurnState.QUEUED]
 
-    def next_turn(self) -> Turn | None:
-        """The turn to serve next: the oldest one, if it has not started (else ``None``)."""
-        self._prune()
-        if self.turns and self.turns[0].state is TurnState.QUEUED:
-            return self.turns[0]
-        return None
-
     def current(self) -> Turn | None:
         """The oldest turn not answered yet."""
         self._prune()

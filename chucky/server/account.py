@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
@@ -123,7 +124,7 @@ class TurnAccount:
                     claims.iss, claims.sub, now=now, limit=turns_per_minute
                 )
                 if not decision.allowed:
-                    retry = max(1, -int(-decision.retry_after // 1))
+                    retry = max(1, math.ceil(decision.retry_after))
                     raise RateLimitError(
                         f"Rate limit exceeded: {turns_per_minute} turns per minute; "
                         f"retry in {retry} s",
@@ -277,8 +278,3 @@ class TurnAccount:
                         session.session_id,
                         exc_info=True,
                     )
-
-    @property
-    def reserved(self) -> int:
-        """How many reservations are open (0 once closed)."""
-        return len(self._open)

@@ -59,7 +59,14 @@ from .routing import Route
 from .store import SessionRecord, new_id
 from .structured import repair_request, schema_instruction, validate_output
 
-__all__ = ["AgentTurn", "TurnIO", "TurnOutcome", "TurnSettings", "empty_result"]
+__all__ = [
+    "AgentTurn",
+    "TurnIO",
+    "TurnOutcome",
+    "TurnSettings",
+    "empty_result",
+    "error_payload",
+]
 
 logger = logging.getLogger("chucky.server.agent")
 
@@ -425,23 +432,24 @@ class AgentTurn:
         tool = self.catalog.resolve(name)
         if tool is None:
             available = ", ".join(self.catalog.names) or "none"
-            return _error_payload(f"Unknown tool: {name}. Available tools: {available}")
+            return error_payload(f"Unknown tool: {name}. Available tools: {available}")
         if not tool.definition.runs_on_client:
-            return _error_payload(
+            return error_payload(
                 f"Tool {tool.full_name} runs in {tool.definition.execute_in!r}, "
                 "which this server does not support"
             )
         return await self.io.call_tool(tool, str(block.get("id")), block.get("input", {}))
 
 
-def _error_payload(text: str) -> ToolResultPayload:
+def error_payload(text: str) -> ToolResultPayload:
+    """A tool result that failed, holding ``text`` for the model to read."""
     return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
 
 
 def _outcome(call: asyncio.Future[ToolResultPayload]) -> ToolResultPayload:
     """A call's result if it has one; else an error result."""
     if not call.done() or call.cancelled() or call.exception() is not None:
-        return _error_payload("Tool call interrupted before it returned a result")
+        return error_payload("Tool call interrupted before it returned a result")
     return call.result()
 
 

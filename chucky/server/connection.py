@@ -47,7 +47,7 @@ from ..protocol.server import (
 )
 from ..protocol.turns import AbandonCalls, CancelWork, Ended, Turn, TurnAction, TurnState
 from ..tokens import TokenClaims
-from .agent import TurnSettings
+from .agent import TurnSettings, error_payload
 from .budget import UserBudget
 from .catalog import ClientTool, ToolCatalog
 from .routing import Route
@@ -79,10 +79,7 @@ class FrameSocket(Protocol):
 
 
 def _abandoned(reason: str) -> ToolResultPayload:
-    return ToolResultPayload(
-        content=[{"type": "text", "text": f"Tool call abandoned ({reason}) before its result"}],
-        isError=True,
-    )
+    return error_payload(f"Tool call abandoned ({reason}) before its result")
 
 
 class Connection:
@@ -241,10 +238,9 @@ class Connection:
             logger.info("tool call %s (%s) timed out", call_id, tool.name)
             metrics.tool_called("timeout")
             self._abandon(call_id, "timeout")
-            text = (
+            return error_payload(
                 f"Tool {tool.name} timed out after {timeout:g} s without a result from the client"
             )
-            return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
         finally:
             self._tool_waiters.pop(call_id, None)
             self.proto.abandon(call_id)
@@ -269,10 +265,7 @@ class Connection:
     async def _end(self) -> None:
         self._closing = True
         for _, actions in self.proto.connection_lost():
-            self.execute(actions)
-        for future in self._tool_waiters.values():
-            if not future.done():
-                future.set_result(_abandoned("turn_ended"))
+            self.execute(actions)  # every pending tool call of a live turn is abandoned
         self._wake.set()
         if self._worker is not None:
             await asyncio.wait({self._worker})

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ChuckyError, ConnectionError, InvalidStateError
@@ -127,7 +125,6 @@ class TurnRunner:
         host: The connection.
         turn: The turn, QUEUED.
         session: The session it runs in.
-        clock: Monotonic seconds.
     """
 
     def __init__(
@@ -135,8 +132,6 @@ class TurnRunner:
         host: TurnHost,
         turn: Turn,
         session: SessionRecord,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.turn = turn
@@ -154,7 +149,6 @@ class TurnRunner:
         """The turn's admission and agent loop, while they run."""
         self._admitting = True
         self._admitted = asyncio.Event()
-        self._clock = clock
 
     def cancel_work(self) -> None:
         """The machine's :class:`CancelWork`."""

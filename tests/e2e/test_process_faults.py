@@ -46,10 +46,7 @@ def serve(tmp_path: Path) -> Iterator[ServeProcesses]:
 
 
 async def _start(serve: ServeProcesses, *args: str) -> ServeProcess:
-    database = sqlite_url(serve.data_dir / "chucky.db")
-    return await asyncio.to_thread(
-        serve.start, "--db", database, "--project", f"{PROJECT}:{SECRET}", *args
-    )
+    return await serve.start_with(PROJECT, SECRET, *args)
 
 
 def _rss_mb(pid: int) -> float:

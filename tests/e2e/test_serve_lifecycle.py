@@ -53,11 +53,7 @@ def serve(tmp_path: Path) -> Iterator[ServeProcesses]:
 
 
 async def _start(serve: ServeProcesses, *args: str) -> ServeProcess:
-    """``chucky serve`` on the test's SQLite file, with the test project."""
-    database = sqlite_url(serve.data_dir / "chucky.db")
-    return await asyncio.to_thread(
-        serve.start, "--db", database, "--project", f"{PROJECT}:{SECRET}", *args
-    )
+    return await serve.start_with(PROJECT, SECRET, *args)
 
 
 async def _exit_code(node: ServeProcess) -> int:

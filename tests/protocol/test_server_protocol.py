@@ -673,13 +673,20 @@ def test_a_busy_session_rejects_turns_when_configured() -> None:
     assert refused.error.details["reason"] == "session_busy"
 
 
-def test_an_interrupt_stops_the_oldest_turn_not_answered() -> None:
-    proto = opened()
+def _two_turns(proto: ServerProtocol, *, admitted: bool = True) -> tuple[Turn, Turn]:
+    """Two turns received; the first started (and admitted), the second queued behind it."""
     send(proto, user("t1"))
     send(proto, user("t2"))
     first, second = proto.turns
     first.process(Start())
-    first.process(Admitted())
+    if admitted:
+        first.process(Admitted())
+    return first, second
+
+
+def test_an_interrupt_stops_the_oldest_turn_not_answered() -> None:
+    proto = opened()
+    first, second = _two_turns(proto)
     event = one(send(proto, {"type": "control", "payload": {"action": "interrupt"}}))
     assert event == InterruptReceived(first, (CancelWork(),))
     assert second.state is TurnState.QUEUED  # the queued turn still runs after it
@@ -690,15 +697,12 @@ def test_an_interrupt_stops_the_oldest_turn_not_answered() -> None:
     assert event == InterruptReceived(second, ())
     assert second.state is TurnState.ENDING
     assert second.end is not None and second.end.errors == ("interrupted",)
-    assert proto.current() is second and proto.next_turn() is None
+    assert proto.current() is second
 
 
 def test_a_lost_connection_reaches_every_live_turn() -> None:
     proto = opened()
-    send(proto, user("t1"))
-    send(proto, user("t2"))
-    first, second = proto.turns
-    first.process(Start())
+    first, second = _two_turns(proto, admitted=False)
     affected = proto.connection_lost()
     assert affected == [(first, [CancelWork()]), (second, [])]
     assert second.state is TurnState.DONE
@@ -708,11 +712,7 @@ def test_a_lost_connection_reaches_every_live_turn() -> None:
 
 def test_a_shutdown_refuses_queued_and_later_turns() -> None:
     proto = opened()
-    send(proto, user("t1"))
-    send(proto, user("t2"))
-    first, second = proto.turns
-    first.process(Start())
-    first.process(Admitted())
+    first, second = _two_turns(proto)
     assert proto.drain() == [second]
     assert first.state is TurnState.RUNNING
     assert second.end is not None and second.end.error is not None

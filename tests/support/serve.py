@@ -273,6 +273,14 @@ class ServeProcesses:
         self._started.append(served)
         return served
 
+    async def start_with(self, project: str, secret: str, *args: str) -> ServeProcess:
+        """From async code: ``chucky serve`` on ``data_dir/chucky.db`` (shared by every process
+        started this way), accepting ``project`` with ``secret``, plus ``ARGS``."""
+        database = sqlite_url(self.data_dir / "chucky.db")
+        return await asyncio.to_thread(
+            self.start, "--db", database, "--project", f"{project}:{secret}", *args
+        )
+
     def close(self) -> None:
         for served in reversed(self._started):
             served.stop()
