@@ -1,9 +1,11 @@
 """What one turn holds in the store, owned by the turn and settled exactly once.
 
-A :class:`TurnAccount` is the narrow store interface of the turn engine: the turn's admission
-(rate limit, first compute grant), every budget reservation it takes (model calls, compute
-grants), its checkpoints (settle the calls that finished, save the new messages) and its close
-(settle everything still open, save the session). Nothing else of a turn writes to the store.
+A :class:`TurnAccount` is the narrow store interface of the turn engine: the turn's start
+(rate limit, first compute grant, the first model call's reservation, the user's message), every
+later reservation (the next model call, with the settlements and messages of the ones before;
+compute grants) and its close (settle everything still open, save the session). Each is one
+:meth:`~chucky.server.store.Store.write_turn`, one transaction: a plain ``echo`` turn costs two,
+its start and its close. Nothing else of a turn writes to the store.
 
 The promise: whatever ends a turn -- its result, an interrupt, a ``close``, a dropped socket, an
 error, a shutdown, the compute budget -- every reservation it took is settled exactly once, at
@@ -30,13 +32,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
 from ..errors import ChuckyError, RateLimitError
-from .budget import CallGrant, Settlement, UserBudget
+from .budget import CallGrant, CallPlan, Settlement, UserBudget
 from .pricing import ModelPrice
-from .store import Reservation, SessionRecord, Store
+from .store import Reservation, ReserveRequest, SessionRecord, Store, TurnWrite
 
 __all__ = ["TurnAccount"]
 
@@ -51,6 +53,19 @@ Defer = Callable[[list[Settlement]], None]
 """Takes settlements the store refused (it is down): the server retries them."""
 
 _SETTLE_ATTEMPTS = (0.0, 0.1, 0.5)  # delays before each attempt at the closing transaction
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _rate_limited(turns_per_minute: int, retry_after: float) -> RateLimitError:
+    retry = max(1, math.ceil(retry_after))
+    return RateLimitError(
+        f"Rate limit exceeded: {turns_per_minute} turns per minute; retry in {retry} s",
+        details={"reason": "rate_limited", "retryAfter": retry, "limit": turns_per_minute},
+    )
 
 
 class TurnAccount:
@@ -103,48 +118,85 @@ class TurnAccount:
         task = asyncio.ensure_future(work())
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+        # A caller cancelled meanwhile never reads its outcome: the account has it.
+        task.add_done_callback(_retrieved)
         self._track(task)
         return await asyncio.shield(task)
 
     # -- admission -----------------------------------------------------------------------------
 
-    async def admit(self, *, turns_per_minute: int | None) -> None:
-        """The checks before a turn runs: the rate limit, then the first compute grant.
+    async def start(
+        self, *, turns_per_minute: int | None, call: CallPlan | None
+    ) -> CallGrant | None:
+        """The turn's start, one transaction, all or nothing: the rate limit, the first compute
+        grant, the first model call's reservation (``call``; ``None``: no call is planned) and
+        the session's new messages (the user's, appended by the caller).
+
+        Returns:
+            The first call's grant (``None`` without ``call``).
 
         Raises:
             RateLimitError: the user started too many turns this minute.
-            BudgetExceededError: no compute left in the window.
+            BudgetExceededError: no compute left in the window, or the window cannot pay for
+                the first call. Nothing was written, and the user's message is taken back.
         """
 
-        async def work() -> None:
-            claims = self.budget.claims
-            now = self._wall_clock()
-            if turns_per_minute is not None:
-                decision = await self.store.count_turn(
-                    claims.iss, claims.sub, now=now, limit=turns_per_minute
+        async def work() -> CallGrant | None:
+            async with self._writes:
+                budget = self.budget
+                now = self._wall_clock()
+                key = await budget.key(now)
+                reserve = [budget.compute_request(key)]
+                if call is not None and call.want > 0:
+                    reserve.append(budget.call_request(key, call))
+                written = await self.store.write_turn(
+                    self._turn_write(now, reserve=reserve, rate_limit=turns_per_minute)
                 )
-                if not decision.allowed:
-                    retry = max(1, math.ceil(decision.retry_after))
-                    raise RateLimitError(
-                        f"Rate limit exceeded: {turns_per_minute} turns per minute; "
-                        f"retry in {retry} s",
-                        details={
-                            "reason": "rate_limited",
-                            "retryAfter": retry,
-                            "limit": turns_per_minute,
-                        },
-                    )
-            grant = await self.budget.reserve_compute(now, first=True)
-            assert grant is not None  # first=True raises instead
-            self._adopt_compute(grant)
+                if written.refused:
+                    self.session.drop_last()  # the user's message: refused, never stored
+                if written.rate is not None and not written.rate.allowed:
+                    assert turns_per_minute is not None
+                    raise _rate_limited(turns_per_minute, written.rate.retry_after)
+                if written.denied is not None:
+                    assert written.usage is not None
+                    raise budget.exceeded(written.denied.kind, written.usage, now)
+                self._adopt_compute(written.grants[0])
+                if call is None:
+                    return None
+                return self._adopt_call(call, written.grants[1:])
 
-        await self._owned(work)
+        return await self._owned(work)
+
+    def _turn_write(
+        self,
+        now: float,
+        *,
+        reserve: list[ReserveRequest],
+        settle: list[Settlement] | None = None,
+        rate_limit: int | None = None,
+        save: bool = True,
+    ) -> TurnWrite:
+        return TurnWrite(
+            now=now,
+            ttl=self.budget.settings.reservation_ttl,
+            node_id=self.budget.node_id,
+            rate_limit=rate_limit,
+            reserve=reserve,
+            settle=settle or [],
+            session=self.session if save else None,
+        )
 
     def _adopt_compute(self, grant: Reservation) -> None:
         self._open[grant.reservation_id] = grant
         self._compute.append(grant)
         if self._compute_started is None:
             self._compute_started = self._clock()
+
+    def _adopt_call(self, plan: CallPlan, grants: Sequence[Reservation]) -> CallGrant:
+        reservation = grants[0] if grants else None
+        if reservation is not None:
+            self._open[reservation.reservation_id] = reservation
+        return UserBudget.call_grant(plan, reservation)
 
     # -- compute -------------------------------------------------------------------------------
 
@@ -163,32 +215,39 @@ class TurnAccount:
         """Take one more compute grant; ``False`` when the budget has none left."""
 
         async def work() -> bool:
-            grant = await self.budget.reserve_compute(self._wall_clock(), first=False)
-            if grant is None:
+            now = self._wall_clock()
+            request = self.budget.compute_request(await self.budget.key(now))
+            written = await self.store.write_turn(
+                self._turn_write(now, reserve=[request], save=False)
+            )
+            if written.refused:
                 return False
-            self._adopt_compute(grant)
+            self._adopt_compute(written.grants[0])
             return True
 
         return await self._owned(work)
 
     # -- model calls ---------------------------------------------------------------------------
 
-    async def reserve_call(
-        self, *, input_tokens: int, max_tokens: int, price: ModelPrice, session_room: int | None
-    ) -> CallGrant | Literal["session", "window"]:
-        """:meth:`UserBudget.reserve_call`, the reservation owned by the turn."""
+    async def reserve_call(self, plan: CallPlan) -> CallGrant | Literal["window"]:
+        """Reserve a planned call, in one transaction with a checkpoint (the calls that
+        finished settled, the session's new messages saved); ``"window"`` when the user's
+        window cannot pay for it (then nothing was written: the close writes it)."""
 
-        async def work() -> CallGrant | Literal["session", "window"]:
-            grant = await self.budget.reserve_call(
-                input_tokens=input_tokens,
-                max_tokens=max_tokens,
-                price=price,
-                session_room=session_room,
-                now=self._wall_clock(),
-            )
-            if isinstance(grant, CallGrant) and grant.reservation is not None:
-                self._open[grant.reservation.reservation_id] = grant.reservation
-            return grant
+        async def work() -> CallGrant | Literal["window"]:
+            async with self._writes:
+                now = self._wall_clock()
+                reserve = []
+                if plan.want > 0:
+                    reserve.append(self.budget.call_request(await self.budget.key(now), plan))
+                settlements = self._finished()
+                written = await self.store.write_turn(
+                    self._turn_write(now, reserve=reserve, settle=settlements)
+                )
+                if written.refused:
+                    return "window"
+                self._forget(settlements)
+                return self._adopt_call(plan, written.grants)
 
         return await self._owned(work)
 
@@ -203,29 +262,31 @@ class TurnAccount:
 
     # -- saving --------------------------------------------------------------------------------
 
+    def _finished(self) -> list[Settlement]:
+        """The settlements of the calls that finished and are not settled yet."""
+        return [
+            (self._open[rid], actual) for rid, actual in self._charges.items() if rid in self._open
+        ]
+
+    def _forget(self, settlements: list[Settlement]) -> None:
+        """Settled (committed): no longer open."""
+        for reservation, _ in settlements:
+            self._open.pop(reservation.reservation_id, None)
+
     async def checkpoint(self) -> None:
         """Settle the calls that finished and save the session's new messages (one
         transaction)."""
 
         async def work() -> None:
             async with self._writes:
-                settlements = [
-                    (self._open[rid], actual)
-                    for rid, actual in self._charges.items()
-                    if rid in self._open
-                ]
-                await self._write(settlements)
+                await self._write(self._finished())
 
         await self._owned(work)
 
     async def _write(self, settlements: list[Settlement]) -> None:
-        store, session = self.store, self.session
-        if settlements:
-            await store.settle_and_save(session, settlements, self._wall_clock())
-            for reservation, _ in settlements:
-                self._open.pop(reservation.reservation_id, None)
-        else:
-            await store.save_session(session)
+        now = self._wall_clock()
+        await self.store.write_turn(self._turn_write(now, reserve=[], settle=settlements))
+        self._forget(settlements)
 
     def close(self, *, ran: bool = True) -> Awaitable[None]:
         """Settle everything still open and save the session (idempotent; shielded: await it

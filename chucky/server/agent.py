@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from ..errors import ProviderError
 from ..messages import (
@@ -51,7 +51,7 @@ from ..messages import (
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
 from ..protocol.turns import ModelCallReserved, ModelOutput, TurnEvent
 from .account import TurnAccount
-from .budget import CallGrant
+from .budget import CallGrant, CallPlan
 from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
 from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
@@ -148,7 +148,7 @@ class AgentTurn:
         self._streamed = False
         self._clock = clock
         self._wall_clock = wall_clock
-        self.started = clock()
+        self._began = clock()
         self.api_seconds = 0.0
         self.num_turns = 0
         self.usage: dict[str, int] = {
@@ -162,8 +162,9 @@ class AgentTurn:
         self.final_text = ""
         self.structured: Any = None
         self._repairs = 0
+        self._first: CallGrant | str = "max_turns"
         self.started = False
-        """Whether the turn got past its first reservation (its user message is stored)."""
+        """Whether the turn got past its start (its user message is stored)."""
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class AgentTurn:
             session_id=self.session.session_id,
             is_error=not success,
             num_turns=self.num_turns,
-            duration_ms=round((self._clock() - self.started) * 1000),
+            duration_ms=round((self._clock() - self._began) * 1000),
             duration_api_ms=round(self.api_seconds * 1000),
             total_cost_usd=microdollars_to_usd(self.cost_microdollars),
             usage=Usage(**self.usage),
@@ -205,29 +206,46 @@ class AgentTurn:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    async def run(self) -> TurnOutcome:
-        """Run the turn to its end and say how it ended (the caller settles the turn, then
-        sends :meth:`result`).
+    async def start(self, *, turns_per_minute: int | None) -> None:
+        """Admit the turn: the rate limit, the first compute grant, the first call's
+        reservation and the user's message, in one transaction (:meth:`TurnAccount.start`).
 
         Raises:
-            BudgetExceededError: the user's window budget cannot pay for the first call;
-                nothing was sent and the transcript is unchanged.
+            RateLimitError: too many turns this minute.
+            BudgetExceededError: the user's window cannot pay for the turn's compute or its
+                first call; nothing was stored and the transcript is unchanged.
+        """
+        settings = self.settings
+        session = self.session
+        plan: CallPlan | None = None
+        if settings.max_turns > 0:
+            user_message = {"role": "user", "content": self.content}
+            planned = self._plan(self._request([*session.model_messages(), user_message]))
+            if planned == "session":
+                self._first = "session"
+            else:
+                plan = planned
+        # Stored before it is announced: a turn the client saw start is never lost.
+        session.append("user", self.content)
+        grant = await self.account.start(turns_per_minute=turns_per_minute, call=plan)
+        if plan is not None:
+            assert grant is not None
+            self._first = grant
+        self.started = True
+
+    async def run(self) -> TurnOutcome:
+        """Run the started turn (:meth:`start`) to its end and say how it ended (the caller
+        settles the turn, then sends :meth:`result`).
+
+        Raises:
             ProviderError: the model failed; the caller reports it as an ``error`` frame.
             asyncio.CancelledError: the turn was stopped (interrupt, socket gone, shutdown).
         """
         settings = self.settings
         session = self.session
-        checkpoint = self.account.checkpoint
-        grant: CallGrant | str = "max_turns"
-        if settings.max_turns > 0:
-            user_message = {"role": "user", "content": self.content}
-            grant = await self._reserve(self._request([*session.model_messages(), user_message]))
-            if grant == "window":
-                raise await self.account.budget.exceeded_now("ai", self._wall_clock())
-        # Stored before it is announced: a turn the client saw start is never lost.
-        session.append("user", self.content)
-        self.started = True
-        await checkpoint()
+        grant = self._first
+        if isinstance(grant, CallGrant):
+            self.io.record(ModelCallReserved())
         await self.io.send_message(self._system_init())
         while True:
             if self.num_turns >= settings.max_turns:
@@ -251,13 +269,12 @@ class AgentTurn:
                 # and the next call is reserved, counted and capped like any other.
                 self._repairs += 1
                 session.append("user", repair_request(error))
-                await checkpoint()
                 if self.num_turns < settings.max_turns:
                     grant = await self._reserve(self._request(session.model_messages()))
                 continue
             await self._run_tools(tool_uses)
-            await checkpoint()
             if self.num_turns < settings.max_turns:
+                # Stored with the next call's reservation: the tool results, the settled call.
                 grant = await self._reserve(self._request(session.model_messages()))
 
     def _check_structured(self) -> str | None:
@@ -310,18 +327,27 @@ class AgentTurn:
             return None
         return choice[min(self.num_turns, len(choice) - 1)]
 
-    async def _reserve(self, request: ModelRequest) -> CallGrant | Literal["session", "window"]:
-        """Reserve the call's worst case, or say which budget refuses it."""
+    def _plan(self, request: ModelRequest) -> CallPlan | Literal["session"]:
+        """The worst case of a call of ``request``, or ``"session"``: the session's
+        ``maxBudgetUsd`` cannot pay for it."""
         room: int | None = None
         cap = self.settings.max_budget_usd
         if cap is not None and cap < 1e12:  # larger caps cannot bind (and would not convert)
             room = max(0, usd_to_microdollars(cap) - self.session.spent_microdollars)
-        grant = await self.account.reserve_call(
+        return self.account.budget.plan_call(
             input_tokens=self.route.provider.estimate_input_tokens(request),
             max_tokens=request.max_tokens,
             price=self.route.price,
             session_room=room,
         )
+
+    async def _reserve(self, request: ModelRequest) -> CallGrant | Literal["session", "window"]:
+        """Reserve the call's worst case (with a checkpoint: the turn's messages so far and the
+        calls that finished), or say which budget refuses it."""
+        plan = self._plan(request)
+        if plan == "session":
+            return plan
+        grant = await self.account.reserve_call(plan)
         if isinstance(grant, CallGrant):
             self.io.record(ModelCallReserved())
         return grant
@@ -380,19 +406,28 @@ class AgentTurn:
         message_uuid = new_id()
         session.append("assistant", content, message_uuid)
         self.final_text = accumulator.text
-        await send(
-            AssistantMessage(
-                uuid=message_uuid,
-                session_id=session_id,
-                message=AssistantBody(
-                    id=accumulator.message_id,
-                    model=self.route.name or settings.model,
-                    content=content,
-                    stop_reason=accumulator.stop_reason,
-                    usage=Usage(**accumulator.usage),
-                ),
+        try:
+            await send(
+                AssistantMessage(
+                    uuid=message_uuid,
+                    session_id=session_id,
+                    message=AssistantBody(
+                        id=accumulator.message_id,
+                        model=self.route.name or settings.model,
+                        content=content,
+                        stop_reason=accumulator.stop_reason,
+                        usage=Usage(**accumulator.usage),
+                    ),
+                )
             )
-        )
+        except BaseException:
+            # Stopped before its tool calls went out (the socket went, an interrupt): each
+            # resolves to an error result, so no tool_use is left without its tool_result.
+            tool_uses = [b for b in content if b.get("type") == "tool_use"]
+            if tool_uses:
+                unanswered = [_INTERRUPTED] * len(tool_uses)
+                session.append("user", _result_blocks(tool_uses, unanswered))
+            raise
         return content
 
     def _charge(self, grant: CallGrant, usage: Mapping[str, int]) -> None:
@@ -446,10 +481,13 @@ def error_payload(text: str) -> ToolResultPayload:
     return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
 
 
+_INTERRUPTED: Final = error_payload("Tool call interrupted before it returned a result")
+
+
 def _outcome(call: asyncio.Future[ToolResultPayload]) -> ToolResultPayload:
     """A call's result if it has one; else an error result."""
     if not call.done() or call.cancelled() or call.exception() is not None:
-        return error_payload("Tool call interrupted before it returned a result")
+        return _INTERRUPTED
     return call.result()
 
 

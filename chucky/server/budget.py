@@ -1,16 +1,17 @@
 """Budgets that hold: one user's AI and compute budget, enforced through the ledger.
 
 The token's ``budget`` claim is a promise (PROTOCOL.md section 7): the user's spend in a window
-instance never exceeds it. Every model call goes through :meth:`UserBudget.reserve_call`, which
-atomically sets aside the call's worst case in the :class:`~chucky.server.store.Store` ledger --
-the input cost plus ``max_tokens`` x the output price -- after lowering ``max_tokens`` to what the
-remaining budget (and the session's ``maxBudgetUsd``) can pay for. :meth:`UserBudget.charge`
-gives the actual cost, settled (the rest released) in the same transaction as the session's next
-save. A call whose input plus ``min_output_tokens``
-cannot be paid for is not made.
+instance never exceeds it. Every model call is planned (:meth:`UserBudget.plan_call`: the input
+cost plus ``max_tokens`` x the output price, ``max_tokens`` lowered to what the session's
+``maxBudgetUsd`` can pay for), then its worst case is set aside atomically in the
+:class:`~chucky.server.store.Store` ledger (:meth:`UserBudget.call_request`, taken by the turn's
+:class:`~chucky.server.account.TurnAccount`), lowered again to what the window has left
+(:meth:`UserBudget.call_grant`). :meth:`UserBudget.charge` gives the actual cost, settled (the
+rest released) in the same transaction as the session's next save. A call whose input plus
+``min_output_tokens`` cannot be paid for is not made.
 
 Compute is the wall-clock time of running turns, in milliseconds in the ledger: a turn takes a
-grant when it starts (:meth:`UserBudget.reserve_compute`), extends it while it runs, and settles
+grant when it starts (:meth:`UserBudget.compute_request`), extends it while it runs, and settles
 the time it really took when it ends, is interrupted or its socket goes away.
 
 The settle never charges more than was reserved, so the promise holds even if a provider
@@ -42,11 +43,12 @@ from ..errors import BudgetExceededError
 from ..tokens import TokenClaims
 from ..windows import anchored_bounds, anchored_key, format_utc, from_unix, to_unix, token_anchor
 from .pricing import ModelPrice, cost_microdollars
-from .store import LedgerKey, LedgerUsage, Reservation, ResourceKind, Store
+from .store import LedgerKey, LedgerUsage, Reservation, ReserveRequest, ResourceKind, Store
 
 __all__ = [
     "BudgetSettings",
     "CallGrant",
+    "CallPlan",
     "Settlement",
     "UserBudget",
     "affordable_output_tokens",
@@ -81,6 +83,22 @@ class CallGrant:
     reservation: Reservation | None
     """``None`` when the call costs nothing (a free model)."""
     max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """A model call's worst case, worked out before anything is reserved
+    (:meth:`UserBudget.plan_call`)."""
+
+    input_tokens: int
+    max_tokens: int
+    """The call's output bound, lowered to what the session's ``maxBudgetUsd`` pays for."""
+    minimum_out: int
+    want: int
+    """Microdollars to reserve (0: a free call, nothing reserved)."""
+    minimum: int
+    """The least reservation worth making the call for: the input plus ``minimum_out``."""
+    price: ModelPrice
 
 
 def _input_key(price: ModelPrice) -> str:
@@ -199,28 +217,20 @@ class UserBudget:
 
     # -- AI ------------------------------------------------------------------------------------
 
-    async def reserve_call(
-        self,
-        *,
-        input_tokens: int,
-        max_tokens: int,
-        price: ModelPrice,
-        session_room: int | None,
-        now: float,
-    ) -> CallGrant | Literal["session", "window"]:
-        """Reserve the worst case of one model call.
+    def plan_call(
+        self, *, input_tokens: int, max_tokens: int, price: ModelPrice, session_room: int | None
+    ) -> CallPlan | Literal["session"]:
+        """Work out the worst case of one model call (nothing is reserved yet).
 
         Args:
             input_tokens: An upper bound of the call's input tokens.
             max_tokens: The call's output bound before the budget lowers it.
             price: The model's price.
             session_room: Microdollars the session's ``maxBudgetUsd`` leaves, if it has one.
-            now: The current time.
 
         Returns:
-            The grant; or which budget -- the session's ``maxBudgetUsd`` (``"session"``) or the
-            user's window (``"window"``) -- cannot pay for the input plus ``min_output_tokens``
-            (nothing is reserved then).
+            The plan; or ``"session"``: the session's ``maxBudgetUsd`` cannot pay for the input
+            plus ``min_output_tokens``.
         """
         minimum_out = min(self.settings.min_output_tokens, max_tokens)
         minimum = _worst_cost(input_tokens, minimum_out, price)
@@ -230,25 +240,28 @@ class UserBudget:
             fits = affordable_output_tokens(session_room, input_tokens, price)
             if fits is not None:
                 max_tokens = min(max_tokens, fits)
-        want = _worst_cost(input_tokens, max_tokens, price)
-        if want == 0:
-            return CallGrant(None, max_tokens)
-        reservation = await self.store.reserve(
-            await self.key(now),
-            "ai",
-            want=want,
-            limit=self.limit("ai"),
+        return CallPlan(
+            input_tokens=input_tokens,
+            max_tokens=max_tokens,
+            minimum_out=minimum_out,
+            want=_worst_cost(input_tokens, max_tokens, price),
             minimum=max(minimum, 1),
-            now=now,
-            ttl=self.settings.reservation_ttl,
-            node_id=self.node_id,
+            price=price,
         )
-        if reservation is None:
-            return "window"
-        if reservation.amount < want:
-            fits = affordable_output_tokens(reservation.amount, input_tokens, price)
+
+    def call_request(self, key: LedgerKey, plan: CallPlan) -> ReserveRequest:
+        """The ledger reservation ``plan`` needs."""
+        return ReserveRequest(key, "ai", plan.want, self.limit("ai"), plan.minimum)
+
+    @staticmethod
+    def call_grant(plan: CallPlan, reservation: Reservation | None) -> CallGrant:
+        """The grant of a planned call: what was reserved (``None``: a free call), and
+        ``max_tokens`` lowered to what the reservation pays for."""
+        max_tokens = plan.max_tokens
+        if reservation is not None and reservation.amount < plan.want:
+            fits = affordable_output_tokens(reservation.amount, plan.input_tokens, plan.price)
             if fits is not None:
-                max_tokens = max(min(max_tokens, fits), minimum_out)
+                max_tokens = max(min(max_tokens, fits), plan.minimum_out)
         return CallGrant(reservation, max_tokens)
 
     @staticmethod
@@ -275,26 +288,11 @@ class UserBudget:
 
     # -- compute -------------------------------------------------------------------------------
 
-    async def reserve_compute(self, now: float, *, first: bool) -> Reservation | None:
-        """Set aside up to ``compute_grant`` seconds for a running turn.
-
-        Raises:
-            BudgetExceededError: ``first`` (a turn is starting) and no compute is left.
-        """
-        key = await self.key(now)
-        reservation = await self.store.reserve(
-            key,
-            "compute",
-            want=round(self.settings.compute_grant * 1000),
-            limit=self.limit("compute"),
-            minimum=1,
-            now=now,
-            ttl=self.settings.reservation_ttl,
-            node_id=self.node_id,
-        )
-        if reservation is None and first:
-            raise self.exceeded("compute", await self.store.usage(key, "compute"), now)
-        return reservation
+    def compute_request(self, key: LedgerKey) -> ReserveRequest:
+        """The ledger reservation of one compute grant (``compute_grant`` seconds, or what is
+        left)."""
+        want = round(self.settings.compute_grant * 1000)
+        return ReserveRequest(key, "compute", want, self.limit("compute"), 1)
 
     @staticmethod
     def compute_settlements(grants: list[Reservation], elapsed: float) -> list[Settlement]:

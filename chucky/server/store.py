@@ -30,10 +30,13 @@ __all__ = [
     "RateDecision",
     "Reclaimed",
     "Reservation",
+    "ReserveRequest",
     "ResourceKind",
     "SessionRecord",
     "Store",
     "StoreError",
+    "TurnWrite",
+    "TurnWritten",
     "new_id",
 ]
 
@@ -98,6 +101,13 @@ class SessionRecord:
         self.transcript.append({"uuid": message_uuid, "role": role, "content": content})
         self._model_view.append({"role": role, "content": content})
         return message_uuid
+
+    def drop_last(self) -> None:
+        """Take back the last message, one the store does not hold (a turn refused at its
+        start takes back its user message)."""
+        assert len(self.transcript) > self.persisted or self.rewritten, "the message is stored"
+        self.transcript.pop()
+        self._model_view.pop()
 
     def replace_transcript(self, transcript: list[dict[str, Any]]) -> None:
         """Set the whole transcript (resume at a message, fork)."""
@@ -208,6 +218,60 @@ class RateDecision:
     """Seconds until the current minute ends (when ``allowed`` is false)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """One reservation to take: ``min(want, limit - used - reserved)`` of ``kind`` under
+    ``key``, or nothing below ``minimum`` (see :meth:`Store.reserve`)."""
+
+    key: LedgerKey
+    kind: ResourceKind
+    want: int
+    limit: int
+    minimum: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnWrite:
+    """Everything one step of a turn writes, as one transaction (:meth:`Store.write_turn`).
+
+    In this order: count the turn against ``rate_limit`` turns per minute (the session
+    owner's), take each reservation of ``reserve``, settle each ``(reservation, actual)`` of
+    ``settle``, save ``session``. A refusal -- the rate limit, or a reservation the budget
+    cannot grant -- rolls the whole write back.
+    """
+
+    now: float
+    ttl: float = 0.0
+    """Seconds the new reservations live without a heartbeat."""
+    node_id: str = ""
+    """The node that holds the new reservations."""
+    rate_limit: int | None = None
+    reserve: Sequence[ReserveRequest] = ()
+    settle: Sequence[tuple[Reservation, int]] = ()
+    session: SessionRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnWritten:
+    """What a :class:`TurnWrite` did: everything (``refused`` false), or nothing."""
+
+    rate: RateDecision | None = None
+    """The rate count (``None`` without ``rate_limit``); not ``allowed``: refused."""
+    grants: tuple[Reservation, ...] = ()
+    """One per :attr:`TurnWrite.reserve`, in order."""
+    charged: tuple[int, ...] = ()
+    """What each settlement charged, in order."""
+    denied: ReserveRequest | None = None
+    """The reservation the budget refused, if one was."""
+    usage: LedgerUsage | None = None
+    """The counters of ``denied``'s key and kind, read in the refused transaction."""
+
+    @property
+    def refused(self) -> bool:
+        """Whether the write was refused (and nothing was written)."""
+        return self.denied is not None or (self.rate is not None and not self.rate.allowed)
+
+
 class Store(ABC):
     """Durable state shared by every node of one deployment.
 
@@ -315,14 +379,13 @@ class Store(ABC):
         model, spend, state and activity time. Sets ``persisted`` and clears ``rewritten``."""
 
     @abstractmethod
-    async def settle_and_save(
-        self,
-        record: SessionRecord,
-        settlements: Sequence[tuple[Reservation, int]],
-        now: float,
-    ) -> list[int]:
-        """:meth:`settle` each ``(reservation, actual)`` and :meth:`save_session` ``record``, in
-        one transaction (a turn's end costs one round trip); returns what each charged."""
+    async def write_turn(self, write: TurnWrite) -> TurnWritten:
+        """One step of a turn in one transaction, all or nothing (see :class:`TurnWrite`).
+
+        A turn costs two of them: its start (rate count, compute grant, the first call's
+        reservation, the user's message) and its end (every settlement, the new messages).
+        When ``session`` is saved, sets its ``persisted`` and clears ``rewritten``.
+        """
 
     # -- the budget ledger ---------------------------------------------------------------------
 

@@ -4,8 +4,10 @@
 worker:
 
 1. its **work** runs in a task of its own (so that the state machine's :class:`CancelWork`
-   can stop it at any ``await``): the admission (:meth:`TurnAccount.admit`: rate limit, first
-   compute grant), then the agent loop (:class:`~chucky.server.agent.AgentTurn`);
+   can stop it at any ``await``): the admission (:meth:`AgentTurn.start
+   <chucky.server.agent.AgentTurn.start>`: rate limit, first compute grant, first call's
+   reservation, the user's message, in one transaction), then the agent loop
+   (:meth:`AgentTurn.run <chucky.server.agent.AgentTurn.run>`);
 2. meanwhile the runner **supervises** it: the compute grant is extended before it runs out
    (``ComputeExhausted`` when the budget has no more), and a ``system``/``status`` frame goes
    out after ``status_interval`` seconds of silence;
@@ -180,11 +182,7 @@ class TurnRunner:
         settings = host.settings(turn.options)
         route = host.server.router.resolve(settings.model)
         fallback = host.fallback_route(settings)
-        await self.account.admit(turns_per_minute=host.server.config.turns_per_minute)
-        host.execute(turn.process(Admitted()))
-        self._admitting = False
-        self._admitted.set()
-        self.agent = AgentTurn(
+        self.agent = agent = AgentTurn(
             session=self.session,
             content=turn.content,
             settings=settings,
@@ -194,7 +192,11 @@ class TurnRunner:
             account=self.account,
             fallback=fallback,
         )
-        return await self.agent.run()
+        await agent.start(turns_per_minute=host.server.config.turns_per_minute)
+        host.execute(turn.process(Admitted()))
+        self._admitting = False
+        self._admitted.set()
+        return await agent.run()
 
     async def _supervise(self) -> None:
         """Wait for the work; keep its compute grant ahead of it and the client informed."""

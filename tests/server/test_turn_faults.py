@@ -46,7 +46,7 @@ from websockets.asyncio.client import connect
 from chucky.server.app import ChuckyServer
 from chucky.server.config import ServerConfig
 from chucky.server.sql import SqlStore
-from chucky.server.store import Reservation, SessionRecord
+from chucky.server.store import Reservation, SessionRecord, TurnWrite, TurnWritten
 from chucky.testing import ScriptedServer, scripted_server
 
 TURNS = 60  # per kind and variant: 3 variants x 60 = 180 turns of each fault kind
@@ -145,7 +145,10 @@ async def test_faults_at_random_moments_keep_the_ledger_exact(
                     ws,
                     script,
                     fault=fault,
-                    delay=rng.uniform(0, span * 1.2),
+                    # Anywhere from before admission to after the result; half of the faults
+                    # in the turn's first half, where it can still be stopped (the server's
+                    # part of a turn is a fraction of what the client measures).
+                    delay=rng.uniform(0, span * (1.2 if rng.random() < 0.5 else 0.5)),
                     tool_delay=rng.uniform(0, span / 4),
                 )
                 logs.append(log)
@@ -250,9 +253,9 @@ class SteppedStore(SqlStore):
         await self._step(f"reserve {args[1]}")
         return await super().reserve(*args, **kwargs)
 
-    async def settle_and_save(self, *args: Any, **kwargs: Any) -> list[int]:
-        await self._step("settle_and_save")
-        return await super().settle_and_save(*args, **kwargs)
+    async def write_turn(self, write: TurnWrite) -> TurnWritten:
+        await self._step(f"write_turn {len(write.reserve)}/{len(write.settle)}")
+        return await super().write_turn(write)
 
     async def save_session(self, record: SessionRecord) -> None:
         await self._step("save_session")
@@ -288,7 +291,10 @@ async def test_a_fault_at_every_store_step(
             logs = [await drive_turn(ws, script, fault="none", delay=0)]
             steps = store.steps[base:]
         await settled(server)
-        assert len(steps) >= 6, steps  # rate count, reservations, saves, the closing settle
+        # Three transactions: the start (rate count, compute, first call, the user's message),
+        # the second call's reservation (with the first call settled, the tool round saved),
+        # the close (the second call and the compute settled, the answer saved).
+        assert steps == ["write_turn 2/0", "write_turn 1/1", "write_turn 0/2"], steps
         for step in range(1, len(steps) + 1):
             store.paused.clear()
             store.release.clear()

@@ -21,7 +21,7 @@ KEY = LedgerKey("proj_a", "alice", "day:2027-01-15T00:00:00Z")
 async def test_a_cancelled_call_rolls_its_transaction_back(store: SqlStore) -> None:
     # File SQLite runs each transaction in the store's thread (the work function must not
     # suspend there: it blocks on a thread event); PostgreSQL in a task (it awaits).
-    in_thread = store._thread is not None
+    in_thread = store._group is not None
     inside, release = threading.Event(), threading.Event()
     inside_async, release_async = asyncio.Event(), asyncio.Event()
 

@@ -78,6 +78,10 @@ of at most 16 characters joining to the compact JSON of the input, ``content_blo
 ``message_delta`` (``stop_reason``: ``tool_use`` if there are calls, else ``end_turn``, or
 ``max_tokens``; ``usage: {"output_tokens": n}``); ``message_stop``.
 
+The events arrive in chunks of :data:`EVENTS_PER_CHUNK`, as from a network: the stream gives
+the event loop a turn between chunks, so an interrupt or a lost socket can stop a reply
+mid-stream, as it stops a real provider's.
+
 Tokens
 ------
 
@@ -116,10 +120,14 @@ __all__ = [
     "ATTACHMENT_TOKENS",
     "CHARS_PER_TOKEN",
     "COMMANDS",
+    "EVENTS_PER_CHUNK",
     "ScriptedProvider",
     "count_input_tokens",
     "count_tokens",
 ]
+
+EVENTS_PER_CHUNK: Final = 8
+"""Stream events between two turns of the event loop (see "Events")."""
 
 COMMANDS: Final = frozenset({"echo", "call", "json", "sleep", "fail", "stream", "recall"})
 """The command words of the script grammar."""
@@ -444,5 +452,7 @@ class ScriptedProvider(Provider):
             if isinstance(action, ProviderError):
                 raise action
             await asyncio.sleep(action)
-        for event in _events(request, reply):
+        for count, event in enumerate(_events(request, reply), 1):
             yield event
+            if count % EVENTS_PER_CHUNK == 0:
+                await asyncio.sleep(0)  # the next chunk "arrives"

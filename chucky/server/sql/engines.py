@@ -40,6 +40,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "READ_ONLY",
     "Backend",
+    "Synchronous",
     "backend_of",
     "create_engine",
     "default_database_url",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 Backend = Literal["sqlite", "postgresql"]
+
+Synchronous = Literal["normal", "full"]
+"""SQLite's ``PRAGMA synchronous`` for a file database in WAL mode (see :func:`create_engine`)."""
 
 DATA_DIR_ENV: Final = "CHUCKY_DATA_DIR"
 """Environment variable naming the directory of the default SQLite database."""
@@ -110,10 +114,19 @@ def insert_for(backend: Backend, table: Table) -> postgresql.Insert | sqlite.Ins
     return sqlite.insert(table)
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, synchronous: Synchronous = "normal"
+) -> AsyncEngine:
     """A configured engine for ``url`` (nothing is connected yet).
 
     ``sqlite://`` and ``postgresql://`` pick their async drivers (``aiosqlite``, ``asyncpg``).
+
+    ``synchronous`` (SQLite): in WAL mode, ``normal`` writes a commit to the write-ahead log
+    without waiting for the disk: a committed transaction survives the process being killed
+    (``kill -9``, a crash) but may be lost, never half-applied, if the machine loses power or
+    its kernel crashes before the next checkpoint. ``full`` waits for the disk (an ``fsync``)
+    at every commit: it also survives power loss, at the cost of that ``fsync`` per commit
+    (per batch of turns, see :mod:`.group_commit`).
 
     Raises:
         StoreError: the URL is malformed or names an unsupported database.
@@ -153,7 +166,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     # on return would be one more round trip to aiosqlite's thread per transaction.
     options["pool_reset_on_return"] = None
     engine = create_async_engine(parsed, **options)
-    _configure_sqlite(engine)
+    _configure_sqlite(engine, synchronous)
     return engine
 
 
@@ -200,7 +213,9 @@ async def enable_wal(engine: AsyncEngine) -> None:
             return
 
 
-def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
+def create_sqlite_thread_engine(
+    engine: AsyncEngine, *, synchronous: Synchronous = "normal"
+) -> Engine | None:
     """A synchronous twin (``pysqlite``) of a file SQLite ``engine``, configured the same way,
     for running whole transactions in the store's own thread; ``None`` for an in-memory
     database (a second engine would see another, empty database)."""
@@ -213,12 +228,13 @@ def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
         pool_reset_on_return=None,
         connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False},
     )
-    _configure_sqlite(twin)
+    _configure_sqlite(twin, synchronous)
     return twin
 
 
-def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
+def _configure_sqlite(engine: AsyncEngine | Engine, synchronous: Synchronous) -> None:
     busy_ms = int(BUSY_TIMEOUT * 1000)
+    level = {"normal": "NORMAL", "full": "FULL"}[synchronous]
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Stop sqlite3 from issuing BEGIN (and COMMIT before DDL) itself: on_begin does it.
@@ -227,6 +243,7 @@ def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute(f"PRAGMA synchronous = {level}")
         finally:
             cursor.close()
 

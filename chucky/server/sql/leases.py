@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Final
 
 from sqlalchemy import BigInteger, and_, delete, func, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from ...errors import ConcurrencyLimitError, SessionError
 from ..store import Lease, RateDecision, new_id
-from .engines import Backend, insert_for
+from .db import Db, Sql
+from .engines import Backend
 from .schema import leases, rate_counters
 
 __all__ = [
@@ -46,7 +47,7 @@ def advisory_lock_id(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-async def lock(connection: AsyncConnection, backend: Backend, *names: str) -> None:
+async def lock(connection: Db, backend: Backend, *names: str) -> None:
     """Hold the named locks until the transaction ends (PostgreSQL; SQLite holds its write
     lock from ``BEGIN IMMEDIATE`` already)."""
     if backend != "postgresql":
@@ -65,9 +66,7 @@ def _owned_by(project_id: str, user_id: str | None) -> ColumnElement[bool]:
     return and_(leases.c.project_id == project_id, leases.c.user_id == user_id)
 
 
-async def count_live(
-    connection: AsyncConnection, project_id: str, user_id: str | None, now: float
-) -> int:
+async def count_live(connection: Db, project_id: str, user_id: str | None, now: float) -> int:
     """Live leases of the user, or of the whole project when ``user_id`` is ``None``."""
     count = await connection.scalar(
         select(func.count()).select_from(leases).where(_owned_by(project_id, user_id), _live(now))
@@ -76,7 +75,7 @@ async def count_live(
 
 
 async def acquire(
-    connection: AsyncConnection,
+    connection: Db,
     backend: Backend,
     project_id: str,
     user_id: str,
@@ -148,19 +147,19 @@ def _limit_error(scope: str, who: str, limit: int, active: int) -> ConcurrencyLi
     )
 
 
-async def release(connection: AsyncConnection, lease_id: str) -> None:
+async def release(connection: Db, lease_id: str) -> None:
     """Delete the lease (nothing if it is gone already)."""
     await connection.execute(delete(leases).where(leases.c.id == lease_id))
 
 
-async def extend(connection: AsyncConnection, node_id: str, expires_at: float) -> None:
+async def extend(connection: Db, node_id: str, expires_at: float) -> None:
     """Keep every lease of ``node_id`` alive until ``expires_at``."""
     await connection.execute(
         update(leases).where(leases.c.node_id == node_id).values(expires_at=expires_at)
     )
 
 
-async def drop_expired(connection: AsyncConnection, now: float) -> int:
+async def drop_expired(connection: Db, now: float) -> int:
     """Delete every lease past its expiry; returns how many."""
     dropped = await connection.execute(
         delete(leases).where(leases.c.expires_at <= now).returning(leases.c.id)
@@ -168,7 +167,7 @@ async def drop_expired(connection: AsyncConnection, now: float) -> int:
     return len(dropped.all())
 
 
-async def drop_node(connection: AsyncConnection, node_id: str) -> int:
+async def drop_node(connection: Db, node_id: str) -> int:
     """Delete every lease of ``node_id`` (a node proven dead); returns how many."""
     dropped = await connection.execute(
         delete(leases).where(leases.c.node_id == node_id).returning(leases.c.id)
@@ -179,9 +178,31 @@ async def drop_node(connection: AsyncConnection, node_id: str) -> int:
 # -- rate counters ---------------------------------------------------------------------------
 
 
+_COUNT: Final = Sql(
+    """
+    UPDATE rate_counters SET count = count + 1
+     WHERE project_id = :project_id AND user_id = :user_id AND minute = :minute
+       AND count < CAST(:limit AS INTEGER)
+    RETURNING count
+    """
+)
+_NEW_COUNTER: Final = Sql(
+    """
+    INSERT INTO rate_counters (project_id, user_id, minute, count)
+    VALUES (:project_id, :user_id, :minute, 0)
+    ON CONFLICT DO NOTHING
+    """
+)
+_COUNTED: Final = Sql(
+    """
+    SELECT count FROM rate_counters
+     WHERE project_id = :project_id AND user_id = :user_id AND minute = :minute
+    """
+)
+
+
 async def count_turn(
-    connection: AsyncConnection,
-    backend: Backend,
+    db: Db,
     project_id: str,
     user_id: str,
     *,
@@ -190,30 +211,21 @@ async def count_turn(
 ) -> RateDecision:
     """Count one turn in minute ``floor(now / 60)`` unless ``limit`` turns were counted."""
     minute = math.floor(now / 60)
-    retry_after = max(float((minute + 1) * 60) - now, 0.0)
-    await connection.execute(
-        insert_for(backend, rate_counters)
-        .values(project_id=project_id, user_id=user_id, minute=minute, count=0)
-        .on_conflict_do_nothing()
-    )
-    row = and_(
-        rate_counters.c.project_id == project_id,
-        rate_counters.c.user_id == user_id,
-        rate_counters.c.minute == minute,
-    )
-    counted = await connection.scalar(
-        update(rate_counters)
-        .where(row, rate_counters.c.count < limit)
-        .values(count=rate_counters.c.count + 1)
-        .returning(rate_counters.c.count)
-    )
+    row = {"project_id": project_id, "user_id": user_id, "minute": minute}
+    counted = await db.first(_COUNT, {**row, "limit": limit})
+    if counted is None:
+        # The minute's first turn (no row yet), or the limit: make sure the row exists, then
+        # count once more. The common case is one statement.
+        await db.run(_NEW_COUNTER, row)
+        counted = await db.first(_COUNT, {**row, "limit": limit})
     if counted is not None:
-        return RateDecision(allowed=True, count=int(counted), retry_after=0.0)
-    count = await connection.scalar(select(rate_counters.c.count).where(row))
-    return RateDecision(allowed=False, count=int(count or 0), retry_after=retry_after)
+        return RateDecision(allowed=True, count=int(counted[0]), retry_after=0.0)
+    found = await db.first(_COUNTED, row)
+    retry_after = max(float((minute + 1) * 60) - now, 0.0)
+    return RateDecision(allowed=False, count=int(found[0]) if found else 0, retry_after=retry_after)
 
 
-async def prune_rate_counters(connection: AsyncConnection, now: float) -> None:
+async def prune_rate_counters(connection: Db, now: float) -> None:
     """Forget the counters of minutes before the previous one."""
     await connection.execute(
         delete(rate_counters).where(rate_counters.c.minute < math.floor(now / 60) - 1)

@@ -21,15 +21,15 @@ whoever settles it: its owner, or :func:`recover_expired` on any node after its 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import BigInteger, and_, case, delete, false, literal, select, true, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, delete, false, select, true, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..store import LedgerKey, LedgerUsage, Reservation, ResourceKind, new_id
+from .db import Db, Sql
 from .engines import Backend, insert_for
-from .schema import budget_anchors, ledger, reservations
+from .schema import budget_anchors, reservations
 
 __all__ = [
     "SETTLED_RETENTION",
@@ -47,18 +47,76 @@ SETTLED_RETENTION: Final = 86_400.0
 """Seconds a settled reservation is kept (a late duplicate settle finds it and charges 0)."""
 
 
-def _key_matches(key: LedgerKey, kind: str) -> ColumnElement[bool]:
-    return and_(
-        ledger.c.project_id == key.project_id,
-        ledger.c.user_id == key.user_id,
-        ledger.c.window == key.window,
-        ledger.c.kind == kind,
-    )
+_GRANT: Final = Sql(
+    """
+    UPDATE ledger
+       SET reserved = reserved + CASE WHEN CAST(:want AS BIGINT) <= :limit - used - reserved
+                                      THEN CAST(:want AS BIGINT)
+                                      ELSE :limit - used - reserved END,
+           last_grant = CASE WHEN CAST(:want AS BIGINT) <= :limit - used - reserved
+                             THEN CAST(:want AS BIGINT)
+                             ELSE :limit - used - reserved END
+     WHERE project_id = :project_id AND user_id = :user_id AND "window" = :window
+       AND kind = :kind AND CAST(:limit AS BIGINT) - used - reserved >= CAST(:minimum AS BIGINT)
+    RETURNING used, reserved, last_grant
+    """
+)
+_NEW_ROW: Final = Sql(
+    """
+    INSERT INTO ledger (project_id, user_id, "window", kind, used, reserved, last_grant)
+    VALUES (:project_id, :user_id, :window, :kind, 0, 0, 0)
+    ON CONFLICT DO NOTHING
+    """
+)
+_NEW_RESERVATION: Final = Sql(
+    """
+    INSERT INTO reservations
+        (id, project_id, user_id, "window", kind, amount, node_id, created_at, expires_at,
+         settled)
+    VALUES
+        (:id, :project_id, :user_id, :window, :kind, :amount, :node_id, :created_at,
+         :expires_at, FALSE)
+    """
+)
+_SETTLE: Final = Sql(
+    """
+    UPDATE reservations
+       SET settled = TRUE, settled_at = :now,
+           charged = CASE WHEN amount < CAST(:cap AS BIGINT) THEN amount
+                          ELSE CAST(:cap AS BIGINT) END
+     WHERE id = :id AND NOT settled
+    RETURNING project_id, user_id, "window", kind, amount, charged
+    """
+)
+_CHARGE: Final = Sql(
+    """
+    UPDATE ledger
+       SET used = used + CAST(:charged AS BIGINT), reserved = reserved - CAST(:amount AS BIGINT)
+     WHERE project_id = :project_id AND user_id = :user_id AND "window" = :window
+       AND kind = :kind
+    """
+)
+_USAGE: Final = Sql(
+    """
+    SELECT used, reserved FROM ledger
+     WHERE project_id = :project_id AND user_id = :user_id AND "window" = :window
+       AND kind = :kind
+    """
+)
+_FULL: Final = 2**62  # a cap above any amount: settle at the full amount
+
+
+def _row(key: LedgerKey, kind: str) -> dict[str, Any]:
+    return {
+        "project_id": key.project_id,
+        "user_id": key.user_id,
+        "window": key.window,
+        "kind": kind,
+    }
 
 
 async def reserve(
-    connection: AsyncConnection,
-    backend: Backend,
+    db: Db,
     key: LedgerKey,
     kind: ResourceKind,
     *,
@@ -70,102 +128,69 @@ async def reserve(
     node_id: str,
 ) -> Reservation | None:
     """Set aside ``min(want, limit - used - reserved)``, or nothing below ``minimum``."""
-    await connection.execute(
-        insert_for(backend, ledger)
-        .values(
-            project_id=key.project_id,
-            user_id=key.user_id,
-            window=key.window,
-            kind=kind,
-            used=0,
-            reserved=0,
-            last_grant=0,
-        )
-        .on_conflict_do_nothing()
-    )
-    wanted = literal(max(want, 0), BigInteger)
-    available = literal(limit, BigInteger) - ledger.c.used - ledger.c.reserved
-    grant = case((wanted <= available, wanted), else_=available)
-    granted = (
-        await connection.execute(
-            update(ledger)
-            .where(_key_matches(key, kind), available >= literal(max(minimum, 0), BigInteger))
-            .values(reserved=ledger.c.reserved + grant, last_grant=grant)
-            .returning(ledger.c.used, ledger.c.reserved, ledger.c.last_grant)
-        )
-    ).one_or_none()
+    row = _row(key, kind)
+    grant = {**row, "want": max(want, 0), "limit": limit, "minimum": max(minimum, 0)}
+    granted = await db.first(_GRANT, grant)
     if granted is None:
-        return None
+        # The window's first reservation (no row yet), or no room: make sure the row exists,
+        # then ask once more. The common case is one statement.
+        await db.run(_NEW_ROW, row)
+        granted = await db.first(_GRANT, grant)
+        if granted is None:
+            return None
+    used, reserved, amount = (int(value) for value in granted)
     reservation = Reservation(
         reservation_id=new_id(),
         key=key,
         kind=kind,
-        amount=int(granted.last_grant),
-        used=int(granted.used),
-        reserved=int(granted.reserved),
+        amount=amount,
+        used=used,
+        reserved=reserved,
     )
-    await connection.execute(
-        reservations.insert().values(
-            id=reservation.reservation_id,
-            project_id=key.project_id,
-            user_id=key.user_id,
-            window=key.window,
-            kind=kind,
-            amount=reservation.amount,
-            node_id=node_id,
-            created_at=now,
-            expires_at=now + ttl,
-            settled=False,
-        )
+    await db.run(
+        _NEW_RESERVATION,
+        {
+            **row,
+            "id": reservation.reservation_id,
+            "amount": amount,
+            "node_id": node_id,
+            "created_at": now,
+            "expires_at": now + ttl,
+        },
     )
     return reservation
 
 
-async def settle(connection: AsyncConnection, reservation_id: str, actual: int, now: float) -> int:
+async def settle(db: Db, reservation_id: str, actual: int, now: float) -> int:
     """Charge ``min(actual, amount)`` and release the rest, once; returns what was charged
     (0 when it was settled already)."""
-    charged = await _settle_once(connection, reservation_id, actual, now)
+    charged = await _settle_once(db, reservation_id, actual, now)
     return charged or 0
 
 
-async def _settle_once(
-    connection: AsyncConnection, reservation_id: str, actual: int | None, now: float
-) -> int | None:
+async def _settle_once(db: Db, reservation_id: str, actual: int | None, now: float) -> int | None:
     """Settle at ``min(actual, amount)`` (``None``: the full amount); ``None`` if already
     settled."""
-    amount = reservations.c.amount
-    if actual is None:
-        charged: ColumnElement[int] = amount
-    else:
-        cap = literal(max(actual, 0), BigInteger)
-        charged = case((amount < cap, amount), else_=cap)
-    row = (
-        await connection.execute(
-            update(reservations)
-            .where(reservations.c.id == reservation_id, reservations.c.settled == false())
-            .values(settled=True, settled_at=now, charged=charged)
-            .returning(
-                reservations.c.project_id,
-                reservations.c.user_id,
-                reservations.c.window,
-                reservations.c.kind,
-                reservations.c.amount,
-                reservations.c.charged,
-            )
-        )
-    ).one_or_none()
-    if row is None:
+    cap = _FULL if actual is None else max(actual, 0)
+    settled = await db.first(_SETTLE, {"id": reservation_id, "now": now, "cap": cap})
+    if settled is None:
         return None
-    key = LedgerKey(project_id=row.project_id, user_id=row.user_id, window=row.window)
-    await connection.execute(
-        update(ledger)
-        .where(_key_matches(key, row.kind))
-        .values(used=ledger.c.used + row.charged, reserved=ledger.c.reserved - row.amount)
+    project_id, user_id, window, kind, amount, charged = settled
+    await db.run(
+        _CHARGE,
+        {
+            "project_id": project_id,
+            "user_id": user_id,
+            "window": window,
+            "kind": kind,
+            "charged": int(charged),
+            "amount": int(amount),
+        },
     )
-    return int(row.charged)
+    return int(charged)
 
 
-async def recover_expired(connection: AsyncConnection, now: float) -> int:
+async def recover_expired(connection: Db, now: float) -> int:
     """Settle every reservation whose owner stopped heartbeating at its full amount.
 
     Also forgets reservations settled more than :data:`SETTLED_RETENTION` ago.
@@ -191,7 +216,7 @@ async def recover_expired(connection: AsyncConnection, now: float) -> int:
     return settled
 
 
-async def settle_node(connection: AsyncConnection, node_id: str, now: float) -> int:
+async def settle_node(connection: Db, node_id: str, now: float) -> int:
     """Settle every open reservation of ``node_id`` (a node proven dead) at its full amount;
     returns how many this call settled."""
     held = (
@@ -208,7 +233,7 @@ async def settle_node(connection: AsyncConnection, node_id: str, now: float) -> 
     return settled
 
 
-async def extend(connection: AsyncConnection, node_id: str, expires_at: float) -> None:
+async def extend(connection: Db, node_id: str, expires_at: float) -> None:
     """Keep ``node_id``'s open reservations alive until ``expires_at``."""
     await connection.execute(
         update(reservations)
@@ -217,16 +242,12 @@ async def extend(connection: AsyncConnection, node_id: str, expires_at: float) -
     )
 
 
-async def usage(connection: AsyncConnection, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
+async def usage(db: Db, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:
     """The window's counters (zeros when nothing was ever reserved)."""
-    row = (
-        await connection.execute(
-            select(ledger.c.used, ledger.c.reserved).where(_key_matches(key, kind))
-        )
-    ).one_or_none()
-    if row is None:
+    found = await db.first(_USAGE, _row(key, kind))
+    if found is None:
         return LedgerUsage(used=0, reserved=0)
-    return LedgerUsage(used=int(row.used), reserved=int(row.reserved))
+    return LedgerUsage(used=int(found[0]), reserved=int(found[1]))
 
 
 # -- window anchors ----------------------------------------------------------------------------
@@ -240,9 +261,7 @@ def _anchor_matches(project_id: str, user_id: str, window: str) -> ColumnElement
     )
 
 
-async def find_anchor(
-    connection: AsyncConnection, project_id: str, user_id: str, window: str
-) -> float | None:
+async def find_anchor(connection: Db, project_id: str, user_id: str, window: str) -> float | None:
     """The stored anchor of the user's ``window`` windows, or ``None``."""
     found = await connection.scalar(
         select(budget_anchors.c.anchor).where(_anchor_matches(project_id, user_id, window))
@@ -251,7 +270,7 @@ async def find_anchor(
 
 
 async def store_anchor(
-    connection: AsyncConnection,
+    connection: Db,
     backend: Backend,
     project_id: str,
     user_id: str,

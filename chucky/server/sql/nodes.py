@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..store import NodeRecord, Reclaimed
 from . import ledger
+from .db import Db
 from .engines import Backend, insert_for
 from .leases import drop_node
 from .schema import nodes
@@ -38,9 +38,7 @@ NODE_RETENTION: Final = 86_400.0
 """Seconds a node that stopped heartbeating stays registered (its leases expired long ago)."""
 
 
-async def register(
-    connection: AsyncConnection, backend: Backend, node: NodeRecord, now: float
-) -> None:
+async def register(connection: Db, backend: Backend, node: NodeRecord, now: float) -> None:
     """Insert the node, or mark it seen if it is there."""
     await connection.execute(
         insert_for(backend, nodes)
@@ -56,7 +54,7 @@ async def register(
     )
 
 
-async def remove(connection: AsyncConnection, node_id: str) -> bool:
+async def remove(connection: Db, node_id: str) -> bool:
     """Delete the node's row; whether there was one."""
     removed = await connection.execute(
         delete(nodes).where(nodes.c.node_id == node_id).returning(nodes.c.node_id)
@@ -64,17 +62,17 @@ async def remove(connection: AsyncConnection, node_id: str) -> bool:
     return removed.one_or_none() is not None
 
 
-async def touch(connection: AsyncConnection, node_id: str, now: float) -> None:
+async def touch(connection: Db, node_id: str, now: float) -> None:
     """Mark the node seen at ``now``."""
     await connection.execute(update(nodes).where(nodes.c.node_id == node_id).values(seen_at=now))
 
 
-async def forget_silent(connection: AsyncConnection, now: float) -> None:
+async def forget_silent(connection: Db, now: float) -> None:
     """Delete the nodes not seen for :data:`NODE_RETENTION` seconds."""
     await connection.execute(delete(nodes).where(nodes.c.seen_at < now - NODE_RETENTION))
 
 
-async def on_host(connection: AsyncConnection, host: str) -> list[NodeRecord]:
+async def on_host(connection: Db, host: str) -> list[NodeRecord]:
     """The nodes registered on ``host``, oldest first."""
     rows = await connection.execute(
         select(nodes.c.node_id, nodes.c.host, nodes.c.pid, nodes.c.process_start)
@@ -89,7 +87,7 @@ async def on_host(connection: AsyncConnection, host: str) -> list[NodeRecord]:
     ]
 
 
-async def reclaim(connection: AsyncConnection, node_ids: Sequence[str], now: float) -> Reclaimed:
+async def reclaim(connection: Db, node_ids: Sequence[str], now: float) -> Reclaimed:
     """For each of these (dead) nodes: drop its leases, settle its open reservations at their
     full amount, delete its row."""
     reclaimed = leases = reservations = 0

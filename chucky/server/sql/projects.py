@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ...errors import ValidationError
 from ..store import Project
+from .db import Db
 from .engines import Backend, insert_for
 from .schema import project_secrets, projects
 
@@ -27,7 +27,7 @@ def invalid(message: str) -> ValidationError:
 
 
 async def create(
-    connection: AsyncConnection,
+    connection: Db,
     backend: Backend,
     project_id: str,
     name: str,
@@ -52,7 +52,7 @@ async def create(
 
 
 async def upsert(
-    connection: AsyncConnection,
+    connection: Db,
     backend: Backend,
     project_id: str,
     secrets: Sequence[str],
@@ -68,7 +68,7 @@ async def upsert(
     return await load(connection, project_id)
 
 
-async def lock(connection: AsyncConnection, project_id: str) -> str | None:
+async def lock(connection: Db, project_id: str) -> str | None:
     """Lock the project's row until the transaction ends; ``None`` if there is no project."""
     found = await connection.scalar(
         select(projects.c.id).where(projects.c.id == project_id).with_for_update()
@@ -76,7 +76,7 @@ async def lock(connection: AsyncConnection, project_id: str) -> str | None:
     return None if found is None else str(found)
 
 
-async def revoke(connection: AsyncConnection, project_id: str, prefix: str, now: float) -> int:
+async def revoke(connection: Db, project_id: str, prefix: str, now: float) -> int:
     """Revoke the active secrets starting with ``prefix``, never all of them.
 
     Raises:
@@ -106,7 +106,7 @@ async def revoke(connection: AsyncConnection, project_id: str, prefix: str, now:
 
 
 async def accept_secrets(
-    connection: AsyncConnection,
+    connection: Db,
     backend: Backend,
     project_id: str,
     secrets: Sequence[str],
@@ -125,13 +125,13 @@ async def accept_secrets(
         )
 
 
-async def load(connection: AsyncConnection, project_id: str) -> Project:
+async def load(connection: Db, project_id: str) -> Project:
     """The project (which exists) with its active secrets."""
     (project,) = await load_all(connection, project_id)
     return project
 
 
-async def load_all(connection: AsyncConnection, project_id: str | None) -> list[Project]:
+async def load_all(connection: Db, project_id: str | None) -> list[Project]:
     """Every project (or only ``project_id``) with its active secrets, oldest first."""
     project_query = select(projects).order_by(projects.c.created_at, projects.c.id)
     secret_query = (

@@ -10,14 +10,14 @@ survive both engines.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ...errors import SessionNotFoundError
 from ..store import SessionRecord
+from .db import Db, Sql
 from .schema import messages, sessions
 
 __all__ = ["decode_content", "encode_content", "insert", "latest", "load", "save"]
@@ -33,7 +33,7 @@ def decode_content(stored: str) -> Any:
     return json.loads(stored)
 
 
-async def insert(connection: AsyncConnection, record: SessionRecord) -> None:
+async def insert(connection: Db, record: SessionRecord) -> None:
     """Write a new session and its transcript (the caller updates ``persisted``)."""
     await connection.execute(
         sessions.insert().values(
@@ -52,7 +52,7 @@ async def insert(connection: AsyncConnection, record: SessionRecord) -> None:
 
 
 async def load(
-    connection: AsyncConnection, session_id: str, project_id: str, user_id: str
+    connection: Db, session_id: str, project_id: str, user_id: str
 ) -> SessionRecord | None:
     """The session with its transcript, if it belongs to (project, user)."""
     row = (
@@ -67,9 +67,7 @@ async def load(
     return None if row is None else await _with_transcript(connection, row)
 
 
-async def latest(
-    connection: AsyncConnection, project_id: str, user_id: str
-) -> SessionRecord | None:
+async def latest(connection: Db, project_id: str, user_id: str) -> SessionRecord | None:
     """The owner's most recently active session, with its transcript."""
     row = (
         await connection.execute(
@@ -82,23 +80,40 @@ async def latest(
     return None if row is None else await _with_transcript(connection, row)
 
 
-async def save(connection: AsyncConnection, record: SessionRecord) -> None:
+_SAVE_ROW: Final = Sql(
+    """
+    UPDATE sessions
+       SET model = :model, last_activity_at = :last_activity_at, state = :state,
+           spent_microdollars = :spent_microdollars, message_count = :message_count
+     WHERE id = :id
+    RETURNING id
+    """
+)
+_FORGET_MESSAGES: Final = Sql("DELETE FROM messages WHERE session_id = :session_id")
+_INSERT_MESSAGE: Final = Sql(
+    """
+    INSERT INTO messages (session_id, position, uuid, role, content)
+    VALUES (:session_id, :position, :uuid, :role, :content)
+    """
+)
+
+
+async def save(db: Db, record: SessionRecord) -> None:
     """Write what changed since the last save; the caller updates ``persisted``/``rewritten``.
 
     Raises:
         SessionNotFoundError: the session is not in the store.
     """
-    updated = await connection.scalar(
-        update(sessions)
-        .where(sessions.c.id == record.session_id)
-        .values(
-            model=record.model,
-            last_activity_at=record.last_activity_at,
-            state=record.state,
-            spent_microdollars=record.spent_microdollars,
-            message_count=len(record.transcript),
-        )
-        .returning(sessions.c.id)
+    updated = await db.first(
+        _SAVE_ROW,
+        {
+            "id": record.session_id,
+            "model": record.model,
+            "last_activity_at": record.last_activity_at,
+            "state": record.state,
+            "spent_microdollars": record.spent_microdollars,
+            "message_count": len(record.transcript),
+        },
     )
     if updated is None:
         raise SessionNotFoundError(
@@ -107,13 +122,13 @@ async def save(connection: AsyncConnection, record: SessionRecord) -> None:
             session_id=record.session_id,
         )
     if record.rewritten:
-        await connection.execute(delete(messages).where(messages.c.session_id == record.session_id))
-        await _insert_messages(connection, record, 0)
+        await db.run(_FORGET_MESSAGES, {"session_id": record.session_id})
+        await _insert_messages(db, record, 0)
     else:
-        await _insert_messages(connection, record, record.persisted)
+        await _insert_messages(db, record, record.persisted)
 
 
-async def _insert_messages(connection: AsyncConnection, record: SessionRecord, start: int) -> None:
+async def _insert_messages(db: Db, record: SessionRecord, start: int) -> None:
     rows = [
         {
             "session_id": record.session_id,
@@ -124,11 +139,10 @@ async def _insert_messages(connection: AsyncConnection, record: SessionRecord, s
         }
         for position, message in enumerate(record.transcript[start:], start)
     ]
-    if rows:
-        await connection.execute(messages.insert(), rows)
+    await db.run(_INSERT_MESSAGE, rows)
 
 
-async def _with_transcript(connection: AsyncConnection, row: Row[Any]) -> SessionRecord:
+async def _with_transcript(connection: Db, row: Row[Any]) -> SessionRecord:
     stored = await connection.execute(
         select(messages.c.uuid, messages.c.role, messages.c.content)
         .where(messages.c.session_id == row.id)

@@ -21,18 +21,17 @@ every later writer fails with "database is locked".
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import secrets as secrets_module
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
-from sqlalchemy import BigInteger, Connection, Engine, func, literal, select
+from sqlalchemy import BigInteger, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...errors import InvalidStateError
 from ..store import (
@@ -44,19 +43,24 @@ from ..store import (
     RateDecision,
     Reclaimed,
     Reservation,
+    ReserveRequest,
     ResourceKind,
     SessionRecord,
     Store,
     StoreError,
+    TurnWrite,
+    TurnWritten,
     new_id,
 )
 from . import leases, ledger
 from . import nodes as node_rows
 from . import projects as project_rows
 from . import sessions as session_rows
+from .db import AsyncDb, Db
 from .engines import (
     READ_ONLY,
     Backend,
+    Synchronous,
     backend_of,
     create_engine,
     create_sqlite_thread_engine,
@@ -64,6 +68,7 @@ from .engines import (
     hide_password,
     is_memory_sqlite,
 )
+from .group_commit import Abandoned, GroupCommit, Job
 from .schema import SCHEMA_VERSION, migrate
 
 __all__ = ["SqlStore"]
@@ -88,8 +93,26 @@ def _describe(exc: BaseException) -> str:
 _T = TypeVar("_T")
 
 
-class _Abandoned(Exception):
-    """The caller was cancelled while its transaction ran: roll it back."""
+class _Refused(Exception):
+    """A turn write the rate limit or the budget refused: roll it back, report ``written``."""
+
+    def __init__(self, written: TurnWritten) -> None:
+        super().__init__("refused")
+        self.written = written
+
+
+def _ledger_order(write: TurnWrite) -> list[tuple[tuple[str, ...], int, int]]:
+    """The ledger steps of ``write`` as (row, 0 settle / 1 reserve, index), in row order."""
+    steps: list[tuple[tuple[str, ...], int, int]] = [
+        ((r.key.project_id, r.key.user_id, r.key.window, r.kind), 0, i)
+        for i, (r, _) in enumerate(write.settle)
+    ]
+    steps += [
+        ((r.key.project_id, r.key.user_id, r.key.window, r.kind), 1, i)
+        for i, r in enumerate(write.reserve)
+    ]
+    steps.sort()
+    return steps
 
 
 class _Call:
@@ -101,7 +124,7 @@ class _Call:
         self.abandoned = False
 
 
-async def _uninterrupted(task: asyncio.Future[_T], call: _Call | None = None) -> _T:
+async def _uninterrupted(task: asyncio.Future[_T], call: _Call | Job[Any] | None = None) -> _T:
     """``task``'s result; if the caller is cancelled meanwhile, mark ``call`` abandoned, wait
     for ``task`` to end all the same, then let the cancellation go on."""
     try:
@@ -117,42 +140,6 @@ async def _uninterrupted(task: asyncio.Future[_T], call: _Call | None = None) ->
         raise
 
 
-class _ThreadConnection:
-    """The part of :class:`AsyncConnection` the store's work functions use, over a synchronous
-    connection: every await completes at once, so a work coroutine runs to its end in one
-    :func:`_drive` (inside the store's thread: one hand-off per transaction, not one per
-    statement as through aiosqlite)."""
-
-    __slots__ = ("_connection",)
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self._connection.execute(*args, **kwargs)
-
-    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
-        return self._connection.scalar(*args, **kwargs)
-
-    async def scalars(self, *args: Any, **kwargs: Any) -> Any:
-        return self._connection.scalars(*args, **kwargs)
-
-
-def _drive(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine that never suspends (its awaits are :class:`_ThreadConnection` calls)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return cast(_T, done.value)
-    coroutine.close()
-    raise RuntimeError("a store work function suspended in the store's thread")
-
-
-def _dispose(engine: Engine | None) -> None:
-    if engine is not None:
-        engine.dispose()
-
-
 class SqlStore(Store):
     """The store on SQLite (``sqlite+aiosqlite:///path``, default) or PostgreSQL
     (``postgresql+asyncpg://...``, several nodes on one database).
@@ -164,23 +151,22 @@ class SqlStore(Store):
         echo: Log every SQL statement (parameters stay hidden).
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, sqlite_synchronous: Synchronous = "normal"
+    ) -> None:
         self._raw_url = url
         self._url = hide_password(url)
         self._echo = echo
+        self._synchronous: Synchronous = sqlite_synchronous
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
-        # File SQLite: whole transactions run in this one thread, on a pysqlite twin engine.
-        self._thread_engine: Engine | None = None
-        self._thread_reader: Engine | None = None
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        # File SQLite: every transaction runs in the group commit's thread, on a pysqlite twin
+        # engine.
+        self._group: GroupCommit | None = None
         self._backend: Backend = "sqlite"
-        # SQLite writers wait for one another anyway (BEGIN IMMEDIATE); waiting here instead of
-        # in SQLite's busy handler keeps them in order and off its sleep-and-retry loop. An
-        # in-memory database has one shared connection, so there readers wait too.
+        # In-memory SQLite has one shared connection: its transactions wait for one another.
         self._sqlite_lock = asyncio.Lock()
-        self._serialize_writes = False
-        self._serialize_reads = False
+        self._serialize = False
         self._open_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -207,7 +193,7 @@ class SqlStore(Store):
                 await _uninterrupted(asyncio.create_task(self._open()))
 
     async def _open(self) -> None:
-        engine = create_engine(self._raw_url, echo=self._echo)
+        engine = create_engine(self._raw_url, echo=self._echo, synchronous=self._synchronous)
         backend = backend_of(engine)
         try:
             if backend == "sqlite" and not is_memory_sqlite(engine):
@@ -230,84 +216,59 @@ class SqlStore(Store):
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self._backend = backend
-        self._serialize_writes = backend == "sqlite"
-        self._serialize_reads = is_memory_sqlite(engine)
-        twin = create_sqlite_thread_engine(engine)
+        self._serialize = is_memory_sqlite(engine)
+        twin = create_sqlite_thread_engine(engine, synchronous=self._synchronous)
         if twin is not None:
-            self._thread_engine = twin
-            self._thread_reader = twin.execution_options(**{READ_ONLY: True})
-            self._thread = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="chucky-sqlite"
+            self._group = GroupCommit(
+                twin,
+                is_database_error=lambda exc: isinstance(exc, _DATABASE_ERRORS),
+                failed=self._failed,
             )
 
     async def aclose(self) -> None:
         """Release every connection (idempotent)."""
         engine, self._engine, self._reader = self._engine, None, None
-        twin, self._thread_engine, self._thread_reader = self._thread_engine, None, None
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            await asyncio.get_running_loop().run_in_executor(thread, _dispose, twin)
-            thread.shutdown(wait=False)
+        group, self._group = self._group, None
+        if group is not None:
+            await group.aclose()
         if engine is not None:
             await engine.dispose()
 
-    async def _run(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], *, write: bool = True
-    ) -> _T:
+    def _failed(self, exc: BaseException) -> StoreError:
+        error = StoreError(f"Database {self._url} failed: {_describe(exc)}")
+        error.__cause__ = exc
+        return error
+
+    async def _run(self, work: Callable[[Db], Awaitable[_T]], *, write: bool = True) -> _T:
         """``work`` in one transaction: committed if it returns, rolled back if it raises."""
         engine = self._engine if write else self._reader
         if engine is None:
             raise InvalidStateError(f"The store {self._url} is not open: call open() first")
+        if self._group is not None:
+            job = self._group.submit(work)
+            return await _uninterrupted(job.future, job)
         call = _Call()
-        if self._thread is not None:
-            # One thread for every transaction: they are serialised there, as SQLite
-            # serialises writers anyway, and each costs one hand-off.
-            future = asyncio.get_running_loop().run_in_executor(
-                self._thread, self._thread_transaction, work, write, call
-            )
-            return await _uninterrupted(future, call)
         return await _uninterrupted(
-            asyncio.create_task(self._transaction(engine, work, write, call)), call
+            asyncio.create_task(self._transaction(engine, work, call)), call
         )
 
     async def _transaction(
-        self,
-        engine: AsyncEngine,
-        work: Callable[[AsyncConnection], Awaitable[_T]],
-        write: bool,
-        call: _Call,
+        self, engine: AsyncEngine, work: Callable[[Db], Awaitable[_T]], call: _Call
     ) -> _T:
-        serialize = self._serialize_writes if write else self._serialize_reads
         guard: AbstractAsyncContextManager[None] = (
-            self._sqlite_lock if serialize else contextlib.nullcontext()
+            self._sqlite_lock if self._serialize else contextlib.nullcontext()
         )
         async with guard:
             if call.abandoned:
-                raise _Abandoned
+                raise Abandoned
             try:
                 async with engine.begin() as connection:
-                    result = await work(connection)
+                    result = await work(AsyncDb(connection))
                     if call.abandoned:
-                        raise _Abandoned
+                        raise Abandoned
                     return result
             except _DATABASE_ERRORS as exc:
-                raise StoreError(f"Database {self._url} failed: {_describe(exc)}") from exc
-
-    def _thread_transaction(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], write: bool, call: _Call
-    ) -> _T:
-        engine = self._thread_engine if write else self._thread_reader
-        if engine is None or call.abandoned:
-            raise _Abandoned
-        try:
-            with engine.begin() as connection:
-                pending = work(cast(AsyncConnection, _ThreadConnection(connection)))
-                result: _T = _drive(cast(Coroutine[Any, Any, _T], pending))
-                if call.abandoned:
-                    raise _Abandoned
-                return result
-        except _DATABASE_ERRORS as exc:
-            raise StoreError(f"Database {self._url} failed: {_describe(exc)}") from exc
+                raise self._failed(exc) from exc
 
     # -- projects ------------------------------------------------------------------------------
 
@@ -332,7 +293,7 @@ class SqlStore(Store):
         return await self._run(lambda c: project_rows.load_all(c, None), write=False)
 
     async def add_secret(self, project_id: str, secret: str, now: float) -> Project:
-        async def work(connection: AsyncConnection) -> Project:
+        async def work(connection: Db) -> Project:
             if await project_rows.lock(connection, project_id) is None:
                 raise project_rows.invalid(f"No project {project_id}")
             await project_rows.accept_secrets(connection, self._backend, project_id, [secret], now)
@@ -386,24 +347,69 @@ class SqlStore(Store):
         record.persisted = len(record.transcript)
         record.rewritten = False
 
-    async def settle_and_save(
-        self,
-        record: SessionRecord,
-        settlements: Sequence[tuple[Reservation, int]],
-        now: float,
-    ) -> list[int]:
-        async def work(connection: AsyncConnection) -> list[int]:
-            charged = [
-                await ledger.settle(connection, reservation.reservation_id, actual, now)
-                for reservation, actual in settlements
-            ]
-            await session_rows.save(connection, record)
-            return charged
+    async def write_turn(self, write: TurnWrite) -> TurnWritten:
+        session = write.session
 
-        charged = await self._run(work)
-        record.persisted = len(record.transcript)
-        record.rewritten = False
-        return charged
+        async def work(connection: Db) -> TurnWritten:
+            rate = None
+            if write.rate_limit is not None:
+                assert session is not None, "a rate count needs the session's owner"
+                rate = await leases.count_turn(
+                    connection,
+                    session.project_id,
+                    session.user_id,
+                    now=write.now,
+                    limit=write.rate_limit,
+                )
+                if not rate.allowed:
+                    raise _Refused(TurnWritten(rate=rate))
+            grants: list[Reservation | None] = [None] * len(write.reserve)
+            charged = [0] * len(write.settle)
+            # Ledger rows in one order in every transaction (PostgreSQL: two turns of a user
+            # locking its ``ai`` and ``compute`` rows in opposite orders would deadlock); on a
+            # row, settlements before reservations (what a finished call frees is available).
+            for _, step, index in _ledger_order(write):
+                if step == 0:
+                    reservation, actual = write.settle[index]
+                    charged[index] = await ledger.settle(
+                        connection, reservation.reservation_id, actual, write.now
+                    )
+                    continue
+                request = write.reserve[index]
+                grant = await self._reserve_in(connection, request, write)
+                if grant is None:
+                    usage = await ledger.usage(connection, request.key, request.kind)
+                    raise _Refused(TurnWritten(rate=rate, denied=request, usage=usage))
+                grants[index] = grant
+            if session is not None:
+                await session_rows.save(connection, session)
+            return TurnWritten(
+                rate=rate, grants=tuple(g for g in grants if g is not None), charged=tuple(charged)
+            )
+
+        try:
+            written = await self._run(work)
+        except _Refused as refused:
+            return refused.written
+        if session is not None:
+            session.persisted = len(session.transcript)
+            session.rewritten = False
+        return written
+
+    async def _reserve_in(
+        self, connection: Db, request: ReserveRequest, write: TurnWrite
+    ) -> Reservation | None:
+        return await ledger.reserve(
+            connection,
+            request.key,
+            request.kind,
+            want=request.want,
+            limit=request.limit,
+            minimum=request.minimum,
+            now=write.now,
+            ttl=write.ttl,
+            node_id=write.node_id,
+        )
 
     # -- the budget ledger ---------------------------------------------------------------------
 
@@ -422,7 +428,6 @@ class SqlStore(Store):
         return await self._run(
             lambda c: ledger.reserve(
                 c,
-                self._backend,
                 key,
                 kind,
                 want=want,
@@ -486,7 +491,7 @@ class SqlStore(Store):
         await self._run(lambda c: leases.release(c, lease.lease_id))
 
     async def heartbeat(self, node_id: str, now: float, ttl: float) -> None:
-        async def work(connection: AsyncConnection) -> None:
+        async def work(connection: Db) -> None:
             await leases.extend(connection, node_id, now + ttl)
             await ledger.extend(connection, node_id, now + ttl)
             await node_rows.touch(connection, node_id, now)
@@ -494,7 +499,7 @@ class SqlStore(Store):
         await self._run(work)
 
     async def recover(self, now: float) -> tuple[int, int]:
-        async def work(connection: AsyncConnection) -> tuple[int, int]:
+        async def work(connection: Db) -> tuple[int, int]:
             dropped = await leases.drop_expired(connection, now)
             settled = await ledger.recover_expired(connection, now)
             await leases.prune_rate_counters(connection, now)
@@ -533,7 +538,7 @@ class SqlStore(Store):
         self, project_id: str, user_id: str, *, now: float, limit: int
     ) -> RateDecision:
         return await self._run(
-            lambda c: leases.count_turn(c, self._backend, project_id, user_id, now=now, limit=limit)
+            lambda c: leases.count_turn(c, project_id, user_id, now=now, limit=limit)
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,201 @@
+"""Group commit: the store's transactions on a SQLite file, many to one commit, in one thread.
+
+SQLite has one writer at a time, so the store runs every transaction of a file database in a
+thread of its own (:class:`GroupCommit`). Callers on the event loop queue *jobs* (a work
+function each, see :mod:`.db`); the thread takes everything queued, runs it as **one**
+transaction -- each job inside a ``SAVEPOINT``, so a job that raises (a refused reservation, a
+session that does not exist) is rolled back alone -- commits once, and hands the outcomes back
+to the loop in one wake-up. Nothing waits for a batch to fill: a job queued while the thread is
+idle starts at once, alone; jobs queued while a batch runs form the next one. Under load the
+commit (the WAL append and, with ``synchronous = FULL``, its ``fsync``), the ``BEGIN`` and the
+thread hand-off are paid once per batch instead of once per job.
+
+A job's outcome is delivered only after its batch committed: nobody sees a write that could
+still be rolled back. If a database error (disk full, I/O error, a busy timeout) breaks a batch,
+the batch is rolled back and each of its jobs runs again in a transaction of its own, so one
+job's failure is never another's. A job whose caller gave up before it ran is skipped; one whose
+caller gave up while it ran is rolled back (its savepoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Generic, TypeVar, cast
+
+from sqlalchemy import Connection, Engine
+
+from .db import Db, ThreadDb, drive
+
+__all__ = ["Abandoned", "GroupCommit", "Job"]
+
+_T = TypeVar("_T")
+
+_SAVEPOINT: Final = "chucky_job"
+
+
+class Abandoned(Exception):
+    """The job's caller was cancelled: its writes are rolled back."""
+
+
+class Job(Generic[_T]):
+    """One transaction's worth of work, queued for the store's thread."""
+
+    __slots__ = ("abandoned", "future", "loop", "work")
+
+    def __init__(self, work: Callable[[Db], Awaitable[_T]], loop: asyncio.AbstractEventLoop):
+        self.work = work
+        self.loop = loop
+        self.future: asyncio.Future[_T] = loop.create_future()
+        self.abandoned = False
+        """Set (from the loop) when the caller gives up; read by the thread."""
+
+
+_Outcome = tuple[bool, Any]  # (ok, the result or the exception)
+
+
+class GroupCommit:
+    """The thread that runs a SQLite file's transactions, a batch per commit.
+
+    Args:
+        engine: A synchronous engine whose ``begin`` starts a write transaction (``BEGIN
+            IMMEDIATE``, see :mod:`.engines`).
+        is_database_error: Whether an exception means the database failed (the batch is then
+            retried job by job) rather than the job refused (its savepoint rolled back).
+        failed: The exception to deliver for a database error.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        is_database_error: Callable[[BaseException], bool],
+        failed: Callable[[BaseException], BaseException],
+    ) -> None:
+        self._engine = engine
+        self._is_database_error = is_database_error
+        self._failed = failed
+        self._lock = threading.Lock()
+        self._pending: list[Job[Any]] = []
+        self._draining = False
+        self._connection: Connection | None = None  # the thread's own
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="chucky-sqlite"
+        )
+        self.batches = 0
+        """Transactions committed (or attempted) so far."""
+        self.jobs = 0
+        """Jobs run so far."""
+
+    def submit(self, work: Callable[[Db], Awaitable[_T]]) -> Job[_T]:
+        """Queue ``work``; await ``job.future`` for its outcome (after the commit)."""
+        job = Job(work, asyncio.get_running_loop())
+        with self._lock:
+            self._pending.append(job)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._thread.submit(self._drain)
+        return job
+
+    async def aclose(self) -> None:
+        """Finish the queued jobs, close the thread's connection and the engine."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._dispose)
+        self._thread.shutdown(wait=False)
+
+    # -- in the thread -------------------------------------------------------------------------
+
+    def _dispose(self) -> None:
+        self._drain()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+        self._engine.dispose()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._run(batch)
+            loops: dict[asyncio.AbstractEventLoop, list[tuple[Job[Any], _Outcome]]] = {}
+            for job, outcome in zip(batch, outcomes, strict=True):
+                loops.setdefault(job.loop, []).append((job, outcome))
+            for loop, delivered in loops.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_deliver, delivered)
+
+    def _run(self, batch: list[Job[Any]]) -> list[_Outcome]:
+        outcomes: list[_Outcome | None] = [
+            (False, Abandoned()) if job.abandoned else None for job in batch
+        ]
+        live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if live:
+            try:
+                done = self._transaction([batch[i] for i in live])
+            except Exception as exc:
+                if not self._is_database_error(exc) or len(live) == 1:
+                    done = [(False, self._failure(exc))] * len(live)
+                else:
+                    # One job broke the batch: each runs again alone, its failure its own.
+                    done = [self._alone(batch[i]) for i in live]
+            for i, outcome in zip(live, done, strict=True):
+                outcomes[i] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _alone(self, job: Job[Any]) -> _Outcome:
+        try:
+            return self._transaction([job])[0]
+        except Exception as exc:
+            return (False, self._failure(exc))
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        return self._failed(exc) if self._is_database_error(exc) else exc
+
+    def _transaction(self, jobs: list[Job[Any]]) -> list[_Outcome]:
+        """Run ``jobs`` in one transaction and commit it; a database error propagates (the
+        transaction rolled back, the connection dropped)."""
+        self.batches += 1
+        self.jobs += len(jobs)
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._engine.connect()
+        outcomes: list[_Outcome] = []
+        try:
+            with connection.begin():
+                db = ThreadDb(connection)
+                driver = db.driver
+                for job in jobs:
+                    driver.execute(f"SAVEPOINT {_SAVEPOINT}")
+                    try:
+                        value: Any = drive(cast(Coroutine[Any, Any, Any], job.work(db)))
+                        if job.abandoned:
+                            raise Abandoned
+                    except Exception as exc:
+                        if self._is_database_error(exc):
+                            raise
+                        driver.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                        outcomes.append((False, exc))
+                    else:
+                        outcomes.append((True, value))
+                    driver.execute(f"RELEASE {_SAVEPOINT}")
+        except Exception:
+            self._connection = None
+            connection.close()
+            raise
+        return outcomes
+
+
+def _deliver(delivered: list[tuple[Job[Any], _Outcome]]) -> None:
+    for job, (ok, value) in delivered:
+        if job.future.done():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
