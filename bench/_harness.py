@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -105,20 +109,26 @@ async def child(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def chucky_server(database_url: str | None = None) -> AsyncIterator[Subprocess]:
-    """``chucky serve --port 0`` (scripted model) in its own process, its state in
-    ``database_url`` (a fresh SQLite file if ``None``).
+async def chucky_server(
+    database_url: str | None = None,
+    *,
+    scripted: bool = True,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> AsyncIterator[Subprocess]:
+    """``chucky serve --port 0`` in its own process, its state in ``database_url`` (a fresh
+    SQLite file if ``None``).
 
-    Every model name is served by the scripted model and priced as itself (the server's default
-    model is a priced Claude model), so the ledger works as in production. Without a routing
-    file ``chucky serve`` would route to the embedded local model.
+    With ``scripted`` (the default) every model name is served by the scripted model and priced
+    as itself (the server's default model is a priced Claude model), so the ledger works as in
+    production. Without it, no routing file is passed: the routing users get (the embedded
+    local model; Claude names to Anthropic when ``ANTHROPIC_API_KEY`` is set). ``env`` adds
+    variables to the server's environment; ``extra_args`` are appended to its command line.
     """
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="chucky-bench-") as directory:
-        routing = Path(directory) / "scripted.toml"
-        routing.write_text('[models."*"]\nprovider = "scripted"\n', encoding="utf-8")
-        async with child(
+        argv = [
             sys.executable,
             "-m",
             "chucky.cli",
@@ -129,9 +139,14 @@ async def chucky_server(database_url: str | None = None) -> AsyncIterator[Subpro
             database_url or f"sqlite+aiosqlite:///{directory}/bench.db",
             "--project",
             f"{PROJECT_ID}:{SECRET}",
-            "--config",
-            str(routing),
-        ) as server:
+        ]
+        if scripted:
+            routing = Path(directory) / "scripted.toml"
+            routing.write_text('[models."*"]\nprovider = "scripted"\n', encoding="utf-8")
+            argv += ["--config", str(routing)]
+        argv += extra_args
+        server_env = {**os.environ, **env} if env else None
+        async with child(*argv, env=server_env) as server:
             yield server
 
 
@@ -165,6 +180,214 @@ async def run_official(spec: dict[str, Any], wait_s: float = 600.0) -> dict[str,
         raise RuntimeError(f"official client helper failed ({proc.returncode}):\n{err.decode()}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+# -- raw protocol client (websockets frames, no chucky client code) -----------------------
+
+BENCH_MODEL = "claude-sonnet-5-5"
+"""The model sessions name: priced (the scripted model serves it, priced as itself)."""
+
+
+def user_frame(text: str) -> str:
+    """A ``user`` turn frame (the form of the TypeScript SDK) carrying ``text``."""
+    return json.dumps(
+        {
+            "type": "user",
+            "session_id": "",
+            "message": {"role": "user", "content": text},
+            "parent_tool_use_id": None,
+        }
+    )
+
+
+async def open_raw_session(url: str, user: str, model: str = BENCH_MODEL) -> ClientConnection:
+    """Connect, send ``init`` and read until its ``session_info`` (``ready`` comes first).
+
+    Raises:
+        RuntimeError: the server answered the ``init`` with an ``error`` frame.
+    """
+    ws = await connect(
+        f"{url}?token={bench_token(user)}",
+        compression=None,
+        ping_interval=None,  # the server pings; answering is enough
+        max_size=16 * 1024 * 1024,
+        open_timeout=120,
+    )
+    try:
+        await ws.send(json.dumps({"type": "init", "payload": {"model": model}}))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "error":
+                raise RuntimeError(f"session refused: {frame['payload']}")
+            if frame["type"] == "control" and frame["payload"]["action"] == "session_info":
+                return ws
+    except BaseException:
+        await ws.close()
+        raise
+
+
+async def raw_turn(ws: ClientConnection, frame: str) -> dict[str, Any]:
+    """Send a turn; the frame that ended it (its ``result``, or an ``error``)."""
+    await ws.send(frame)
+    while True:
+        msg: dict[str, Any] = json.loads(await ws.recv())
+        if msg["type"] in ("result", "error"):
+            return msg
+
+
+def turn_failure(msg: dict[str, Any]) -> str | None:
+    """Why a turn's last frame is not a success (``None`` if it is)."""
+    if msg["type"] == "error":
+        payload = msg.get("payload", {})
+        return f"error frame {payload.get('code')}/{payload.get('details', {}).get('reason')}"
+    if msg.get("subtype") != "success" or msg.get("is_error"):
+        return f"result {msg.get('subtype')} {msg.get('errors', '')}"
+    return None
+
+
+async def open_raw_sessions(
+    url: str, users: list[str], concurrency: int
+) -> tuple[list[ClientConnection], Counter[str]]:
+    """Open a session per user, ``concurrency`` handshakes at a time; the sockets and the
+    reasons of the ones that failed."""
+    gate = asyncio.Semaphore(concurrency)
+    failed: Counter[str] = Counter()
+
+    async def one(user: str) -> ClientConnection | None:
+        async with gate:
+            try:
+                return await open_raw_session(url, user)
+            except Exception as exc:  # counted and reported
+                failed[f"open: {type(exc).__name__}: {str(exc)[:60]}"] += 1
+                return None
+
+    opened = await asyncio.gather(*(one(u) for u in users))
+    return [ws for ws in opened if ws is not None], failed
+
+
+async def close_raw_sessions(sockets: list[ClientConnection], concurrency: int = 500) -> None:
+    """Close the sockets, ``concurrency`` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(ws: ClientConnection) -> None:
+        async with gate:
+            await ws.close()
+
+    await asyncio.gather(*(one(ws) for ws in sockets), return_exceptions=True)
+
+
+# -- process accounting (Linux /proc) -------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, all its threads (exited ones too).
+
+    From ``utime`` + ``stime`` of ``/proc/<pid>/stat``: clock ticks (10 ms at the usual 100 Hz),
+    so measure windows of a second or more of CPU for a precise figure.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (children inherit it); the new
+    soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- databases -------------------------------------------------------------------------------
+
+DB_CHOICES = ("sqlite", "sqlite-ram", "postgresql")
+
+
+@dataclass
+class Database:
+    """One kind of store; :meth:`fresh_url` gives an empty database of that kind."""
+
+    key: str
+    label: str
+    directory: str = ""
+    cluster_url: str = ""
+    _count: int = 0
+
+    async def fresh_url(self) -> str:
+        self._count += 1
+        if not self.cluster_url:
+            return f"sqlite+aiosqlite:///{self.directory}/bench-{self._count}.db"
+        import asyncpg
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        try:
+            from support.postgres import with_database
+        finally:
+            sys.path.pop(0)
+        name = f"bench_{self._count}"
+        admin = await asyncpg.connect(self.cluster_url.replace("+asyncpg", ""))
+        try:
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        return str(with_database(self.cluster_url, name))
+
+
+@contextlib.asynccontextmanager
+async def databases(choice: str) -> AsyncIterator[list[Database]]:
+    """The stores ``choice`` names (``sqlite``, ``sqlite-ram``, ``postgresql`` or ``all``).
+
+    ``sqlite``: a file in the temporary directory; ``sqlite-ram``: a file on the ``/dev/shm``
+    RAM disk (no fsync cost); ``postgresql``: a throwaway cluster (``tests/support/postgres.py``,
+    durability off), left out with a printed note when it cannot be started.
+    """
+    import tempfile
+
+    keys = DB_CHOICES if choice == "all" else (choice,)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 - before any I/O
+    cluster = None
+    with (
+        tempfile.TemporaryDirectory(prefix="chucky-bench-") as disk,
+        tempfile.TemporaryDirectory(prefix="chucky-bench-", dir=shm) as ram,
+    ):
+        found: list[Database] = []
+        try:
+            for key in keys:
+                if key == "sqlite":
+                    found.append(Database(key, "sqlite (file)", directory=disk))
+                elif key == "sqlite-ram":
+                    found.append(Database(key, "sqlite (RAM disk)", directory=ram))
+                elif key == "postgresql":
+                    sys.path.insert(0, str(ROOT / "tests"))
+                    try:
+                        from support.postgres import PostgresUnavailable, start_cluster
+                    finally:
+                        sys.path.pop(0)
+                    try:
+                        cluster = await asyncio.to_thread(start_cluster)
+                    except PostgresUnavailable as exc:
+                        print(f"(PostgreSQL skipped: {exc})", flush=True)
+                        continue
+                    found.append(Database(key, "postgresql (fsync off)", cluster_url=cluster.url))
+                else:
+                    raise ValueError(f"unknown database {key!r}")
+            yield found
+        finally:
+            if cluster is not None:
+                cluster.stop()
 
 
 # -- statistics ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ Definitions, identical for both modes:
   as seen by the consumer. The output token count (``usage`` when served, deltas when direct)
   is printed to show both runs generated the same length.
 
-    python bench/bench_local_model.py [--repeats 20] [--max-tokens 96]
+    python bench/bench_local_model.py [--repeats 20] [--max-tokens 96] [--quick]
 """
 
 from __future__ import annotations
@@ -160,7 +160,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.max_tokens = 2, 16
 
     from chucky import Chucky
 

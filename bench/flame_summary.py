@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from _harness import table
+
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:]*)(?::\d+)?\)$")
 
@@ -52,9 +54,11 @@ def main() -> None:
             total[name] += count
     print(f"{samples} samples" + (f" within {args.within!r}" if args.within else ""))
     for title, counter in (("own", own), ("total (inclusive)", total)):
-        print(f"\n{'%':>6}  top by {title}")
-        for name, count in counter.most_common(args.top):
-            print(f"{100 * count / samples:6.1f}  {name}")
+        rows = [
+            [f"{100 * count / samples:.1f}", name] for name, count in counter.most_common(args.top)
+        ]
+        print()
+        print(table(["% of samples", f"top by {title}"], rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ session that sends ``echo hi`` turns back to back; prints the median turn latenc
 of turns. A client-side constant cost would give a flat line; here every turn re-copies and
 re-measures the whole transcript (see docs/benchmarks.md, "Server findings").
 
-Usage: ``python bench/history_growth.py [--buckets 8] [--per-bucket 400]``
+Usage: ``python bench/history_growth.py [--buckets 8] [--per-bucket 400] [--quick]``
 """
 
 from __future__ import annotations
@@ -45,5 +45,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--buckets", type=int, default=8)
     parser.add_argument("--per-bucket", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.buckets, args.per_bucket = 2, 50
     asyncio.run(main(args.buckets, args.per_bucket))

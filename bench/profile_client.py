@@ -5,9 +5,11 @@ Usage::
     python bench/profile_client.py stream   # session.stream() of replayed `stream 5000` turns
     python bench/profile_client.py turns    # echo turns on an open session (chucky serve)
     python bench/profile_client.py tool     # tool round trips (raw tool server)
+    python bench/profile_client.py --quick  # a smoke run: each loop for 1 s
 
 By default the loop runs under :mod:`cProfile` and the top functions are printed (by own time
-and by cumulative time). ``--no-profile`` just runs the loop, for a sampling profiler::
+and by cumulative time), then a table of the loops' rates. ``--no-profile`` just runs the loop,
+for a sampling profiler::
 
     py-spy record -o stream.svg -- python bench/profile_client.py stream --no-profile
     py-spy top -- python bench/profile_client.py stream --no-profile --seconds 30
@@ -26,13 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import bench_token, chucky_server, raw_server
+from _harness import bench_token, chucky_server, fmt, raw_server, table
 from bench_client import get_time, our_turn, record_stream_turn
 
 from chucky import Chucky
 
+LOOPS = ("stream", "turns", "tool")
 
-async def loop(args: argparse.Namespace, profiler: cProfile.Profile | None) -> float:
+
+async def loop(
+    args: argparse.Namespace, profiler: cProfile.Profile | None
+) -> tuple[int | None, float]:
+    """Run the loop ``args.what``; how many frames or turns it did (``None`` for ``tool``, which
+    does not count them) and in how many seconds."""
     token = bench_token()
     deadline_s = args.seconds
     async with chucky_server() as server:
@@ -66,10 +74,12 @@ async def loop(args: argparse.Namespace, profiler: cProfile.Profile | None) -> f
         if profiler:
             profiler.disable()
         task.cancel()
-        return 0.0
+        return None, deadline_s
 
 
-async def _run(once: Any, seconds: float, profiler: cProfile.Profile | None, per: int) -> float:
+async def _run(
+    once: Any, seconds: float, profiler: cProfile.Profile | None, per: int
+) -> tuple[int, float]:
     for _ in range(3):
         await once()
     n = 0
@@ -83,7 +93,7 @@ async def _run(once: Any, seconds: float, profiler: cProfile.Profile | None, per
         profiler.disable()
     elapsed = time.perf_counter() - start
     print(f"{n} iterations in {elapsed:.1f} s: {n * per / elapsed:,.0f} per s", file=sys.stderr)
-    return elapsed
+    return n * per, elapsed
 
 
 def _short(func: tuple[str, int, str]) -> tuple[str, int, str]:
@@ -99,13 +109,24 @@ def _short(func: tuple[str, int, str]) -> tuple[str, int, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["stream", "turns", "tool"])
+    parser.add_argument("what", nargs="?", choices=LOOPS, help="the loop (--quick: all three)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 s per loop")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.top = 1.0, 10
+    if args.what is None and not args.quick:
+        parser.error("which loop: stream, turns or tool")
     profiler = None if args.no_profile else cProfile.Profile()
-    asyncio.run(loop(args, profiler))
+    rows = []
+    for what in [args.what] if args.what else LOOPS:
+        args.what = what
+        items, elapsed = asyncio.run(loop(args, profiler))
+        unit = {"stream": "frames", "turns": "turns", "tool": "(tool calls not counted)"}[what]
+        rate = "-" if items is None else fmt(items / elapsed)
+        rows.append([what, f"{elapsed:.1f}", unit, "-" if items is None else str(items), rate])
     if profiler is not None:
         stats = pstats.Stats(profiler, stream=sys.stdout)
         pstats.func_strip_path = _short  # type: ignore[assignment]  # used by strip_dirs()
@@ -114,6 +135,7 @@ def main() -> None:
         stats.sort_stats("tottime").print_stats(args.top)
         print("\n== by cumulative time ==")
         stats.sort_stats("cumulative").print_stats(args.top)
+    print(table(["loop", "seconds", "counted", "count", "per s"], rows))
 
 
 if __name__ == "__main__":
