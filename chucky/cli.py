@@ -65,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         shutdown_grace=args.shutdown_grace,
         write_timeout=args.write_timeout,
+        sqlite_synchronous=args.sqlite_synchronous,
         max_queued_turns=args.max_queued_turns,
         max_queued_bytes=args.max_queued_bytes,
         min_output_tokens=args.min_output_tokens,
@@ -249,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="a client that does not read a frame for this long is disconnected",
+    )
+    serve.add_argument(
+        "--sqlite-synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="a SQLite file's durability: normal survives kill -9; full also survives power "
+        "loss, at an fsync per commit (default: normal)",
     )
     serve.add_argument(
         "--max-queued-turns",

@@ -68,6 +68,10 @@ class ServerConfig:
         database_url: the store (SQLAlchemy URL): ``sqlite+aiosqlite:///path`` or
             ``postgresql+asyncpg://user:password@host/db``; ``None`` is a SQLite file in the
             user's data directory (:func:`chucky.server.sql.default_database_url`).
+        sqlite_synchronous: a SQLite file's durability. ``normal``: a committed turn survives
+            the server being killed (``kill -9``, a crash), not a power loss or a kernel crash
+            (the database stays consistent; the last commits may be lost). ``full``: it survives
+            those too, at the cost of an ``fsync`` per commit (per batch of turns).
         max_sessions_per_user, max_sessions_per_project: live sessions allowed at once
             (``CONCURRENCY_LIMIT`` beyond); ``None`` is no limit.
         turns_per_minute: turns one user may start per minute (``RATE_LIMIT`` beyond).
@@ -103,6 +107,7 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 120.0
     database_url: str | None = None
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
     max_sessions_per_user: int | None = None
     max_sessions_per_project: int | None = None
     turns_per_minute: int | None = None

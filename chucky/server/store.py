@@ -13,13 +13,13 @@ tests can move time. Money is integer microdollars; compute is integer milliseco
 
 from __future__ import annotations
 
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ChuckyError
+from .ids import new_id
 
 __all__ = [
     "Lease",
@@ -50,11 +50,6 @@ class StoreError(ChuckyError):
     """
 
     default_code = "INTERNAL_ERROR"
-
-
-def new_id() -> str:
-    """A new session or message id (a UUID4 string, as the official SDKs use)."""
-    return str(uuid.uuid4())
 
 
 @dataclass(slots=True)
@@ -264,7 +259,7 @@ class TurnWritten:
     denied: ReserveRequest | None = None
     """The reservation the budget refused, if one was."""
     usage: LedgerUsage | None = None
-    """The counters of ``denied``'s key and kind, read in the refused transaction."""
+    """The counters of ``denied``'s key and kind, read after the refused write."""
 
     @property
     def refused(self) -> bool:

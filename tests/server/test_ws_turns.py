@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import pytest
@@ -41,6 +42,16 @@ def _of(frames: list[Frame], kind: str, subtype: str | None = None) -> list[Fram
 
 
 # -- turn forms --------------------------------------------------------------------------------
+
+
+async def test_the_result_says_how_long_the_turn_took(server: ScriptedServer) -> None:
+    async with open_session(server) as (ws, _):
+        started = time.monotonic()
+        result = check_result(await turn(ws, f"sleep {ticks(0.05)}; echo done"))
+        took_ms = (time.monotonic() - started) * 1000
+        # It used to be the server's monotonic clock (hours, days) instead.
+        assert ticks(0.05) * 1000 <= result["duration_ms"] <= took_ms + 1
+        assert result["duration_api_ms"] <= result["duration_ms"]
 
 
 async def test_user_turn_with_string_content(server: ScriptedServer) -> None:

@@ -40,7 +40,6 @@ import importlib.util
 import json
 import logging
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from typing import Any, ClassVar
 
 from chucky.errors import ProviderError
 
+from ..ids import prefixed_id
 from .base import ModelRequest, Provider, ToolSpec, provider_error, tool_choice_for
 from .json_stream import ReplyTextDecoder
 from .openai_translate import ToolNameMap, chat_messages, chat_params
@@ -439,10 +439,6 @@ def _generate(model: _LoadedModel, prepared: _Prepared, halt: threading.Event, e
         emit(("error", exc))
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
 class LlamaCppProvider(Provider):
     """A local GGUF model run in-process (provider name ``llamacpp``).
 
@@ -565,7 +561,7 @@ class LlamaCppProvider(Provider):
         yield {
             "type": "message_start",
             "message": {
-                "id": _new_id("msg"),
+                "id": prefixed_id("msg"),
                 "type": "message",
                 "role": "assistant",
                 "model": request.model,
@@ -607,7 +603,7 @@ class LlamaCppProvider(Provider):
             if call is not None:
                 name, arguments = call
                 yield _block_start(
-                    0, {"type": "tool_use", "id": _new_id("toolu"), "name": name, "input": {}}
+                    0, {"type": "tool_use", "id": prefixed_id("toolu"), "name": name, "input": {}}
                 )
                 partial = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
                 yield _delta(0, {"type": "input_json_delta", "partial_json": partial})

@@ -46,11 +46,11 @@ import hashlib
 import json
 import logging
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ids import prefixed_id
 from .base import ModelRequest, ToolSpec, tool_choice_for
 
 __all__ = [
@@ -72,10 +72,6 @@ CHARS_PER_TOKEN = 4
 
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 class ToolNameMap:
@@ -402,7 +398,7 @@ class ChunkTranslator:
         self._started = True
         usage = {"input_tokens": 0, "output_tokens": 0}
         usage |= {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        message: dict[str, Any] = {"id": _new_id("msg"), "type": "message", "role": "assistant"}
+        message: dict[str, Any] = {"id": prefixed_id("msg"), "type": "message", "role": "assistant"}
         message |= {"model": model if isinstance(model, str) and model else self._model}
         message |= {"content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
         out.append({"type": "message_start", "message": message})
@@ -447,7 +443,7 @@ class ChunkTranslator:
         out.append({"type": "content_block_delta", "index": call.block, "delta": delta})
 
     def _start_call(self, call: _Call, out: list[dict[str, Any]]) -> None:
-        call.id = call.id or _new_id("toolu")
+        call.id = call.id or prefixed_id("toolu")
         block = {"type": "tool_use", "id": call.id, "name": self._names.original(call.name)}
         call.block = self._open_block("tool_use", block | {"input": {}}, out)
         self._current_call = call

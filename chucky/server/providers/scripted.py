@@ -107,13 +107,13 @@ import asyncio
 import json
 import math
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from chucky.errors import ProviderError
 
+from ..ids import prefixed_id
 from .base import ModelRequest, Provider, ToolSpec, provider_error
 
 __all__ = [
@@ -220,10 +220,6 @@ def count_input_tokens(request: ModelRequest) -> int:
     return max(1, -(-chars // CHARS_PER_TOKEN) + ATTACHMENT_TOKENS * attachments)
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
 def _words(text: str) -> list[str]:
     return [piece for piece in _WORD_BOUNDARY.split(text) if piece]
 
@@ -280,7 +276,7 @@ def _call(argument: str, tools: Sequence[ToolSpec]) -> _ToolCall | str:
         return f"invalid json for call: {tool}: {exc}"
     if not isinstance(value, dict):
         return f"invalid json for call: {tool}: input must be a JSON object"
-    return _ToolCall(_new_id("toolu"), _resolve_tool(tool, tools), _compact_json(value))
+    return _ToolCall(prefixed_id("toolu"), _resolve_tool(tool, tools), _compact_json(value))
 
 
 def _number(text: str, parse: Callable[[str], float]) -> float | None:
@@ -388,7 +384,7 @@ def _events(request: ModelRequest, reply: _Reply) -> Iterator[dict[str, Any]]:
         stop_reason, output_tokens = "max_tokens", limit
     usage = {"input_tokens": count_input_tokens(request), "output_tokens": 1}
     usage |= {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    message: dict[str, Any] = {"id": _new_id("msg"), "type": "message", "role": "assistant"}
+    message: dict[str, Any] = {"id": prefixed_id("msg"), "type": "message", "role": "assistant"}
     message |= {"model": request.model, "content": [], "stop_reason": None, "stop_sequence": None}
     yield {"type": "message_start", "message": message | {"usage": usage}}
     index = 0

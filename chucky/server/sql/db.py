@@ -125,6 +125,11 @@ class ThreadDb(Db):
         self._driver = driver
 
     @property
+    def connection(self) -> Connection:
+        """The SQLAlchemy connection."""
+        return self._connection
+
+    @property
     def driver(self) -> sqlite3.Connection:
         """The ``sqlite3`` connection underneath."""
         return self._driver

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets as secrets_module
 import sqlite3
@@ -378,8 +379,7 @@ class SqlStore(Store):
                 request = write.reserve[index]
                 grant = await self._reserve_in(connection, request, write)
                 if grant is None:
-                    usage = await ledger.usage(connection, request.key, request.kind)
-                    raise _Refused(TurnWritten(rate=rate, denied=request, usage=usage))
+                    raise _Refused(TurnWritten(rate=rate, denied=request))
                 grants[index] = grant
             if session is not None:
                 await session_rows.save(connection, session)
@@ -390,7 +390,12 @@ class SqlStore(Store):
         try:
             written = await self._run(work)
         except _Refused as refused:
-            return refused.written
+            denied = refused.written.denied
+            if denied is None:
+                return refused.written
+            # The counters as they are, this write rolled back (the error frame shows them).
+            usage = await self.usage(denied.key, denied.kind)
+            return dataclasses.replace(refused.written, usage=usage)
         if session is not None:
             session.persisted = len(session.transcript)
             session.rewritten = False

@@ -1,0 +1,184 @@
+"""Group commit on a SQLite file: many transactions to one commit, each one's outcome its own;
+the durability setting; one turn write, all or nothing, on both engines."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from chucky.errors import SessionNotFoundError
+from chucky.server.sql import SqlStore
+from chucky.server.sql.db import Db
+from chucky.server.store import (
+    LedgerKey,
+    ReserveRequest,
+    SessionRecord,
+    StoreError,
+    TurnWrite,
+)
+
+NOW = 1_800_000_000.0
+KEY = LedgerKey("proj_a", "alice", "lifetime")
+
+
+def _reserve(want: int, limit: int = 10**9, minimum: int = 1) -> ReserveRequest:
+    return ReserveRequest(KEY, "ai", want, limit, minimum)
+
+
+async def _file_store(tmp_path: Path, **options: Any) -> SqlStore:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'chucky.db'}", **options)
+    await store.open()
+    return store
+
+
+async def test_concurrent_transactions_share_commits(tmp_path: Path) -> None:
+    store = await _file_store(tmp_path)
+    try:
+        group = store._group
+        assert group is not None
+        before_batches, before_jobs = group.batches, group.jobs
+        grants = await asyncio.gather(
+            *(
+                store.reserve(
+                    KEY, "ai", want=1, limit=10**9, minimum=1, now=NOW, ttl=60, node_id="n"
+                )
+                for _ in range(200)
+            )
+        )
+        assert all(grant is not None for grant in grants)
+        assert group.jobs - before_jobs == 200
+        assert group.batches - before_batches < 200  # several to a commit
+        usage = await store.usage(KEY, "ai")
+        assert (usage.used, usage.reserved) == (0, 200)
+    finally:
+        await store.aclose()
+
+
+async def test_a_job_that_raises_is_rolled_back_alone(tmp_path: Path) -> None:
+    store = await _file_store(tmp_path)
+    try:
+
+        async def half_then_fail(db: Db) -> None:
+            await db.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES ('x', 'x', 0)")
+            )
+            raise SessionNotFoundError("nope", details={"reason": "session_not_found"})
+
+        async def insert(db: Db, project: str) -> str:
+            await db.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (:id, 'y', 0)"),
+                {"id": project},
+            )
+            return project
+
+        outcomes = await asyncio.gather(
+            store._run(lambda db: insert(db, "a")),
+            store._run(half_then_fail),
+            store._run(lambda db: insert(db, "b")),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == "a" and outcomes[2] == "b"
+        assert isinstance(outcomes[1], SessionNotFoundError)
+        names = {p.project_id for p in await store.list_projects()}
+        assert names == {"a", "b"}
+    finally:
+        await store.aclose()
+
+
+async def test_a_database_error_fails_only_its_own_job(tmp_path: Path) -> None:
+    store = await _file_store(tmp_path)
+    try:
+
+        async def broken(db: Db) -> None:
+            await db.execute(text("INSERT INTO no_such_table VALUES (1)"))
+
+        async def insert(db: Db, project: str) -> str:
+            await db.execute(
+                text("INSERT INTO projects (id, name, created_at) VALUES (:id, 'y', 0)"),
+                {"id": project},
+            )
+            return project
+
+        outcomes = await asyncio.gather(
+            store._run(lambda db: insert(db, "a")),
+            store._run(broken),
+            store._run(lambda db: insert(db, "b")),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == "a" and outcomes[2] == "b"
+        error = outcomes[1]
+        assert isinstance(error, StoreError)
+        assert isinstance(error.__cause__, Exception)
+        assert {p.project_id for p in await store.list_projects()} == {"a", "b"}
+        # The store goes on.
+        assert await store._run(lambda db: insert(db, "c")) == "c"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(("setting", "level"), [("normal", 1), ("full", 2)])
+async def test_the_durability_setting(tmp_path: Path, setting: Any, level: int) -> None:
+    store = await _file_store(tmp_path, sqlite_synchronous=setting)
+    try:
+        found = await store._run(lambda db: db.scalar(text("PRAGMA synchronous")))
+        assert found == level
+    finally:
+        await store.aclose()
+    # WAL mode: what was committed is in the file for the next process.
+    with sqlite3.connect(tmp_path / "chucky.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def _session(store: SqlStore) -> SessionRecord:
+    return await store.create_session("proj_a", "alice", "m", NOW)
+
+
+async def test_a_turn_write_is_all_or_nothing(store: SqlStore) -> None:
+    session = await _session(store)
+    session.append("user", "hi")
+    refused = await store.write_turn(
+        TurnWrite(
+            now=NOW,
+            ttl=60,
+            node_id="n",
+            rate_limit=10,
+            reserve=[_reserve(500, limit=1000), _reserve(600, limit=1000, minimum=600)],
+            session=session,
+        )
+    )
+    # The second reservation cannot have its minimum: nothing was written, not even the count.
+    assert refused.refused and refused.denied is not None and refused.denied.want == 600
+    assert refused.usage is not None and refused.usage.reserved == 0
+    assert session.persisted == 0
+    usage = await store.usage(KEY, "ai")
+    assert (usage.used, usage.reserved) == (0, 0)
+    stored = await store.get_session(session.session_id, "proj_a", "alice")
+    assert stored is not None and stored.transcript == []
+
+    written = await store.write_turn(
+        TurnWrite(
+            now=NOW, ttl=60, node_id="n", rate_limit=10, reserve=[_reserve(500)], session=session
+        )
+    )
+    assert not written.refused and written.rate is not None and written.rate.count == 1
+    (grant,) = written.grants
+    assert grant.amount == 500 and session.persisted == 1
+    closed = await store.write_turn(TurnWrite(now=NOW, settle=[(grant, 120)], session=session))
+    assert closed.charged == (120,)
+    usage = await store.usage(KEY, "ai")
+    assert (usage.used, usage.reserved) == (120, 0)
+
+
+async def test_a_turn_write_counts_against_the_rate_limit(store: SqlStore) -> None:
+    session = await _session(store)
+    for count in (1, 2):
+        written = await store.write_turn(TurnWrite(now=NOW, rate_limit=2, session=session))
+        assert written.rate is not None and written.rate.allowed and written.rate.count == count
+    refused = await store.write_turn(TurnWrite(now=NOW, rate_limit=2, session=session))
+    assert refused.refused and refused.rate is not None and refused.rate.count == 2
+    assert refused.rate.retry_after > 0
