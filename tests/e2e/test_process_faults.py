@@ -203,7 +203,12 @@ async def test_a_thousand_queued_megabyte_turns_stay_bounded(
         await asyncio.to_thread(sampler.join)
     errors = [f["payload"] for f in frames if f["type"] == "error"]
     full = [e for e in errors if e["details"].get("reason") == "queue_full"]
-    assert full, errors[:3]
+    if dollars:
+        assert full, errors[:3]  # the first turn holds the session: the queue fills up
+    else:
+        # Refused at its start (one transaction), a turn ends faster than a megabyte arrives:
+        # the queue may never fill. Every turn is answered, none runs.
+        assert len(errors) >= 990, errors[:3]
     for error in full:
         assert error["code"] == "RATE_LIMIT"
         assert error["details"]["limit"] == 16
