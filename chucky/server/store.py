@@ -25,6 +25,7 @@ __all__ = [
     "Lease",
     "LedgerKey",
     "LedgerUsage",
+    "ModelMessage",
     "NodeRecord",
     "Project",
     "RateDecision",
@@ -50,6 +51,14 @@ class StoreError(ChuckyError):
     """
 
     default_code = "INTERNAL_ERROR"
+
+
+class ModelMessage(dict[str, Any]):
+    """A message of a session's provider view (``role`` and ``content``): a plain ``dict`` that
+    can be weakly referenced, so per-message costs (token estimates) can be remembered for as
+    long as the message lives (:class:`chucky.server.providers.base.MessageMemo`)."""
+
+    __slots__ = ("__weakref__",)
 
 
 @dataclass(slots=True)
@@ -88,13 +97,15 @@ class SessionRecord:
         self._rebuild_view()
 
     def _rebuild_view(self) -> None:
-        self._model_view = [{"role": m["role"], "content": m["content"]} for m in self.transcript]
+        self._model_view = [
+            ModelMessage(role=m["role"], content=m["content"]) for m in self.transcript
+        ]
 
     def append(self, role: str, content: Any, message_uuid: str | None = None) -> str:
         """Add a message; returns its uuid."""
         message_uuid = message_uuid or new_id()
         self.transcript.append({"uuid": message_uuid, "role": role, "content": content})
-        self._model_view.append({"role": role, "content": content})
+        self._model_view.append(ModelMessage(role=role, content=content))
         return message_uuid
 
     def drop_last(self) -> None:

@@ -342,3 +342,33 @@ def test_any_fragmentation_reassembles_the_input(payload: dict[str, Any], cuts: 
     events += [delta(0, {"type": "input_json_delta", "partial_json": f}) for f in fragments]
     events.append(stop(0))
     assert fold(events).tool_uses[0]["input"] == payload
+
+
+# -- per-message memo ------------------------------------------------------------------------
+
+
+def test_a_message_memo_remembers_a_session_message_while_it_lives() -> None:
+    import gc
+
+    from chucky.server.providers.base import MessageMemo
+    from chucky.server.store import SessionRecord
+
+    computed: list[str] = []
+
+    def size(message: Any) -> int:
+        computed.append(message["content"])
+        return len(message["content"])
+
+    memo = MessageMemo(size)
+    session = SessionRecord("s", "p", "u", "m", 0.0, 0.0)
+    session.append("user", "hello")
+    session.append("assistant", "hi there")
+    assert [memo(m) for m in session.model_messages()] == [5, 8]
+    assert [memo(m) for m in session.model_messages()] == [5, 8]
+    assert computed == ["hello", "hi there"]  # once each
+    plain = {"role": "user", "content": "abc"}
+    assert memo(plain) == 3 and memo(plain) == 3
+    assert computed[2:] == ["abc", "abc"]  # a plain dict is not remembered (nor kept)
+    del session
+    gc.collect()
+    assert memo._known == {}  # nothing outlives its message

@@ -30,16 +30,20 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from chucky.errors import ProviderError
+
+_V = TypeVar("_V")
 
 __all__ = [
     "ATTACHMENT_TOKENS_BOUND",
     "MessageAccumulator",
+    "MessageMemo",
     "ModelRequest",
     "Provider",
     "ToolSpec",
@@ -109,8 +113,9 @@ class Provider(ABC):
         count exactly (a local tokenizer, a count endpoint) override it.
         """
         total = len((request.system or "").encode()) + 16
+        measure = _MESSAGE_BYTES
         for message in request.messages:
-            total += 16 + _content_bytes(message.get("content"))
+            total += measure(message)
         for tool in request.tools:
             spec = {"name": tool.name, "description": tool.description, "input": tool.input_schema}
             total += 16 + len(json.dumps(spec, ensure_ascii=False, default=str).encode())
@@ -123,6 +128,50 @@ class Provider(ABC):
 ATTACHMENT_TOKENS_BOUND = 4_800
 """Tokens counted for one image or document block by the default estimate (Claude bills an
 image at most about 1,600 tokens; three times that leaves room for other tokenizers)."""
+
+
+class MessageMemo(Generic[_V]):
+    """Remembers a pure function of a message for as long as the message lives.
+
+    A session's history is the same message objects call after call (its provider view, whose
+    messages are :class:`~chucky.server.store.ModelMessage`, never changed once appended): an
+    estimate over the whole history then costs a lookup per message instead of a walk of its
+    content. Messages that cannot be weakly referenced (a plain ``dict``) are computed each
+    time; nothing is kept alive by the memo.
+    """
+
+    def __init__(self, compute: Callable[[Mapping[str, Any]], _V]) -> None:
+        self._compute = compute
+        self._known: dict[int, tuple[weakref.ref[Any], _V]] = {}
+
+    def __call__(self, message: Mapping[str, Any]) -> _V:
+        known = self._known.get(id(message))
+        if known is not None and known[0]() is message:
+            return known[1]
+        value = self._compute(message)
+        try:
+            ref = weakref.ref(message, self._forget(id(message)))
+        except TypeError:  # a plain dict
+            return value
+        self._known[id(message)] = (ref, value)
+        return value
+
+    def _forget(self, key: int) -> Callable[[weakref.ref[Any]], None]:
+        known = self._known
+
+        def forget(ref: weakref.ref[Any]) -> None:
+            entry = known.get(key)
+            if entry is not None and entry[0] is ref:
+                del known[key]
+
+        return forget
+
+
+def _message_bytes(message: Mapping[str, Any]) -> int:
+    return 16 + _content_bytes(message.get("content"))
+
+
+_MESSAGE_BYTES: MessageMemo[int] = MessageMemo(_message_bytes)
 
 
 def _content_bytes(content: Any) -> int:

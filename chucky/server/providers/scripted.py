@@ -114,7 +114,7 @@ from typing import Any, ClassVar, Final
 from chucky.errors import ProviderError
 
 from ..ids import prefixed_id
-from .base import ModelRequest, Provider, ToolSpec, provider_error
+from .base import MessageMemo, ModelRequest, Provider, ToolSpec, provider_error
 
 __all__ = [
     "ATTACHMENT_TOKENS",
@@ -201,6 +201,9 @@ def _measure(content: Any) -> tuple[int, int]:
     return chars, attachments
 
 
+_MEASURES: MessageMemo[tuple[int, int]] = MessageMemo(lambda m: _measure(m.get("content")))
+
+
 def count_input_tokens(request: ModelRequest) -> int:
     """Input tokens of a request under the scripted rule (see the module docstring).
 
@@ -211,8 +214,9 @@ def count_input_tokens(request: ModelRequest) -> int:
         ``max(1, ceil(chars / 4) + ATTACHMENT_TOKENS * attachments)``.
     """
     chars, attachments = len(request.system or ""), 0
+    measure = _MEASURES
     for message in request.messages:
-        more_chars, more_attachments = _measure(message.get("content"))
+        more_chars, more_attachments = measure(message)
         chars, attachments = chars + more_chars, attachments + more_attachments
     for tool in request.tools:
         spec = {"name": tool.name, "description": tool.description}

@@ -10,6 +10,12 @@ idle starts at once, alone; jobs queued while a batch runs form the next one. Un
 commit (the WAL append and, with ``synchronous = FULL``, its ``fsync``), the ``BEGIN`` and the
 thread hand-off are paid once per batch instead of once per job.
 
+When the thread is idle and commits do not wait for the disk (``synchronous = NORMAL``), a
+job runs at once on the caller's thread instead (``inline``): a lone transaction then costs no
+hand-off. It never waits there for another process's lock (it goes to the thread), and the
+write-ahead log is checkpointed by the thread every :data:`_CHECKPOINT_EVERY` commits, not in
+the committing thread as SQLite would.
+
 A job's outcome is delivered only after its batch committed: nobody sees a write that could
 still be rolled back. If a database error (disk full, I/O error, a busy timeout) breaks a batch,
 the batch is rolled back and each of its jobs runs again in a transaction of its own, so one
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -35,7 +42,18 @@ __all__ = ["Abandoned", "GroupCommit", "Job"]
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger("chucky.server.store")
+
 _SAVEPOINT: Final = "chucky_job"
+
+
+_CHECKPOINT_EVERY: Final = 200
+"""Commits between two checkpoints of the write-ahead log by the store's thread (``inline``):
+about 4 MB of log for a turn's commits, SQLite's own default of 1,000 pages."""
+
+
+class _Busy(Exception):
+    """Another process holds the write lock: run the job in the store's thread (it waits)."""
 
 
 class Abandoned(Exception):
@@ -67,6 +85,9 @@ class GroupCommit:
         is_database_error: Whether an exception means the database failed (the batch is then
             retried job by job) rather than the job refused (its savepoint rolled back).
         failed: The exception to deliver for a database error.
+        inline: Let :meth:`submit` run a job on the caller's thread when the store's thread is
+            idle (only where a commit does not wait for the disk: ``synchronous = NORMAL``).
+        busy_timeout_ms: The connection's busy timeout (restored after an inline attempt).
     """
 
     def __init__(
@@ -75,8 +96,13 @@ class GroupCommit:
         *,
         is_database_error: Callable[[BaseException], bool],
         failed: Callable[[BaseException], BaseException],
+        inline: bool = False,
+        busy_timeout_ms: int = 30_000,
     ) -> None:
         self._engine = engine
+        self._inline = inline
+        self._busy_timeout_ms = busy_timeout_ms
+        self._since_checkpoint = 0
         self._is_database_error = is_database_error
         self._failed = failed
         self._lock = threading.Lock()
@@ -92,8 +118,27 @@ class GroupCommit:
         """Jobs run so far."""
 
     def submit(self, work: Callable[[Db], Awaitable[_T]]) -> Job[_T]:
-        """Queue ``work``; await ``job.future`` for its outcome (after the commit)."""
+        """Queue ``work``; await ``job.future`` for its outcome (after the commit).
+
+        With ``inline``, a job submitted while the store's thread is idle runs at once, here,
+        and its future is done on return: a lone transaction then costs no thread hand-off
+        (two, with the wake-up of the event loop, were most of its cost). It never waits here
+        for another process's write lock (``busy_timeout`` 0: it goes to the thread instead),
+        and the write-ahead log is checkpointed by the thread, not here.
+        """
         job = Job(work, asyncio.get_running_loop())
+        if self._inline:
+            with self._lock:
+                idle = not self._draining
+                self._draining = True
+            if idle:
+                try:
+                    outcome = self._run_inline(job)
+                finally:
+                    self._release()
+                if outcome is not None:
+                    _deliver([(job, outcome)])
+                    return job
         with self._lock:
             self._pending.append(job)
             start = not self._draining
@@ -101,6 +146,24 @@ class GroupCommit:
         if start:
             self._thread.submit(self._drain)
         return job
+
+    def _release(self) -> None:
+        """The caller's thread is done with the connection: the store's thread takes over if
+        there is anything for it (jobs of other threads, a checkpoint due)."""
+        with self._lock:
+            due = bool(self._pending) or self._since_checkpoint >= _CHECKPOINT_EVERY
+            self._draining = due
+        if due:
+            self._thread.submit(self._drain)
+
+    def _run_inline(self, job: Job[Any]) -> _Outcome | None:
+        """``job`` alone, now; ``None`` if another process holds the write lock."""
+        try:
+            return self._transaction([job], wait=False)[0]
+        except _Busy:
+            return None
+        except Exception as exc:
+            return (False, self._failure(exc))
 
     async def aclose(self) -> None:
         """Finish the queued jobs, close the thread's connection and the engine."""
@@ -118,6 +181,8 @@ class GroupCommit:
 
     def _drain(self) -> None:
         while True:
+            if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                self._checkpoint()
             with self._lock:
                 batch, self._pending = self._pending, []
                 if not batch:
@@ -149,6 +214,19 @@ class GroupCommit:
                 outcomes[i] = outcome
         return [outcome for outcome in outcomes if outcome is not None]
 
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database (``PASSIVE``: readers are not waited
+        for); with ``inline``, SQLite's own automatic checkpoint is off, as it would run in the
+        committing thread (an ``fsync`` on the event loop)."""
+        self._since_checkpoint = 0
+        db = self._db
+        if db is None:
+            return
+        try:
+            db.driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.warning("checkpoint of the write-ahead log failed", exc_info=True)
+
     def _alone(self, job: Job[Any]) -> _Outcome:
         try:
             return self._transaction([job])[0]
@@ -158,7 +236,29 @@ class GroupCommit:
     def _failure(self, exc: BaseException) -> BaseException:
         return self._failed(exc) if self._is_database_error(exc) else exc
 
-    def _transaction(self, jobs: list[Job[Any]]) -> list[_Outcome]:
+    def _connect(self) -> ThreadDb:
+        db = self._db
+        if db is None:
+            db = self._db = ThreadDb(self._engine.connect())
+            if self._inline:
+                db.driver.execute("PRAGMA wal_autocheckpoint = 0")
+        return db
+
+    def _begin(self, driver: sqlite3.Connection, *, wait: bool) -> None:
+        if wait:
+            driver.execute("BEGIN IMMEDIATE")
+            return
+        driver.execute("PRAGMA busy_timeout = 0")
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise _Busy from exc
+            raise
+        finally:
+            driver.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+
+    def _transaction(self, jobs: list[Job[Any]], *, wait: bool = True) -> list[_Outcome]:
         """Run ``jobs`` in one transaction and commit it; a database error propagates (the
         transaction rolled back, the connection dropped).
 
@@ -166,16 +266,15 @@ class GroupCommit:
         own transaction bookkeeping cost more than the statements of a turn. A Core statement
         run meanwhile finds the transaction open (see :mod:`.engines`) and joins it.
         """
+        db = self._connect()
+        connection, driver = db.connection, db.driver
+        self._begin(driver, wait=wait)  # _Busy: nothing begun
         self.batches += 1
         self.jobs += len(jobs)
-        db = self._db
-        if db is None:
-            db = self._db = ThreadDb(self._engine.connect())
-        connection, driver = db.connection, db.driver
+        self._since_checkpoint += 1
         alone = len(jobs) == 1
         outcomes: list[_Outcome] = []
         try:
-            driver.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 if not alone:
                     driver.execute(f"SAVEPOINT {_SAVEPOINT}")

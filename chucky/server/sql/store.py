@@ -59,6 +59,7 @@ from . import projects as project_rows
 from . import sessions as session_rows
 from .db import AsyncDb, Db
 from .engines import (
+    BUSY_TIMEOUT,
     READ_ONLY,
     Backend,
     Synchronous,
@@ -224,6 +225,9 @@ class SqlStore(Store):
                 twin,
                 is_database_error=lambda exc: isinstance(exc, _DATABASE_ERRORS),
                 failed=self._failed,
+                # A commit that waits for the disk (FULL) must not run on the event loop.
+                inline=self._synchronous == "normal",
+                busy_timeout_ms=int(BUSY_TIMEOUT * 1000),
             )
 
     async def aclose(self) -> None:
