@@ -150,7 +150,7 @@ class TurnRunner:
         self.work: asyncio.Task[Any] | None = None
         """The turn's admission and agent loop, while they run."""
         self._admitting = True
-        self._admitted = asyncio.Event()
+        self._admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def cancel_work(self) -> None:
         """The machine's :class:`CancelWork`."""
@@ -195,7 +195,7 @@ class TurnRunner:
         await agent.start(turns_per_minute=host.server.config.turns_per_minute)
         host.execute(turn.process(Admitted()))
         self._admitting = False
-        self._admitted.set()
+        self._admitted.set_result(None)
         return await agent.run()
 
     async def _supervise(self) -> None:
@@ -204,11 +204,7 @@ class TurnRunner:
         work = self.work
         assert work is not None
         interval = host.server.config.status_interval
-        admitted = asyncio.ensure_future(self._admitted.wait())
-        try:
-            await asyncio.wait({work, admitted}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            admitted.cancel()
+        await asyncio.wait({work, self._admitted}, return_when=asyncio.FIRST_COMPLETED)
         while not work.done():
             timeout = interval / 2
             running = turn.state is TurnState.RUNNING
