@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
+import asyncpg
 from sqlalchemy import BigInteger, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -57,7 +58,7 @@ from . import leases, ledger
 from . import nodes as node_rows
 from . import projects as project_rows
 from . import sessions as session_rows
-from .db import AsyncDb, Db
+from .db import AsyncDb, Db, DriverDb
 from .engines import (
     BUSY_TIMEOUT,
     READ_ONLY,
@@ -78,9 +79,17 @@ __all__ = ["SqlStore"]
 logger = logging.getLogger("chucky.server.store")
 
 # Errors that mean "the database failed" rather than "the caller asked for something invalid".
-# OSError covers asyncpg failing to connect (refused, unreachable, timed out); UnicodeEncodeError
+# asyncpg's own errors come from the turn writes run straight on it. OSError covers asyncpg
+# failing to connect (refused, unreachable, timed out); UnicodeEncodeError
 # text the drivers cannot encode (a lone surrogate in an id).
-_DATABASE_ERRORS: Final = (SQLAlchemyError, sqlite3.Error, OSError, UnicodeEncodeError)
+_DATABASE_ERRORS: Final = (
+    SQLAlchemyError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    UnicodeEncodeError,
+)
 
 _MIGRATION_LOCK: Final = leases.advisory_lock_id("chucky:schema-migration")
 
@@ -244,8 +253,14 @@ class SqlStore(Store):
         error.__cause__ = exc
         return error
 
-    async def _run(self, work: Callable[[Db], Awaitable[_T]], *, write: bool = True) -> _T:
-        """``work`` in one transaction: committed if it returns, rolled back if it raises."""
+    async def _run(
+        self, work: Callable[[Db], Awaitable[_T]], *, write: bool = True, plain: bool = False
+    ) -> _T:
+        """``work`` in one transaction: committed if it returns, rolled back if it raises.
+
+        ``plain``: ``work`` speaks plain SQL only (:class:`~.db.Sql`); on PostgreSQL it then
+        runs straight on asyncpg (:class:`~.db.DriverDb`).
+        """
         engine = self._engine if write else self._reader
         if engine is None:
             raise InvalidStateError(f"The store {self._url} is not open: call open() first")
@@ -253,9 +268,33 @@ class SqlStore(Store):
             job = self._group.submit(work)
             return await _uninterrupted(job.future, job)
         call = _Call()
-        return await _uninterrupted(
-            asyncio.create_task(self._transaction(engine, work, call)), call
-        )
+        if plain and self._backend == "postgresql":
+            transaction = self._driver_transaction(engine, work, call)
+        else:
+            transaction = self._transaction(engine, work, call)
+        return await _uninterrupted(asyncio.create_task(transaction), call)
+
+    async def _driver_transaction(
+        self, engine: AsyncEngine, work: Callable[[Db], Awaitable[_T]], call: _Call
+    ) -> _T:
+        if call.abandoned:
+            raise Abandoned
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver: Any = raw.driver_connection
+                try:
+                    async with driver.transaction():
+                        result = await work(DriverDb(driver))
+                        if call.abandoned:
+                            raise Abandoned
+                        return result
+                except _DATABASE_ERRORS:
+                    if driver.is_closed():
+                        await connection.invalidate()
+                    raise
+        except _DATABASE_ERRORS as exc:
+            raise self._failed(exc) from exc
 
     async def _transaction(
         self, engine: AsyncEngine, work: Callable[[Db], Awaitable[_T]], call: _Call
@@ -392,7 +431,7 @@ class SqlStore(Store):
             )
 
         try:
-            written = await self._run(work)
+            written = await self._run(work, plain=True)
         except _Refused as refused:
             denied = refused.written.denied
             if denied is None:
