@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from chucky.errors import SessionNotFoundError
 from chucky.server.sql import SqlStore
@@ -240,4 +241,37 @@ async def test_the_write_ahead_log_is_checkpointed_by_the_store(tmp_path: Path) 
         usage = await store.usage(KEY, "ai")
         assert usage.reserved == 3000
     finally:
+        await store.aclose()
+
+
+async def test_a_heartbeat_never_waits_for_a_turn_settling(postgres_database: str) -> None:
+    # PostgreSQL: a heartbeat used to wait for rows a turn had locked while the turn waited for
+    # rows the heartbeat had locked ("deadlock detected" with 500 busy sessions).
+    store = SqlStore(postgres_database)
+    await store.open()
+    raw_engine = create_async_engine(postgres_database)
+    try:
+        held = await store.reserve(
+            KEY, "ai", want=5, limit=100, minimum=1, now=NOW, ttl=60, node_id="n"
+        )
+        assert held is not None
+        async with raw_engine.connect() as other:
+            await other.execute(
+                text("SELECT id FROM reservations WHERE id = :id FOR UPDATE"),
+                {"id": held.reservation_id},
+            )  # a turn in the middle of settling it
+            beat = asyncio.ensure_future(store.heartbeat("n", NOW + 10, 60))
+            done, _ = await asyncio.wait({beat}, timeout=5)
+            await other.rollback()  # the turn ends (whatever the heartbeat did)
+            await beat
+            assert done, "the heartbeat waited for a row being settled"
+        await store.heartbeat("n", NOW + 20, 60)  # extended at the next beat
+        async with raw_engine.connect() as reader:
+            expires = await reader.scalar(
+                text("SELECT expires_at FROM reservations WHERE id = :id"),
+                {"id": held.reservation_id},
+            )
+        assert expires == NOW + 80
+    finally:
+        await raw_engine.dispose()
         await store.aclose()

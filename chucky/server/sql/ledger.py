@@ -233,13 +233,19 @@ async def settle_node(connection: Db, node_id: str, now: float) -> int:
     return settled
 
 
-async def extend(connection: Db, node_id: str, expires_at: float) -> None:
-    """Keep ``node_id``'s open reservations alive until ``expires_at``."""
-    await connection.execute(
-        update(reservations)
-        .where(reservations.c.node_id == node_id, reservations.c.settled == false())
-        .values(expires_at=expires_at)
-    )
+async def extend(connection: Db, backend: Backend, node_id: str, expires_at: float) -> None:
+    """Keep ``node_id``'s open reservations alive until ``expires_at``.
+
+    PostgreSQL: rows a turn is settling right now (locked) are skipped -- they are being
+    settled, and waiting for them, in whatever order the scan meets them, deadlocked against
+    turns locking the same rows in theirs (seen with 500 busy sessions). A skipped row whose
+    settlement rolls back is extended at the next heartbeat, well within its TTL.
+    """
+    open_rows = and_(reservations.c.node_id == node_id, reservations.c.settled == false())
+    if backend == "postgresql":
+        free = select(reservations.c.id).where(open_rows).with_for_update(skip_locked=True)
+        open_rows = reservations.c.id.in_(free.scalar_subquery())
+    await connection.execute(update(reservations).where(open_rows).values(expires_at=expires_at))
 
 
 async def usage(db: Db, key: LedgerKey, kind: ResourceKind) -> LedgerUsage:

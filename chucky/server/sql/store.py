@@ -541,7 +541,7 @@ class SqlStore(Store):
     async def heartbeat(self, node_id: str, now: float, ttl: float) -> None:
         async def work(connection: Db) -> None:
             await leases.extend(connection, node_id, now + ttl)
-            await ledger.extend(connection, node_id, now + ttl)
+            await ledger.extend(connection, self._backend, node_id, now + ttl)
             await node_rows.touch(connection, node_id, now)
 
         await self._run(work)
