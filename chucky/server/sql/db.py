@@ -6,12 +6,12 @@ transaction. :class:`Db` gives it two ways to speak SQL:
 * **SQLAlchemy Core** (:meth:`Db.execute`, :meth:`Db.scalar`, :meth:`Db.scalars`): the schema,
   migrations and everything off the hot path, written once for both dialects.
 * **Plain SQL** (:class:`Sql`, run by :meth:`Db.rows`, :meth:`Db.first`, :meth:`Db.run`): the
-  statements of every turn (the ledger, the rate count, the session's save). A Core statement
-  is built, cache-keyed and compiled on every execution, about 60 us of CPU each in a profile of
-  a loaded server (a turn runs a dozen); the same SQL handed to ``sqlite3`` costs a few
-  microseconds. One text serves both engines: ``:name`` parameters (``sqlite3``'s own style,
-  and SQLAlchemy's :func:`~sqlalchemy.text` for PostgreSQL), ``"window"`` quoted (reserved in
-  PostgreSQL), ``ON CONFLICT`` and ``RETURNING`` (SQLite 3.35+).
+  statements of every turn (the ledger, the rate count, the session's save). The ledger's grant
+  built with Core at each execution, as the store did, cost ~310 us of CPU; built once, ~24 us;
+  the same SQL handed to ``sqlite3``, ~5 us (``bench/bench_sql.py``; a turn runs a dozen). One
+  text serves both engines: ``:name`` parameters (``sqlite3``'s own style, numbered for
+  asyncpg), ``"window"`` quoted (reserved in
+PostgreSQL), ``ON CONFLICT`` and ``RETURNING`` (SQLite 3.35+).
 
 Three implementations: :class:`AsyncDb` over an
 :class:`~sqlalchemy.ext.asyncio.AsyncConnection` (PostgreSQL through asyncpg; in-memory SQLite
@@ -175,9 +175,9 @@ class ThreadDb(Db):
 
 class DriverDb(Db):
     """:class:`Db` over an asyncpg connection, in a transaction begun on it: plain SQL only
-    (a turn's writes, :meth:`~chucky.server.sql.store.SqlStore.write_turn`). Through
-    SQLAlchemy's asyncpg adapter each statement cost about 250 us of CPU; asyncpg itself,
-    with its prepared-statement cache, a fraction of that."""
+    (a turn's writes, :meth:`~chucky.server.sql.store.SqlStore.write_turn`), with asyncpg's
+    prepared-statement cache. Through SQLAlchemy's asyncpg adapter instead, a turn cost the
+    server 4.4 ms of CPU, 3.0 ms this way (``bench/bench_server.py``)."""
 
     __slots__ = ("_connection",)
 
