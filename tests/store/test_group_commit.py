@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,42 @@ async def test_concurrent_transactions_share_commits(tmp_path: Path) -> None:
         await store.aclose()
 
 
+async def _insert_project(db: Db, project: str) -> str:
+    await db.execute(
+        text("INSERT INTO projects (id, name, created_at) VALUES (:id, 'y', 0)"), {"id": project}
+    )
+    return project
+
+
+async def _between(store: SqlStore, middle: Any) -> tuple[list[Any], int]:
+    """Projects "a" and "b" inserted by two transactions around ``middle``, submitted at once:
+    with synchronous=full they form one batch of the store's thread (held busy meanwhile); with
+    normal each runs inline, one after the other. Also: the transactions it took."""
+    group = store._group
+    assert group is not None
+    entered, release = threading.Event(), threading.Event()
+
+    async def busy(db: Db) -> None:
+        entered.set()
+        release.wait(10)
+
+    held = None if group._inline else group.submit(busy)
+    if held is not None:
+        assert await asyncio.to_thread(entered.wait, 10)
+    before = group.batches
+    calls = [
+        asyncio.ensure_future(store._run(lambda db: _insert_project(db, "a"))),
+        asyncio.ensure_future(store._run(middle)),
+        asyncio.ensure_future(store._run(lambda db: _insert_project(db, "b"))),
+    ]
+    await asyncio.sleep(0.01)  # all three submitted
+    release.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    if held is not None:
+        await held.future
+    return outcomes, group.batches - before
+
+
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 async def test_a_job_that_raises_is_rolled_back_alone(tmp_path: Path, synchronous: Any) -> None:
     store = await _file_store(tmp_path, sqlite_synchronous=synchronous)
@@ -105,19 +142,9 @@ async def test_a_job_that_raises_is_rolled_back_alone(tmp_path: Path, synchronou
             )
             raise SessionNotFoundError("nope", details={"reason": "session_not_found"})
 
-        async def insert(db: Db, project: str) -> str:
-            await db.execute(
-                text("INSERT INTO projects (id, name, created_at) VALUES (:id, 'y', 0)"),
-                {"id": project},
-            )
-            return project
-
-        outcomes = await asyncio.gather(
-            store._run(lambda db: insert(db, "a")),
-            store._run(half_then_fail),
-            store._run(lambda db: insert(db, "b")),
-            return_exceptions=True,
-        )
+        outcomes, transactions = await _between(store, half_then_fail)
+        # One shared transaction (full), its failing job rolled back to its savepoint alone.
+        assert transactions == (1 if synchronous == "full" else 3)
         assert outcomes[0] == "a" and outcomes[2] == "b"
         assert isinstance(outcomes[1], SessionNotFoundError)
         names = {p.project_id for p in await store.list_projects()}
@@ -134,26 +161,16 @@ async def test_a_database_error_fails_only_its_own_job(tmp_path: Path, synchrono
         async def broken(db: Db) -> None:
             await db.execute(text("INSERT INTO no_such_table VALUES (1)"))
 
-        async def insert(db: Db, project: str) -> str:
-            await db.execute(
-                text("INSERT INTO projects (id, name, created_at) VALUES (:id, 'y', 0)"),
-                {"id": project},
-            )
-            return project
-
-        outcomes = await asyncio.gather(
-            store._run(lambda db: insert(db, "a")),
-            store._run(broken),
-            store._run(lambda db: insert(db, "b")),
-            return_exceptions=True,
-        )
+        outcomes, transactions = await _between(store, broken)
+        # The shared batch broke (full): each of its jobs ran again alone.
+        assert transactions == (1 + 3 if synchronous == "full" else 3)
         assert outcomes[0] == "a" and outcomes[2] == "b"
         error = outcomes[1]
         assert isinstance(error, StoreError)
         assert isinstance(error.__cause__, Exception)
         assert {p.project_id for p in await store.list_projects()} == {"a", "b"}
         # The store goes on.
-        assert await store._run(lambda db: insert(db, "c")) == "c"
+        assert await store._run(lambda db: _insert_project(db, "c")) == "c"
     finally:
         await store.aclose()
 
