@@ -75,6 +75,10 @@ class Db(ABC):
 
     __slots__ = ()
 
+    folds: bool = False
+    """Whether a data-modifying statement can sit in a ``WITH`` clause (PostgreSQL): two
+    dependent writes are then one statement, one round trip."""
+
     # -- SQLAlchemy Core -------------------------------------------------------------------
 
     @abstractmethod
@@ -108,10 +112,11 @@ class Db(ABC):
 class AsyncDb(Db):
     """:class:`Db` over an :class:`~sqlalchemy.ext.asyncio.AsyncConnection`."""
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "folds")
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
+        self.folds = connection.dialect.name == "postgresql"
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return await self._connection.execute(statement, parameters)
@@ -180,6 +185,8 @@ class DriverDb(Db):
     server 4.4 ms of CPU, 3.0 ms this way (``bench/bench_server.py``)."""
 
     __slots__ = ("_connection",)
+
+    folds = True
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection

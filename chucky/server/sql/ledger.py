@@ -105,6 +105,39 @@ _USAGE: Final = Sql(
 )
 _FULL: Final = 2**62  # a cap above any amount: settle at the full amount
 
+# PostgreSQL runs a data-modifying statement in a WITH clause: a grant and its reservation row,
+# or a settlement and its charge, are then one statement, one round trip to the server (SQLite
+# runs them as two statements, in-process).
+_GRANT_AND_RECORD: Final = Sql(
+    f"""
+    WITH granted AS ({_GRANT.text}),
+    stored AS (
+        INSERT INTO reservations
+            (id, project_id, user_id, "window", kind, amount, node_id, created_at, expires_at,
+             settled)
+        SELECT :id, :project_id, :user_id, :window, :kind, last_grant, :node_id,
+               CAST(:created_at AS DOUBLE PRECISION), CAST(:expires_at AS DOUBLE PRECISION),
+               FALSE
+          FROM granted
+        RETURNING id
+    )
+    SELECT used, reserved, last_grant FROM granted, stored
+    """
+)
+_SETTLE_AND_CHARGE: Final = Sql(
+    f"""
+    WITH settled AS ({_SETTLE.text}),
+    applied AS (
+        UPDATE ledger
+           SET used = ledger.used + settled.charged, reserved = ledger.reserved - settled.amount
+          FROM settled
+         WHERE ledger.project_id = settled.project_id AND ledger.user_id = settled.user_id
+           AND ledger."window" = settled."window" AND ledger.kind = settled.kind
+    )
+    SELECT charged FROM settled
+    """
+)
+
 
 def _row(key: LedgerKey, kind: str) -> dict[str, Any]:
     return {
@@ -130,35 +163,35 @@ async def reserve(
     """Set aside ``min(want, limit - used - reserved)``, or nothing below ``minimum``."""
     row = _row(key, kind)
     grant = {**row, "want": max(want, 0), "limit": limit, "minimum": max(minimum, 0)}
-    granted = await db.first(_GRANT, grant)
+    reservation_id = new_id()
+    record = {
+        **row,
+        "id": reservation_id,
+        "node_id": node_id,
+        "created_at": now,
+        "expires_at": now + ttl,
+    }
+    statement = _GRANT_AND_RECORD if db.folds else _GRANT
+    params = {**grant, **record} if db.folds else grant
+    granted = await db.first(statement, params)
     if granted is None:
         # The window's first reservation (no row yet), or no room: make sure the row exists,
-        # then ask once more. The common case is one statement.
+        # then ask once more. The common case is one statement (two on SQLite).
         await db.run(_NEW_ROW, row)
-        granted = await db.first(_GRANT, grant)
+        granted = await db.first(statement, params)
         if granted is None:
             return None
     used, reserved, amount = (int(value) for value in granted)
-    reservation = Reservation(
-        reservation_id=new_id(),
+    if not db.folds:
+        await db.run(_NEW_RESERVATION, {**record, "amount": amount})
+    return Reservation(
+        reservation_id=reservation_id,
         key=key,
         kind=kind,
         amount=amount,
         used=used,
         reserved=reserved,
     )
-    await db.run(
-        _NEW_RESERVATION,
-        {
-            **row,
-            "id": reservation.reservation_id,
-            "amount": amount,
-            "node_id": node_id,
-            "created_at": now,
-            "expires_at": now + ttl,
-        },
-    )
-    return reservation
 
 
 async def settle(db: Db, reservation_id: str, actual: int, now: float) -> int:
@@ -172,7 +205,11 @@ async def _settle_once(db: Db, reservation_id: str, actual: int | None, now: flo
     """Settle at ``min(actual, amount)`` (``None``: the full amount); ``None`` if already
     settled."""
     cap = _FULL if actual is None else max(actual, 0)
-    settled = await db.first(_SETTLE, {"id": reservation_id, "now": now, "cap": cap})
+    params = {"id": reservation_id, "now": now, "cap": cap}
+    if db.folds:
+        charged_only = await db.first(_SETTLE_AND_CHARGE, params)
+        return None if charged_only is None else int(charged_only[0])
+    settled = await db.first(_SETTLE, params)
     if settled is None:
         return None
     project_id, user_id, window, kind, amount, charged = settled
