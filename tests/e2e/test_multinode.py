@@ -1,4 +1,5 @@
-"""Two ``chucky serve`` processes on one PostgreSQL database behave as one server.
+"""Two ``chucky serve`` processes on one database (PostgreSQL, or a SQLite file) behave as one
+server.
 
 Sessions, budgets and leases live in the database: a session moves from node to node, one
 user's budget holds across both, and a session live on one node is busy on the other.
@@ -38,11 +39,18 @@ SECRET = "hk_live_00112233445566778899aabbccddeeff"
 TURN_TIMEOUT = ticks(200)
 
 
-@pytest.fixture
-def nodes(tmp_path: Path, postgres_database: str) -> Iterator[tuple[ServeProcesses, str]]:
-    """The process starter and the test's PostgreSQL database (the processes end first)."""
+@pytest.fixture(params=["postgresql", "sqlite"])
+def nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ServeProcesses, str]]:
+    """The process starter and the test's database (the processes end first): a fresh
+    PostgreSQL database, or one SQLite file both processes open (each runs its transactions on
+    its event loop while the other leaves the file alone, and waits in its store's thread while
+    the other writes)."""
+    if request.param == "postgresql":
+        database: str = request.getfixturevalue("postgres_database")
+    else:
+        database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     with ServeProcesses(tmp_path) as processes:
-        yield processes, postgres_database
+        yield processes, database
 
 
 async def _two_nodes(
