@@ -196,7 +196,8 @@ def user_frame(text: str) -> str:
             "session_id": "",
             "message": {"role": "user", "content": text},
             "parent_tool_use_id": None,
-        }
+        },
+        separators=(",", ":"),
     )
 
 

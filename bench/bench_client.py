@@ -41,6 +41,7 @@ from _harness import (
     raw_server,
     run_official,
     table,
+    user_frame,
 )
 from websockets.asyncio.client import ClientConnection as RawSocket
 from websockets.asyncio.client import connect
@@ -73,18 +74,6 @@ GET_TIME = {
         }
     ],
 }
-
-
-def user_frame(text: str) -> str:
-    return json.dumps(
-        {
-            "type": "user",
-            "session_id": "",
-            "message": {"role": "user", "content": text},
-            "parent_tool_use_id": None,
-        },
-        separators=(",", ":"),
-    )
 
 
 def init_frame(**options: Any) -> str:

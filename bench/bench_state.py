@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import Samples, bench_token, chucky_server, fmt, machine, ratio, table
+from _harness import Samples, bench_token, chucky_server, fmt, machine, ratio, table, user_frame
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -38,14 +38,7 @@ async def _session(url: str, user: str, turns: int, samples: list[float]) -> Non
         assert json.loads(await ws.recv())["payload"]["action"] == "ready"
         await ws.send(json.dumps({"type": "init", "payload": {}}))
         await ws.recv()  # session_info
-        frame = json.dumps(
-            {
-                "type": "user",
-                "session_id": "",
-                "message": {"role": "user", "content": "echo hi"},
-                "parent_tool_use_id": None,
-            }
-        )
+        frame = user_frame("echo hi")
         for _ in range(turns):
             started = time.perf_counter()
             await ws.send(frame)

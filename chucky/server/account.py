@@ -253,7 +253,7 @@ class TurnAccount:
 
     def charge(self, grant: CallGrant, usage: dict[str, int], price: ModelPrice) -> int:
         """A finished (or stopped) call's cost, capped at its reservation: what the user pays,
-        settled with the next checkpoint or at close."""
+        settled with the next call's reservation or at close."""
         cost, settlement = UserBudget.charge(grant, usage, price)
         if settlement is not None:
             reservation, actual = settlement
@@ -272,16 +272,6 @@ class TurnAccount:
         """Settled (committed): no longer open."""
         for reservation, _ in settlements:
             self._open.pop(reservation.reservation_id, None)
-
-    async def checkpoint(self) -> None:
-        """Settle the calls that finished and save the session's new messages (one
-        transaction)."""
-
-        async def work() -> None:
-            async with self._writes:
-                await self._write(self._finished())
-
-        await self._owned(work)
 
     async def _write(self, settlements: list[Settlement]) -> None:
         now = self._wall_clock()

@@ -2,8 +2,8 @@
 
 Everything durable sits behind :class:`Store` (ARCHITECTURE.md, "State and scale-out"):
 projects and their secrets, sessions and their transcripts, the budget ledger, concurrency
-leases and rate counters. It is implemented once, with SQLAlchemy 2 async Core, in
-:mod:`chucky.server.sql` (SQLite through ``aiosqlite`` by default, PostgreSQL through
+leases and rate counters. It is implemented once, in :mod:`chucky.server.sql` (SQLAlchemy 2
+Core, and plain SQL for a turn's writes; a SQLite file by default, PostgreSQL through
 ``asyncpg`` for several nodes). The connection handler and the agent loop only talk to this
 interface.
 

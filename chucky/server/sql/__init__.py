@@ -1,4 +1,5 @@
-"""The SQL implementation of :class:`~chucky.server.store.Store` (SQLAlchemy 2 async Core).
+"""The SQL implementation of :class:`~chucky.server.store.Store` (SQLAlchemy 2 Core, and plain
+SQL on a turn's hot path: :mod:`.db`).
 
 One code base for SQLite (``aiosqlite``; the embedded default, zero setup) and PostgreSQL
 (``asyncpg``; several ``chucky serve`` nodes sharing one database)::

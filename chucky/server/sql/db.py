@@ -220,4 +220,4 @@ def drive(coroutine: Coroutine[Any, Any, _T]) -> _T:
     except StopIteration as done:
         return cast(_T, done.value)
     coroutine.close()
-    raise RuntimeError("a store work function suspended in the store's thread")
+    raise RuntimeError("a store work function suspended (it may only await its Db)")

@@ -249,7 +249,7 @@ def _configure_sqlite(engine: AsyncEngine | Engine, synchronous: Synchronous) ->
 
     def on_begin(connection: Connection) -> None:
         if getattr(connection.connection.driver_connection, "in_transaction", False):
-            return  # begun on the driver (the group commit's thread): join it
+            return  # begun on the driver (by the group commit): join it
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 

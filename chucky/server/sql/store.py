@@ -171,8 +171,8 @@ class SqlStore(Store):
         self._synchronous: Synchronous = sqlite_synchronous
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None
-        # File SQLite: every transaction runs in the group commit's thread, on a pysqlite twin
-        # engine.
+        # File SQLite: every transaction goes through the group commit (inline on the event loop
+        # when its thread is idle, else batched in the thread), on a pysqlite twin engine.
         self._group: GroupCommit | None = None
         self._backend: Backend = "sqlite"
         # In-memory SQLite has one shared connection: its transactions wait for one another.
