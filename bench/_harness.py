@@ -155,6 +155,11 @@ def raw_server(*args: str) -> contextlib.AbstractAsyncContextManager[Subprocess]
     return child(sys.executable, str(BENCH / "raw_server.py"), *args)
 
 
+def floor_server() -> contextlib.AbstractAsyncContextManager[Subprocess]:
+    """``bench/floor_server.py`` (a durable turn's work, no chucky code) in its own process."""
+    return child(sys.executable, str(BENCH / "floor_server.py"))
+
+
 async def run_official(spec: dict[str, Any], wait_s: float = 600.0) -> dict[str, Any]:
     """Run ``bench/official_client.py`` under the official client's interpreter.
 

@@ -46,6 +46,7 @@ from _harness import (
     chucky_server,
     close_raw_sessions,
     databases,
+    floor_server,
     fmt,
     git_state,
     machine,
@@ -114,6 +115,10 @@ class Run:
     args: argparse.Namespace
     echo_url: str = ""
     echo_pid: int = 0
+    floor_url: str = ""
+    floor_pid: int = 0
+    floor: Samples = field(default_factory=lambda: Samples("floor", unit="s"))
+    floor_cpu: list[dict[str, float]] = field(default_factory=list)
     echo_rtt: Samples = field(default_factory=lambda: Samples("echo", unit="s"))
     latency: dict[str, Samples] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -133,10 +138,12 @@ async def section_latency(run: Run, db: Database) -> None:
     ):
         await sequential(server.url, 1, 20, "warmup", [])
         await echoes(echo, ECHO_HI, 200, None)
-        for i in range(a.rounds):  # alternate, so drift hits both rows alike
+        await sequential(run.floor_url, 1, 20, "warmup", [])
+        for i in range(a.rounds):  # alternate, so drift hits every row alike
             quiet_gc()
             await echoes(echo, ECHO_HI, a.turns, run.echo_rtt.values)
             await sequential(server.url, 1, a.turns, f"lat{i}", turns.values)
+            await sequential(run.floor_url, 1, a.turns, f"lat{i}", run.floor.values)
     run.latency[db.label] = turns
 
 
@@ -170,6 +177,18 @@ async def section_cpu(run: Run, db: Database) -> None:
         await echoes(echo, ECHO_HI, a.echoes, None)
         cpu1, wall1 = proc_cpu_seconds(run.echo_pid), clock()
         run.echo_cpu.append({"n": a.echoes, "cpu": cpu1 - cpu0, "wall": wall1 - wall0})
+        # The floor: the same turns on floor_server.py (a turn's durable work, no chucky code).
+        sessions = [await open_raw_session(run.floor_url, f"cpu-{i}") for i in range(count)]
+        for ws in sessions:
+            await timed_turns(ws, ECHO_HI, 1, [])
+        quiet_gc()
+        cpu0, wall0 = proc_cpu_seconds(run.floor_pid), clock()
+        for ws in sessions:
+            await timed_turns(ws, ECHO_HI, SESSION_TURNS, [])
+        cpu1, wall1 = proc_cpu_seconds(run.floor_pid), clock()
+        await close_raw_sessions(sessions)
+        n = count * SESSION_TURNS
+        run.floor_cpu.append({"n": n, "cpu": cpu1 - cpu0, "wall": wall1 - wall0})
 
 
 async def section_concurrency(run: Run, db: Database) -> None:
@@ -343,6 +362,18 @@ def report(run: Run) -> str:
                 "1.00x",
             ]
         ]
+        floor = run.floor
+        rows.append(
+            [
+                "sqlite (file)",
+                "floor_server.py: the same turn's durable work, no chucky code",
+                us(floor.median),
+                us(floor.p90),
+                ratio(floor.median, echo.median),
+                "1.00x",
+            ]
+        )
+        rows[0].append("-")
         for label, s in run.latency.items():
             rows.append(
                 [
@@ -351,9 +382,11 @@ def report(run: Run) -> str:
                     us(s.median),
                     us(s.p90),
                     ratio(s.median, echo.median),
+                    ratio(s.median, floor.median),
                 ]
             )
-        out.append(table(["store", "what is timed", "p50 µs", "p90 µs", "p50 vs echo"], rows))
+        headers = ["store", "what is timed", "p50 µs", "p90 µs", "p50 vs echo", "vs floor"]
+        out.append(table(headers, rows))
         targets = [
             [
                 f"{label}: turn p50 <= 4x echo RTT p50",
@@ -377,8 +410,23 @@ def report(run: Run) -> str:
                 str(n),
                 fmt(sum(e["cpu"] for e in run.echo_cpu), 2),
                 "1.00x",
+                "-",
             ]
         ]
+        n = sum(e["n"] for e in run.floor_cpu)
+        floor_cpu = sum(e["cpu"] for e in run.floor_cpu) / n
+        rows.append(
+            [
+                "sqlite (file)",
+                "floor_server.py: CPU per `echo hi` turn",
+                us(floor_cpu),
+                us(sum(e["wall"] for e in run.floor_cpu) / n),
+                str(n),
+                fmt(sum(e["cpu"] for e in run.floor_cpu), 2),
+                ratio(floor_cpu, echo_cpu),
+                "1.00x",
+            ]
+        )
         for label, c in run.cpu.items():
             rows.append(
                 [
@@ -389,9 +437,19 @@ def report(run: Run) -> str:
                     str(c["n"]),
                     fmt(c["cpu"], 2),
                     ratio(c["cpu"] / c["n"], echo_cpu),
+                    ratio(c["cpu"] / c["n"], floor_cpu),
                 ]
             )
-        headers = ["store", "server process", "CPU µs/op", "wall µs/op", "ops", "CPU s", "vs echo"]
+        headers = [
+            "store",
+            "server process",
+            "CPU µs/op",
+            "wall µs/op",
+            "ops",
+            "CPU s",
+            "vs echo",
+            "vs floor",
+        ]
         out.append(table(headers, rows))
         targets = [
             [
@@ -505,8 +563,9 @@ def report(run: Run) -> str:
 
 async def bench(args: argparse.Namespace) -> Run:
     run = Run(args)
-    async with raw_server() as raw, databases(args.db) as stores:
+    async with raw_server() as raw, floor_server() as floor, databases(args.db) as stores:
         run.echo_url, run.echo_pid = raw.url, raw.proc.pid
+        run.floor_url, run.floor_pid = floor.url, floor.proc.pid
         for db in stores:
             for name in args.sections:
                 print(f"{db.label}: {name}", file=sys.stderr, flush=True)
