@@ -218,15 +218,19 @@ class AgentTurn:
         settings = self.settings
         session = self.session
         plan: CallPlan | None = None
+        # Stored before it is announced: a turn the client saw start is never lost (a turn
+        # refused at its start takes it back).
+        session.append("user", self.content)
         if settings.max_turns > 0:
-            user_message = {"role": "user", "content": self.content}
-            planned = self._plan(self._request([*session.model_messages(), user_message]))
+            try:
+                planned = self._plan(self._request(session.model_messages()))
+            except BaseException:
+                session.drop_last()
+                raise
             if planned == "session":
                 self._first = "session"
             else:
                 plan = planned
-        # Stored before it is announced: a turn the client saw start is never lost.
-        session.append("user", self.content)
         grant = await self.account.start(turns_per_minute=turns_per_minute, call=plan)
         if plan is not None:
             assert grant is not None

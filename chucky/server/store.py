@@ -14,7 +14,7 @@ tests can move time. Money is integer microdollars; compute is integer milliseco
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ __all__ = [
     "LedgerKey",
     "LedgerUsage",
     "ModelMessage",
+    "ModelView",
     "NodeRecord",
     "Project",
     "RateDecision",
@@ -61,6 +62,22 @@ class ModelMessage(dict[str, Any]):
     __slots__ = ("__weakref__",)
 
 
+class ModelView(list[dict[str, Any]]):
+    """A session's provider view: its messages as :class:`ModelMessage` objects.
+
+    It changes only at its end (a message appended, the last one taken back), and every message
+    appended is a new object; ``sums`` keeps running totals of per-message measures for
+    :meth:`chucky.server.providers.base.MessageMemo.total`, so an estimate over the whole
+    history costs the messages added since the last one, not the history's length.
+    """
+
+    __slots__ = ("sums",)
+
+    def __init__(self, messages: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(messages)
+        self.sums: dict[object, Any] = {}
+
+
 @dataclass(slots=True)
 class SessionRecord:
     """One session: its owner, its model and its transcript.
@@ -89,17 +106,15 @@ class SessionRecord:
     rewritten: bool = False
     # The transcript as providers take it, kept alongside so a model call does not copy the
     # whole history (every call of a long session used to).
-    _model_view: list[dict[str, Any]] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _model_view: ModelView = field(default_factory=ModelView, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rebuild_view()
 
     def _rebuild_view(self) -> None:
-        self._model_view = [
+        self._model_view = ModelView(
             ModelMessage(role=m["role"], content=m["content"]) for m in self.transcript
-        ]
+        )
 
     def append(self, role: str, content: Any, message_uuid: str | None = None) -> str:
         """Add a message; returns its uuid."""

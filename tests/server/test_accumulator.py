@@ -372,3 +372,60 @@ def test_a_message_memo_remembers_a_session_message_while_it_lives() -> None:
     del session
     gc.collect()
     assert memo._known == {}  # nothing outlives its message
+
+
+def test_a_memo_total_over_a_session_view_costs_only_the_new_messages() -> None:
+    import operator
+
+    from chucky.server.providers.base import MessageMemo
+    from chucky.server.store import SessionRecord
+
+    computed: list[str] = []
+
+    def size(message: Any) -> int:
+        computed.append(message["content"])
+        return len(message["content"])
+
+    memo = MessageMemo(size)
+    session = SessionRecord("s", "p", "u", "m", 0.0, 0.0)
+    view = session.model_messages()
+    assert memo.total(view, operator.add, 0) == 0
+    session.append("user", "hello")
+    session.append("assistant", "hi there")
+    assert memo.total(view, operator.add, 0) == 13
+    session.append("user", "more")
+    computed.clear()
+    assert memo.total(view, operator.add, 0) == 17
+    assert computed == ["more"]  # the history was not walked again
+    # The last message taken back and another appended: the totals follow the view.
+    session.drop_last()
+    assert memo.total(view, operator.add, 0) == 13
+    session.append("user", "four")
+    session.drop_last()
+    session.append("user", "a longer one")
+    assert memo.total(view, operator.add, 0) == 25
+    assert memo.total(list(view), operator.add, 0) == 25  # a plain list: summed, not kept
+    # Replaced: a new view, summed from scratch.
+    session.replace_transcript([{"uuid": "x", "role": "user", "content": "xy"}])
+    assert memo.total(session.model_messages(), operator.add, 0) == 2
+
+
+def test_estimates_over_a_growing_session_are_not_walks_of_its_history() -> None:
+    from chucky.server.providers.base import ModelRequest
+    from chucky.server.providers.scripted import ScriptedProvider, count_input_tokens
+    from chucky.server.store import SessionRecord
+
+    session = SessionRecord("s", "p", "u", "m", 0.0, 0.0)
+    for i in range(200):
+        session.append("user" if i % 2 == 0 else "assistant", f"message {i} " * (i % 7 + 1))
+    request = ModelRequest(model="m", system="sys", messages=session.model_messages())
+    plain = ModelRequest(model="m", system="sys", messages=list(session.model_messages()))
+    provider = ScriptedProvider()
+    # The same answers as a walk of a plain list, before and after the view grows.
+    for _ in range(2):
+        assert count_input_tokens(request) == count_input_tokens(plain)
+        assert provider.estimate_input_tokens(request) == count_input_tokens(plain)
+        base = super(ScriptedProvider, provider).estimate_input_tokens
+        assert base(request) == base(plain)
+        session.append("user", [{"type": "text", "text": "a block"}])
+        plain = ModelRequest(model="m", system="sys", messages=list(session.model_messages()))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -113,9 +114,7 @@ class Provider(ABC):
         count exactly (a local tokenizer, a count endpoint) override it.
         """
         total = len((request.system or "").encode()) + 16
-        measure = _MESSAGE_BYTES
-        for message in request.messages:
-            total += measure(message)
+        total += _MESSAGE_BYTES.total(request.messages, operator.add, 0)
         for tool in request.tools:
             spec = {"name": tool.name, "description": tool.description, "input": tool.input_schema}
             total += 16 + len(json.dumps(spec, ensure_ascii=False, default=str).encode())
@@ -155,6 +154,38 @@ class MessageMemo(Generic[_V]):
             return value
         self._known[id(message)] = (ref, value)
         return value
+
+    def total(
+        self, messages: Sequence[Mapping[str, Any]], add: Callable[[_V, _V], _V], zero: _V
+    ) -> _V:
+        """The measure summed over ``messages`` with ``add``, from ``zero``.
+
+        Over a session's provider view (:class:`~chucky.server.store.ModelView`, which keeps
+        the running totals in its ``sums``) this costs the messages appended since the last
+        call; over any other sequence, a lookup per message.
+        """
+        sums: dict[object, Any] | None = getattr(messages, "sums", None)
+        if sums is None:
+            total = zero
+            for message in messages:
+                total = add(total, self(message))
+            return total
+        entry: tuple[list[Any], list[_V]] | None = sums.get(self)
+        if entry is None:
+            entry = sums[self] = ([], [])
+        seen, running = entry
+        # The view changes only at its end and appends new objects: the totals hold up to the
+        # last position that still has the message they were computed with.
+        valid = min(len(seen), len(messages))
+        while valid and seen[valid - 1] is not messages[valid - 1]:
+            valid -= 1
+        del seen[valid:], running[valid:]
+        total = running[-1] if running else zero
+        for message in messages[valid:]:
+            total = add(total, self(message))
+            seen.append(message)
+            running.append(total)
+        return total
 
     def _forget(self, key: int) -> Callable[[weakref.ref[Any]], None]:
         known = self._known

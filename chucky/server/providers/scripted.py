@@ -204,6 +204,10 @@ def _measure(content: Any) -> tuple[int, int]:
 _MEASURES: MessageMemo[tuple[int, int]] = MessageMemo(lambda m: _measure(m.get("content")))
 
 
+def _add_pairs(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] + b[0], a[1] + b[1]
+
+
 def count_input_tokens(request: ModelRequest) -> int:
     """Input tokens of a request under the scripted rule (see the module docstring).
 
@@ -213,11 +217,8 @@ def count_input_tokens(request: ModelRequest) -> int:
     Returns:
         ``max(1, ceil(chars / 4) + ATTACHMENT_TOKENS * attachments)``.
     """
-    chars, attachments = len(request.system or ""), 0
-    measure = _MEASURES
-    for message in request.messages:
-        more_chars, more_attachments = measure(message)
-        chars, attachments = chars + more_chars, attachments + more_attachments
+    chars, attachments = _MEASURES.total(request.messages, _add_pairs, (0, 0))
+    chars += len(request.system or "")
     for tool in request.tools:
         spec = {"name": tool.name, "description": tool.description}
         chars += len(_compact_json({**spec, "input_schema": tool.input_schema}))
