@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +41,11 @@ from typing import Any
 from chucky.errors import ValidationError
 from chucky.tools import ToolRegistry, ToolResult, error_result
 
+from ._redact import redacting_logger
+
 __all__ = ["CallState", "ToolRunner"]
 
-logger = logging.getLogger("chucky.client.tools")
+logger = redacting_logger("chucky.client.tools")
 
 SendResult = Callable[[str, ToolResult], Awaitable[None]]
 

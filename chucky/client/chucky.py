@@ -10,6 +10,7 @@ from typing import Any, Unpack
 
 import pydantic
 
+from .._redact import redacting_logger
 from ..errors import ConnectionError, ValidationError
 from ..messages import (
     AssistantMessage,
@@ -32,7 +33,7 @@ from .settings import (
 
 __all__ = ["Chucky"]
 
-logger = logging.getLogger("chucky.client")
+logger = redacting_logger("chucky.client")
 
 
 def _bare(name: str) -> str:

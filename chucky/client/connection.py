@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import logging
 import time
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -73,7 +72,7 @@ from .inbox import Inbox
 
 __all__ = ["ClientConnection", "ConnectionSettings"]
 
-logger = logging.getLogger("chucky.client")
+logger = redacting_logger("chucky.client")
 
 USER_AGENT: Final = f"chucky-python/{__version__}"
 MAX_INBOUND_FRAME: Final = 16 * 1024 * 1024

@@ -29,12 +29,12 @@ reserved but never made at 0; compute at the turn's wall-clock time), and the us
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
+from .._redact import redacting_logger
 from ..errors import ChuckyError, RateLimitError
 from .budget import CallGrant, CallPlan, Settlement, UserBudget
 from .pricing import ModelPrice
@@ -42,7 +42,7 @@ from .store import Reservation, ReserveRequest, SessionRecord, Store, TurnWrite
 
 __all__ = ["TurnAccount"]
 
-logger = logging.getLogger("chucky.server.account")
+logger = redacting_logger("chucky.server.account")
 
 _T = TypeVar("_T")
 

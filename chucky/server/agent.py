@@ -29,13 +29,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+from .._redact import redacting_logger
 from ..errors import ProviderError
 from ..messages import (
     AssistantBody,
@@ -68,7 +68,7 @@ __all__ = [
     "error_payload",
 ]
 
-logger = logging.getLogger("chucky.server.agent")
+logger = redacting_logger("chucky.server.agent")
 
 # Room left for the envelope when a tool-result echo is truncated to fit one frame.
 _ECHO_BUDGET = MAX_SERVER_FRAME_BYTES - 64 * 1024

@@ -14,7 +14,6 @@ import contextlib
 import gc
 import http
 import json
-import logging
 import os
 import secrets
 import signal
@@ -31,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import __version__
-from .._redact import redact, redacting_logger
+from .._redact import redact, redact_library_loggers, redacting_logger
 from ..errors import ChuckyError, InvalidStateError
 from ..protocol.server import ServerProtocol
 from ..tokens import TokenClaims
@@ -49,7 +48,7 @@ from .store import NodeRecord, Store
 
 __all__ = ["ChuckyServer"]
 
-logger = logging.getLogger("chucky.server")
+logger = redacting_logger("chucky.server")
 
 WS_PATHS = frozenset({"/ws", "/ws/"})
 SECRET_CACHE_SECONDS = 5.0
@@ -122,6 +121,7 @@ class ChuckyServer:
         """
         if self._server is not None:
             raise InvalidStateError("server already started")
+        redact_library_loggers()
         config = self.config
         await self.store.open()
         now = time.time()

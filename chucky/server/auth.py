@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from .._redact import redacting_logger
 from ..errors import AuthenticationError, ChuckyError
 from ..tokens import CLOCK_SKEW_SECONDS, TokenClaims, decode_token, verify_claims
 from ..windows import parse_window_start
 
 __all__ = ["SecretLookup", "authenticate", "extract_token"]
 
-logger = logging.getLogger("chucky.server.auth")
+logger = redacting_logger("chucky.server.auth")
 
 
 def extract_token(path: str, headers: Mapping[str, str] | None) -> str | None:

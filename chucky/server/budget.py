@@ -32,13 +32,13 @@ Each reservation is checked against the limit of the token presented.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Literal
 
+from .._redact import redacting_logger
 from ..errors import BudgetExceededError
 from ..tokens import TokenClaims
 from ..windows import anchored_bounds, anchored_key, format_utc, from_unix, to_unix, token_anchor
@@ -57,7 +57,7 @@ __all__ = [
 Settlement = tuple[Reservation, int]
 """A reservation and the actual amount to charge for it (capped at the reservation)."""
 
-logger = logging.getLogger("chucky.server.budget")
+logger = redacting_logger("chucky.server.budget")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,18 +8,18 @@ its handlers up. ``allowedTools`` / ``disallowedTools`` narrow what is offered.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._redact import redacting_logger
 from ..errors import ValidationError
 from ..options import SessionOptions, ToolDefinition
 from .providers.base import ToolSpec
 
 __all__ = ["ClientTool", "ToolCatalog", "mcp_content_to_blocks"]
 
-logger = logging.getLogger("chucky.server")
+logger = redacting_logger("chucky.server")
 
 LEGACY_SERVER = "inline-tools"
 MAX_TOOL_NAME = 128  # of mcp__<server>__<tool>; keeps every frame that lists tools small

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from .._redact import redacting_logger
 from ..errors import ChuckyError
 from ..messages import WireModel
 from ..options import SessionOptions
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSE_POLICY", "ClientGoneError", "Connection", "FrameSocket"]
 
-logger = logging.getLogger("chucky.server")
+logger = redacting_logger("chucky.server")
 
 CLOSE_POLICY: Final = 1008
 DRAIN_FINAL: Final = 3.0

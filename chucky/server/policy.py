@@ -42,20 +42,20 @@ the full name ``mcp__<server>__<tool>``, the bare name, ``mcp__<server>`` or
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import ValidationError as PydanticValidationError
 
+from .._redact import redacting_logger
 from ..options import SessionOptions, ToolDefinition
 from ..tokens import TokenClaims
 from .catalog import LEGACY_SERVER, ClientTool, ToolCatalog, _allowed
 
 __all__ = ["Policy"]
 
-logger = logging.getLogger("chucky.server.policy")
+logger = redacting_logger("chucky.server.policy")
 
 # sdkConfig spellings SessionOptions does not know. ``model`` beats ``defaultModel``.
 _SDK_ALIASES: Final = {"defaultModel": "model", "default_model": "model"}

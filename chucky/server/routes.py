@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import http
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from .. import __version__
+from .._redact import redacting_logger
 from ..errors import ChuckyError, ConnectionError, ValidationError
 from ..messages import WireModel
 from ..options import SessionOptions
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PromptSocket", "Routes"]
 
-logger = logging.getLogger("chucky.server.http")
+logger = redacting_logger("chucky.server.http")
 
 _STATUS = {
     "AUTHENTICATION_ERROR": http.HTTPStatus.UNAUTHORIZED,

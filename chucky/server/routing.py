@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,6 +45,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from .._redact import redacting_logger
 from ..errors import ValidationError
 from .pricing import CLAUDE_CEILING, FREE, ModelPrice, known_price, price_for
 from .providers.base import Provider
@@ -60,7 +60,7 @@ __all__ = [
     "provider_factories",
 ]
 
-logger = logging.getLogger("chucky.server.routing")
+logger = redacting_logger("chucky.server.routing")
 
 CLAUDE_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
     {

@@ -25,9 +25,9 @@ the machine returns.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._redact import redacting_logger
 from ..errors import ChuckyError, ConnectionError, InvalidStateError
 from ..messages import ResultMessage, SystemMessage, WireModel
 from ..protocol.frames import ToolResultPayload
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientGoneError", "TurnHost", "TurnRunner"]
 
-logger = logging.getLogger("chucky.server")
+logger = redacting_logger("chucky.server")
 
 
 class ClientGoneError(ConnectionError):

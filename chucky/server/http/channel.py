@@ -23,7 +23,6 @@ import builtins
 import enum
 import http
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Final, cast
 from urllib.parse import parse_qs, urlsplit
@@ -33,13 +32,14 @@ from websockets.asyncio.server import Server
 from websockets.datastructures import Headers
 
 from ... import errors
+from ..._redact import redacting_logger
 from .exchanges import HttpFront
 from .interface import HttpRequest
 from .response import H11Response
 
 __all__ = ["HttpChannel"]
 
-logger = logging.getLogger("chucky.server.http")
+logger = redacting_logger("chucky.server.http")
 
 # Bytes of unread client input the channel holds before it pauses reading.
 _INBOX_LIMIT: Final = 64 * 1024

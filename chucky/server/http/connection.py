@@ -33,19 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from typing import Any, ClassVar, cast
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.server import ServerProtocol
 
+from ..._redact import redacting_logger
 from .channel import HttpChannel
 from .exchanges import HttpFront
 from .sniffer import HeadKind, RequestHeadSniffer
 
 __all__ = ["SniffingConnection"]
 
-logger = logging.getLogger("chucky.server.http")
+logger = redacting_logger("chucky.server.http")
 
 
 class _Phase(enum.Enum):

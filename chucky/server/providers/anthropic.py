@@ -48,7 +48,6 @@ API key.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from anthropic.types import RawMessageStreamEvent
 
 from chucky.errors import ProviderError
 
+from ..._redact import redacting_logger
 from .base import (
     ModelRequest,
     Provider,
@@ -78,7 +78,7 @@ __all__ = [
     "thinking_budget",
 ]
 
-logger = logging.getLogger("chucky.server.providers.anthropic")
+logger = redacting_logger("chucky.server.providers.anthropic")
 
 
 MIN_THINKING_BUDGET: Final = 1024

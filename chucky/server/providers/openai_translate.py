@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._redact import redacting_logger
 from ..ids import prefixed_id
 from .base import ModelRequest, ToolSpec, tool_choice_for
 
@@ -65,7 +65,7 @@ __all__ = [
     "map_finish_reason",
 ]
 
-logger = logging.getLogger("chucky.server.providers.openai")
+logger = redacting_logger("chucky.server.providers.openai")
 
 CHARS_PER_TOKEN = 4
 """Characters per output token in the estimate used when a server sends no usage."""

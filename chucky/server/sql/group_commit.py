@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,13 +35,14 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 
+from ..._redact import redacting_logger
 from .db import Db, ThreadDb, drive
 
 __all__ = ["Abandoned", "GroupCommit", "Job"]
 
 _T = TypeVar("_T")
 
-logger = logging.getLogger("chucky.server.store")
+logger = redacting_logger("chucky.server.store")
 
 _SAVEPOINT: Final = "chucky_job"
 

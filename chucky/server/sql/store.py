@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import secrets as secrets_module
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from sqlalchemy import BigInteger, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..._redact import redacting_logger
 from ...errors import InvalidStateError
 from ..store import (
     Lease,
@@ -76,7 +76,7 @@ from .schema import SCHEMA_VERSION, migrate
 
 __all__ = ["SqlStore"]
 
-logger = logging.getLogger("chucky.server.store")
+logger = redacting_logger("chucky.server.store")
 
 # Errors that mean "the database failed" rather than "the caller asked for something invalid".
 # asyncpg's own errors come from the turn writes run straight on it. OSError covers asyncpg
