@@ -450,7 +450,8 @@ def verify_claims(
     Raises:
         AuthenticationError: ``details["reason"]`` is ``token_expired`` for an expired token and
             ``invalid_token`` for anything else (malformed, not HS256, bad signature, missing or
-            ill-typed ``sub``/``iss``/``exp``/``budget``).
+            ill-typed ``sub``/``iss``/``exp``/``budget``, an ``nbf`` still ahead of ``now`` by
+            more than ``leeway``).
     """
     try:
         decoded = decode_token(token)
@@ -481,6 +482,16 @@ def verify_claims(
         raise _invalid(f"missing or invalid claims ({_pydantic_reason(exc)})") from exc
     if verify_exp and _now_seconds(now) - leeway >= claims.exp:
         raise AuthenticationError("Token expired", details={"reason": "token_expired"})
+    not_before = decoded.payload.get("nbf")
+    if not_before is not None:
+        if (
+            isinstance(not_before, bool)
+            or not isinstance(not_before, int | float)
+            or not math.isfinite(not_before)
+        ):
+            raise _invalid("missing or invalid claims (nbf: must be a number)")
+        if _now_seconds(now) + leeway < not_before:
+            raise _invalid("not valid yet (nbf is in the future)")
     return claims
 
 

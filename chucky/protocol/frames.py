@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
@@ -56,6 +57,7 @@ __all__ = [
     "ToolResultPayload",
     "UnknownFrame",
     "UserFrame",
+    "close_reason",
     "decode_client_frame",
     "decode_server_frame",
     "encode",
@@ -245,6 +247,20 @@ def clip(value: object, limit: int = 80) -> str:
     return _clip_text(repr(value), limit)
 
 
+MAX_CLOSE_REASON_BYTES: Final = 123
+"""A close frame's reason: at most 123 bytes of UTF-8 (RFC 6455 section 5.5: a control frame's
+payload is at most 125 bytes, two of them the code)."""
+
+
+def close_reason(text: str) -> str:
+    """``text`` as a close frame's reason: valid UTF-8 (a lone surrogate becomes ``?``) cut to
+    :data:`MAX_CLOSE_REASON_BYTES` bytes on a character boundary."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return encoded.decode("utf-8")
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+
+
 def _clip_text(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
@@ -306,12 +322,48 @@ def _invalid_options(exc: pydantic.ValidationError | RecursionError, kind: str) 
     )
 
 
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+_CONTENT_PATHS: Final = frozenset(
+    {"message.content", "payload.message", "payload.content", "payload.result"}
+)
+"""Where a frame carries message or tool result content (``user``, ``prompt``, ``sdk_message``,
+``tool_result``): a lone surrogate there is text, stored and sent back as a JSON escape."""
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """Where a string of ``data`` (a key or a value, at any depth, content aside) holds a lone
+    surrogate (its dotted path), or ``None``: JSON's ``\\udXXX`` escapes decode to one
+    unpaired, which an id, a name or an option cannot carry (a database column, a close
+    reason, a provider's parameter take UTF-8)."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path or "(the frame)"
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                if _SURROGATE.search(key):
+                    return f"{path} (a key)" if path else "(a key)"
+                if where not in _CONTENT_PATHS:
+                    stack.append((value, where))
+        elif isinstance(item, list):
+            stack.extend((value, f"{path}.{i}" if path else str(i)) for i, value in enumerate(item))
+    return None
+
+
 def decode_client_frame(text: str | bytes) -> ClientFrame:
     """Decode one frame a client sent.
 
     Raises:
-        FrameError: not JSON (or not UTF-8), not an object, an unknown ``type``, or fields that
-            do not fit (``details.reason`` = ``invalid_options`` for a bad ``init`` payload).
+        FrameError: not JSON (or not UTF-8), not an object, a lone surrogate (``\\ud800``) in
+            an id, a name or an option (content may hold one), an unknown ``type``, or fields
+            that do not fit (``details.reason`` = ``invalid_options`` for a bad ``init``
+            payload).
     """
     try:
         data = _load(text, strict=True)
@@ -324,6 +376,20 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
             "Invalid frame: a frame must be a JSON object", details={"reason": "invalid_frame"}
         )
     kind = data.get("type")
+    text_form = text if isinstance(text, str) else None
+    where = None
+    if text_form is None or _SURROGATE_ESCAPE.search(text_form):
+        where = _lone_surrogate(data)
+    if where is not None:
+        known = isinstance(kind, str) and kind in _CLIENT_TYPES
+        raise FrameError(
+            f"Invalid {f'{kind} ' if known else ''}frame: {_clip_text(where, 80)}: a lone "
+            "surrogate (an unpaired \\ud800-\\udfff escape); text must be valid Unicode",
+            details={
+                "reason": "invalid_options" if kind == "init" else "invalid_frame",
+                "type": kind if known else None,
+            },
+        )
     if not isinstance(kind, str) or kind not in _CLIENT_TYPES:
         raise FrameError(
             f"Invalid frame: unknown frame type {clip(kind)}",

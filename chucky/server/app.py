@@ -45,6 +45,7 @@ from .providers.scripted import ScriptedProvider
 from .routes import Routes
 from .routing import ModelRouter, RoutingConfig
 from .store import NodeRecord, Store
+from .turn_runner import public_error
 
 __all__ = ["ChuckyServer"]
 
@@ -334,8 +335,9 @@ class ChuckyServer:
         token = extract_token(request.path, request.headers)
         try:
             claims = await authenticate(token, self.secrets_of)
-        except ChuckyError as exc:
+        except ChuckyError as failure:
             # Section 1: accept the upgrade, send one error frame, close with 1008.
+            exc = public_error(failure)
             logger.info("rejected connection to %s: %s", redact(request.path), redact(exc.message))
             self.metrics.error_sent(exc.code or "INTERNAL_ERROR")
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,18 @@ from ..windows import parse_window_start
 __all__ = ["SecretLookup", "authenticate", "extract_token"]
 
 logger = redacting_logger("chucky.server.auth")
+
+_NOBODYS_SECRET = secrets.token_hex(32)
+"""Verifies the tokens of unknown projects: none was signed with it."""
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode (no lone surrogate from a JSON escape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def extract_token(path: str, headers: Mapping[str, str] | None) -> str | None:
@@ -38,9 +51,10 @@ async def authenticate(
     """Verify ``token`` against the secrets of the project it names.
 
     Raises:
-        AuthenticationError: no token, a malformed or badly signed token (``invalid_token``),
-            an expired one (``token_expired``), an unknown project (``unknown_project``), or a
-            budget whose ``windowStart`` is still in the future (``invalid_token``).
+        AuthenticationError: no token, a malformed or badly signed token, or one naming a
+            project that does not exist (``invalid_token``: the two are answered alike), an
+            expired one (``token_expired``), or one not valid yet (``nbf``, or a budget whose
+            ``windowStart`` is still in the future: ``invalid_token``).
     """
     if not token:
         raise AuthenticationError(
@@ -53,17 +67,16 @@ async def authenticate(
         raise AuthenticationError(
             f"Unauthorized: invalid token ({exc.message})", details={"reason": "invalid_token"}
         ) from exc
-    if not isinstance(issuer, str) or not issuer:
+    if not isinstance(issuer, str) or not issuer or not _is_text(issuer):
         raise AuthenticationError(
-            "Unauthorized: invalid token (no iss claim)", details={"reason": "invalid_token"}
+            "Unauthorized: invalid token (no iss claim, or not text)",
+            details={"reason": "invalid_token"},
         )
-    secrets = await secrets_of(issuer)
-    if not secrets:
-        raise AuthenticationError(
-            f"Unauthorized: unknown project {issuer[:200]!r}", details={"reason": "unknown_project"}
-        )
+    # An unknown project is verified against a secret nobody has: its token is refused exactly
+    # as a token signed with a wrong secret, so the answer never tells whether a project exists.
+    keys = list(await secrets_of(issuer)) or [_NOBODYS_SECRET]
     try:
-        claims = verify_claims(token, list(secrets), now=now)
+        claims = verify_claims(token, keys, now=now)
     except AuthenticationError as exc:
         raise AuthenticationError(
             exc.message if "nauthorized" in exc.message else f"Unauthorized: {exc.message}",

@@ -31,7 +31,7 @@ from .._redact import redacting_logger
 from ..errors import ChuckyError
 from ..messages import WireModel
 from ..options import SessionOptions
-from ..protocol.frames import ToolResultPayload
+from ..protocol.frames import ToolResultPayload, close_reason
 from ..protocol.server import (
     ControlReceived,
     FrameRejected,
@@ -53,7 +53,7 @@ from .catalog import ClientTool, ToolCatalog
 from .routing import Route
 from .sessions import OpenSession, open_session
 from .store import SessionRecord
-from .turn_runner import ClientGoneError, TurnRunner, deliver
+from .turn_runner import ClientGoneError, TurnRunner, deliver, public_error
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
@@ -167,7 +167,9 @@ class Connection:
         await self._send_text(self.proto.message(message))
 
     async def send_error(self, error: ChuckyError) -> None:
-        """Send an ``error`` frame (the turn runner's host)."""
+        """Send an ``error`` frame (the turn runner's host); a store failure is told as an
+        internal error, its details logged (:func:`public_error`)."""
+        error = public_error(error)
         self.server.metrics.error_sent(error.code or "INTERNAL_ERROR")
         await self._send_text(self.proto.error(error))
 
@@ -178,15 +180,16 @@ class Connection:
     async def _fail(self, error: ChuckyError, code: int = CLOSE_POLICY) -> None:
         """A fatal error: the error frame, then the close (PROTOCOL.md section 4)."""
         self._closing = True
+        error = public_error(error)
         with contextlib.suppress(ClientGoneError):
             await self.send_error(error)
-        await self._close_socket(code, error.message[:120])
+        await self._close_socket(code, error.message)
 
     async def _close_socket(self, code: int, reason: str, within: float | None = None) -> None:
         """The close handshake, bounded (a client that does not read cannot complete it)."""
         try:
             async with asyncio.timeout(within if within is not None else self._write_timeout):
-                await self.ws.close(code, reason)
+                await self.ws.close(code, close_reason(reason))
         except TimeoutError:
             self._abort("the close handshake timed out")
 

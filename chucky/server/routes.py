@@ -43,6 +43,7 @@ from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
 from .http import HttpRequest, HttpResponse, sse_event
+from .turn_runner import public_error
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
@@ -164,7 +165,7 @@ class Routes:
             try:
                 return await handler(request, response)
             except ChuckyError as exc:
-                payload = exc.to_payload()
+                payload = public_error(exc).to_payload()
                 status = error_status(payload)
                 await response.send_json(status, {"error": payload}, _error_headers(payload))
                 return status

@@ -57,7 +57,7 @@ from .store import SessionRecord, StoreError, new_id
 if TYPE_CHECKING:
     from .app import ChuckyServer
 
-__all__ = ["ClientGoneError", "TurnHost", "TurnRunner"]
+__all__ = ["ClientGoneError", "TurnHost", "TurnRunner", "client_error", "public_error"]
 
 logger = redacting_logger("chucky.server")
 
@@ -245,7 +245,7 @@ class TurnRunner:
             return [LoopEnded(outcome.subtype, outcome.errors)]
         if isinstance(exc, ClientGoneError):
             return [ClientGone(), LoopCancelled()]
-        error = _detached(_client_error(exc))
+        error = _detached(client_error(exc))
         # Refused before it started (rate limit, budget, unknown model): nothing was stored.
         refused = self._admitting or (self.agent is not None and not self.agent.started)
         return [Refused(error)] if refused else [LoopFailed(error)]
@@ -257,8 +257,9 @@ class TurnRunner:
         metrics.compute_used(project, self.account.compute_ms / 1000)
 
 
-def _client_error(exc: BaseException) -> ChuckyError:
-    """What the client is told of a failure; internal details are logged, never sent."""
+def client_error(exc: BaseException) -> ChuckyError:
+    """What the client is told of a failure; internal details (a database URL, a file path, a
+    driver's message) are logged, never sent."""
     if isinstance(exc, StoreError):
         logger.error("turn failed: the store failed", exc_info=exc)
         return ChuckyError(
@@ -268,6 +269,12 @@ def _client_error(exc: BaseException) -> ChuckyError:
         return exc
     logger.error("turn failed", exc_info=exc)
     return ChuckyError("Internal error: the turn failed", code="INTERNAL_ERROR")
+
+
+def public_error(error: ChuckyError) -> ChuckyError:
+    """``error`` as a client may see it: a store failure becomes an internal error (its
+    details -- a database URL, a path -- are logged, never sent); any other error is itself."""
+    return client_error(error) if isinstance(error, StoreError) else error
 
 
 def _detached(error: ChuckyError) -> ChuckyError:
