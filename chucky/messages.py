@@ -94,10 +94,14 @@ class WireModel(BaseModel):
     """A model that is also a read-only mapping over its JSON form.
 
     Mapping access reads the dict the model was decoded from (or, for a model built in code, its
-    serialisation, computed once). Attribute access is typed.
+    serialisation, computed once). Attribute access is typed. Models are immutable (``frozen``:
+    setting a field raises), so the mapping view can never disagree with the fields; derive a
+    changed one with ``model_copy(update=...)``.
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, protected_namespaces=(), frozen=True
+    )
 
     # Fields that the wire form carries even when they are None (``parent_tool_use_id: null``).
     _always_null: ClassVar[tuple[str, ...]] = ()

@@ -525,3 +525,33 @@ def test_assistant_text_is_the_concatenation(texts: list[str | None]) -> None:
     msg = parse_message(raw)
     assert isinstance(msg, AssistantMessage)
     assert msg.text == expected == get_assistant_text(msg)
+
+
+# -- immutability: the mapping view can never go stale (issue 11, finding 16) -----------------
+
+
+def test_a_message_model_is_immutable_so_its_mapping_view_stays_current() -> None:
+    block = TextBlock(text="a")
+    assert block["text"] == "a" and dict(block)["text"] == "a"  # the view is cached now
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        block.text = "b"  # type: ignore[misc]
+    assert block.text == "a" and block["text"] == "a"
+    changed = block.model_copy(update={"text": "b"})
+    assert changed.text == "b" and changed["text"] == "b" and dict(changed)["text"] == "b"
+    assert block["text"] == "a"
+
+
+def test_a_decoded_message_is_immutable_too() -> None:
+    message = parse_message(
+        {
+            "type": "assistant",
+            "message": {"role": "assistant", "content": [{"type": "text", "text": "a"}]},
+        }
+    )
+    assert isinstance(message, AssistantMessage)
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        message.session_id = "other"  # type: ignore[misc]
+    block = message.message.content[0]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        block.text = "b"  # type: ignore[union-attr]
+    assert message["message"]["content"][0]["text"] == "a"

@@ -587,7 +587,8 @@ def test_ill_typed_claims_are_invalid(overrides: dict[str, Any]) -> None:
 
 
 def test_optional_and_unknown_claims_are_accepted() -> None:
-    payload = claims(iat=None, aud="someone", nbf=NOW + 10_000, jti="1", permissions={"tools": []})
+    # A future nbf is refused now (issue 11): this one has passed.
+    payload = claims(iat=None, aud="someone", nbf=NOW - 10_000, jti="1", permissions={"tools": []})
     token = sign({"alg": "HS256", "typ": "JWT", "kid": "k1"}, payload)
     verified = verify_claims(token, SECRET, now=NOW)
     assert verified.iat is None
