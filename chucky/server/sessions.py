@@ -11,12 +11,14 @@ session's concurrency lease, which also makes a session live on another socket (
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConcurrencyLimitError, SessionError, SessionNotFoundError, ValidationError
 from ..options import SessionOptions
+from ..protocol.frames import MAX_SERVER_FRAME_BYTES
 from ..tokens import TokenClaims
 from .catalog import ToolCatalog
 from .policy import Policy
@@ -81,6 +83,7 @@ async def open_session(
     policy = Policy.from_claims(claims)
     options = policy.apply(requested, default_model=config.default_model)
     catalog = policy.filter_catalog(ToolCatalog.from_options(options))
+    _check_frame_room(options, catalog)
     record: SessionRecord | None = None
     if options.session_id:
         record = await store.get_session(options.session_id, project, user)
@@ -115,6 +118,31 @@ async def open_session(
         await store.release_lease(lease)
         raise
     return OpenSession(record, lease, options, catalog, policy)
+
+
+FRAME_HEADROOM = 64 * 1024
+"""Bytes of a ``session_info`` or ``system`` init frame kept for what is not the session's
+tool names, MCP servers and model (ids, times, the working directory, the JSON around them)."""
+
+
+def _check_frame_room(options: SessionOptions, catalog: ToolCatalog) -> None:
+    """Refuse a session whose ``session_info`` and ``system`` init frames, which list its tool
+    names and MCP servers, could not fit the server's frame limit (docs/protocol.md section 3).
+
+    Raises:
+        ValidationError: ``invalid_options``, with the ``limit`` in bytes.
+    """
+    size = len(json.dumps(catalog.names)) + len(json.dumps(catalog.servers, default=str))
+    size += len(json.dumps(options.model or ""))
+    room = MAX_SERVER_FRAME_BYTES - FRAME_HEADROOM
+    if size > room:
+        raise ValidationError(
+            f"Invalid options: the session's {len(catalog.names):,} tool names and MCP servers "
+            f"take {size:,} bytes, and the session_info and system frames that list them must "
+            f"fit the {MAX_SERVER_FRAME_BYTES:,}-byte frame limit (at most {room:,} bytes for "
+            "them): declare fewer tools",
+            details={"reason": "invalid_options", "limit": MAX_SERVER_FRAME_BYTES},
+        )
 
 
 async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -> Lease:

@@ -3,6 +3,7 @@ nothing internal (a path, a database URL, a traceback) in a frame or an ERROR lo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -158,3 +159,47 @@ async def test_a_store_failure_at_init_discloses_no_url_or_path(
     assert any(secret_url in (r.exc_text or "") + r.getMessage() for r in caplog.records) or any(
         r.exc_info and secret_url in str(r.exc_info[1]) for r in caplog.records
     )
+
+
+def _tool_server(count: int, name_length: int = 60) -> dict[str, Any]:
+    tools = [
+        {"name": f"t{i:05d}".ljust(name_length, "x"), "inputSchema": {"type": "object"}}
+        for i in range(count)
+    ]
+    return {"name": "s", "tools": tools}
+
+
+async def test_an_init_whose_frames_would_pass_the_frame_limit_is_refused(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with connect(f"{server.url}?token={server.token()}", max_size=None) as ws:
+        await ws.recv()  # ready
+        init = {"type": "init", "payload": {"mcpServers": [_tool_server(20_000)]}}
+        await ws.send(json.dumps(init))
+        async with asyncio.timeout(30):
+            first = json.loads(await ws.recv())
+            assert first["type"] == "error", first["type"]
+            frames = [first, *await _frames_until_close(ws)]
+    errors = _errors(frames)
+    assert [e["code"] for e in errors] == ["VALIDATION_ERROR"]
+    assert errors[0]["details"] == {"reason": "invalid_options", "limit": 1024 * 1024}
+    assert "1,048,576" in errors[0]["message"]
+    assert all(len(json.dumps(f)) < 1024 * 1024 for f in frames)
+    _no_error_records(caplog)
+
+
+async def test_many_tools_within_the_limit_still_open_and_run(server: ScriptedServer) -> None:
+    async with connect(f"{server.url}?token={server.token()}", max_size=None) as ws:
+        await ws.recv()  # ready
+        init = {"type": "init", "payload": {"mcpServers": [_tool_server(5_000, 20)]}}
+        await ws.send(json.dumps(init))
+        info = json.loads(await ws.recv())
+        assert info["payload"]["action"] == "session_info"
+        assert len(info["payload"]["data"]["tools"]) == 5_000
+        await ws.send(
+            json.dumps({"type": "user", "message": {"role": "user", "content": "echo k"}})
+        )
+        while (frame := json.loads(await ws.recv()))["type"] != "result":
+            assert len(json.dumps(frame)) < 1024 * 1024
+        assert frame["result"] == "k"
