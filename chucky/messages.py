@@ -297,6 +297,8 @@ class SystemMessage(WireModel):
     mcp_servers: list[dict[str, Any]] | None = None
     model: str | None = None
     permission_mode: str | None = Field(default=None, alias="permissionMode")
+    unsupported_options: list[str] | None = Field(default=None, alias="unsupportedOptions")
+    """chucky: the session's ``init`` options the server does not act on (absent if none)."""
 
 
 class AssistantMessage(WireModel):

@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -200,14 +209,38 @@ class SessionOptions(_Options):
     seed: int | None = None
     tool_choice: dict[str, Any] | list[dict[str, Any]] | None = None
 
+    _unknown_keys: tuple[str, ...] = PrivateAttr(default=())
+
     @field_validator("tool_choice", mode="before")
     @classmethod
     def _tool_choice(cls, value: Any) -> Any:
         return normalize_tool_choice(value)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        options = handler(data)
+        if isinstance(data, Mapping) and isinstance(options, SessionOptions):
+            known = _known_keys()
+            unknown = tuple(key for key in data if key not in known and data[key] is not None)
+            if unknown:
+                options._unknown_keys = tuple(str(key) for key in unknown)
+        return options
+
+    def unsupported(self) -> list[str]:
+        """The options set here that a chucky server does not act on, as the client spelled
+        them: the keys it does not know, and :data:`IGNORED_OPTIONS` (docs/protocol.md
+        section 5)."""
+        ignored = [
+            _wire_name(name)
+            for name in IGNORED_OPTIONS
+            if getattr(self, name) not in (None, [], {}, False)
+        ]
+        return sorted({*ignored, *self._unknown_keys})
+
     def inference_params(self) -> dict[str, Any]:
         """The inference parameters that are set (``max_tokens`` excepted), snake_case."""
-        names = ("temperature", "top_p", "top_k", "stop", "seed")
+        names = ("temperature", "top_p", "top_k", "stop", "seed", "max_thinking_tokens")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_wire(self) -> dict[str, Any]:
@@ -236,3 +269,38 @@ class SessionOptions(_Options):
         if isinstance(prompt, SystemPromptPreset):
             return prompt.append
         return prompt
+
+
+IGNORED_OPTIONS: Final = (
+    "agents",
+    "allow_dangerously_skip_permissions",
+    "betas",
+    "env",
+    "setting_sources",
+)
+"""Options a chucky server accepts and does not act on (the hosted service's subagents, betas,
+settings files and environment belong to Claude Code, which does not run here): reported back
+as ``unsupportedOptions`` rather than silently dropped."""
+
+
+def _wire_name(name: str) -> str:
+    field = SessionOptions.model_fields[name]
+    return field.alias or name
+
+
+_KNOWN_KEYS: set[str] = set()
+
+
+def _known_keys() -> set[str]:
+    """Every spelling of every option (snake_case names, camelCase aliases, alias choices)."""
+    if not _KNOWN_KEYS:
+        for name, field in SessionOptions.model_fields.items():
+            _KNOWN_KEYS.add(name)
+            if field.alias:
+                _KNOWN_KEYS.add(field.alias)
+            choices = field.validation_alias
+            if isinstance(choices, AliasChoices):
+                _KNOWN_KEYS.update(c for c in choices.choices if isinstance(c, str))
+            elif isinstance(choices, str):
+                _KNOWN_KEYS.add(choices)
+    return _KNOWN_KEYS

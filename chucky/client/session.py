@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import enum
+import inspect
+import os
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from ..errors import InvalidStateError, TimeoutError, ValidationError
-from ..messages import ErrorMessage, ResultMessage, SDKMessage, WireModel
+from ..messages import ErrorMessage, ResultMessage, SDKMessage, SystemMessage, WireModel
 from .connection import ClientConnection, ConnectionSettings
 from .settings import SessionSpec
 
@@ -79,6 +82,7 @@ class Session:
         self._conn: ClientConnection | None = None
         self._lock = asyncio.Lock()
         self._session_id = spec.options.session_id
+        self._warned_unsupported = False
 
     @property
     def state(self) -> SessionState:
@@ -164,6 +168,13 @@ class Session:
             if not ready:
                 message = await self._wait(conn)
             assert message is not None
+            if (
+                not self._warned_unsupported
+                and isinstance(message, SystemMessage)
+                and message.unsupported_options
+            ):
+                self._warned_unsupported = True
+                warn_unsupported(message.unsupported_options)
             yield message
             if isinstance(message, ResultMessage | ErrorMessage):
                 return
@@ -240,3 +251,30 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(session_id={self.session_id!r}, state={self._state.value})"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def warn_unsupported(options: Sequence[str]) -> None:
+    """A :class:`UserWarning` at the application's line: the server said it does not act on
+    these ``init`` options (``unsupportedOptions``, docs/protocol.md section 5)."""
+    warnings.warn(
+        f"the server does not act on the session options {', '.join(options)}: they are "
+        "accepted and have no effect there",
+        UserWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """``stacklevel`` of the first frame outside the chucky package (and asyncio)."""
+    frame = inspect.currentframe()
+    level = 0  # _caller_level's own frame
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if level >= 2 and not filename.startswith(_PACKAGE_DIR) and "asyncio" not in filename:
+            return level  # warn_unsupported is level 1 for warnings.warn
+        frame = frame.f_back
+        level += 1
+    return 2

@@ -112,6 +112,8 @@ class TurnSettings:
     params: Mapping[str, Any] = field(default_factory=dict)
     fallback_model: str | None = None
     tool_choice: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    unsupported_options: tuple[str, ...] = ()
+    """The session's ``init`` options this server does not act on (``unsupportedOptions``)."""
 
 
 def _add_usage(total: dict[str, int], usage: Mapping[str, int]) -> None:
@@ -178,6 +180,7 @@ class AgentTurn:
             mcp_servers=self.catalog.servers,
             model=self.route.name or self.settings.model,
             permission_mode=self.settings.permission_mode,
+            unsupported_options=list(self.settings.unsupported_options) or None,
         )
 
     def result(

@@ -391,6 +391,7 @@ class Connection:
             params=options.inference_params(),
             fallback_model=options.fallback_model,
             tool_choice=options.tool_choice,
+            unsupported_options=self.opened.unsupported,
         )
 
     def fallback_route(self, settings: TurnSettings) -> Route | None:

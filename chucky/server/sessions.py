@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._redact import redacting_logger
 from ..errors import ConcurrencyLimitError, SessionError, SessionNotFoundError, ValidationError
 from ..options import SessionOptions
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .app import ChuckyServer
 
 __all__ = ["RELEASE_WAIT", "OpenSession", "iso_time", "open_session"]
+
+logger = redacting_logger("chucky.server")
 
 RELEASE_WAIT = 2.0
 """Seconds a lease conflict with a socket that is closing is retried."""
@@ -42,11 +45,13 @@ class OpenSession:
     options: SessionOptions
     catalog: ToolCatalog
     policy: Policy
+    unsupported: tuple[str, ...] = ()
+    """The ``init`` options this server does not act on (``unsupportedOptions``)."""
 
     def info(self) -> dict[str, Any]:
-        """The ``session_info`` data (PROTOCOL.md section 2)."""
+        """The ``session_info`` data (docs/protocol.md section 2)."""
         record = self.record
-        return {
+        info = {
             "sessionId": record.session_id,
             "model": record.model,
             "tools": self.catalog.names,
@@ -54,6 +59,9 @@ class OpenSession:
             "createdAt": iso_time(record.created_at),
             "lastActivityAt": iso_time(record.last_activity_at),
         }
+        if self.unsupported:
+            info["unsupportedOptions"] = list(self.unsupported)
+        return info
 
 
 def iso_time(timestamp: float) -> str:
@@ -117,7 +125,12 @@ async def open_session(
     except BaseException:
         await store.release_lease(lease)
         raise
-    return OpenSession(record, lease, options, catalog, policy)
+    unsupported = tuple(requested.unsupported())
+    if unsupported:
+        logger.info(
+            "session %s: options not acted on here: %s", session_id, ", ".join(unsupported)[:500]
+        )
+    return OpenSession(record, lease, options, catalog, policy, unsupported)
 
 
 FRAME_HEADROOM = 64 * 1024

@@ -426,3 +426,12 @@ def test_tool_choice_is_normalized_to_the_anthropic_form(choice: Any, expected: 
 def test_invalid_tool_choices_are_refused(choice: Any) -> None:
     with pytest.raises(pydantic.ValidationError, match="toolChoice"):
         SessionOptions.model_validate({"toolChoice": choice})
+
+
+def test_max_thinking_tokens_reaches_the_providers_parameters() -> None:
+    # It was accepted and dropped before the provider (the Anthropic provider maps it to
+    # ``thinking``); the other providers ignore the parameter.
+    from chucky.options import SessionOptions
+
+    params = SessionOptions(max_thinking_tokens=2048, temperature=0.5).inference_params()
+    assert params == {"temperature": 0.5, "max_thinking_tokens": 2048}
