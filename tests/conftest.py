@@ -6,7 +6,10 @@ Time-based waits in tests are multiples of :data:`support.timing.TICK`, scaled b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import re
+import traceback
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,3 +38,40 @@ async def server() -> AsyncIterator[ScriptedServer]:
 
     async with scripted_server() as running:
         yield running
+
+
+# -- no token or secret in any log record -----------------------------------------------------
+
+_LEAK = re.compile(
+    r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{8,}|hk_live_[0-9a-fA-F]{8,}"
+)
+"""A whole signed JWT, or a project secret past its prefix (redacted ones are masked)."""
+
+
+class _LeakCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage() + (record.exc_text or "") + (record.stack_info or "")
+        if record.exc_info and not record.exc_text:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        found = _LEAK.search(text)
+        if found:
+            self.leaks.append(f"{record.name} {record.levelname}: ...{found.group(0)[:24]}...")
+
+
+@pytest.fixture(autouse=True)
+def _no_token_in_logs() -> Iterator[None]:
+    """Fail any test whose log records hold a token or a secret: every record a test's loggers
+    emit (WARNING and up by default; everything in a test that lowers the level, as the
+    security tests do at DEBUG) is searched."""
+    catcher = _LeakCatcher()
+    root = logging.getLogger()
+    root.addHandler(catcher)
+    try:
+        yield
+    finally:
+        root.removeHandler(catcher)
+    assert not catcher.leaks, f"a token or secret reached a log record: {catcher.leaks[:3]}"
