@@ -364,7 +364,7 @@ class AgentTurn:
             return await self._call_model(self._request(self.session.model_messages()), grant)
         except ProviderError as exc:
             fallback = self.fallback
-            if fallback is None or self._streamed or not exc.details.get("retryable"):
+            if fallback is None or self._streamed or not exc.retryable:
                 raise
             logger.warning(
                 "model %s failed (%s); retrying the call on the fallback model %s",
