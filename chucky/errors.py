@@ -234,7 +234,8 @@ class HandshakeError(ConnectionError):
 
 
 class TimeoutError(ChuckyError, builtins.TimeoutError):
-    """An explicit deadline (connect, handshake, idle turn, tool call) passed."""
+    """An explicit deadline (connect, handshake, idle turn, a turn's ``turn_timeout``, tool
+    call) passed."""
 
     default_code = None
 
