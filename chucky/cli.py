@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from . import __version__
 from .errors import ChuckyError
+from .server.config import DEFAULT_FIRST_EVENT_TIMEOUT, DEFAULT_MODEL_TIMEOUT
 
 if TYPE_CHECKING:
     from .server.store import Store
@@ -70,6 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_queued_bytes=args.max_queued_bytes,
         min_output_tokens=args.min_output_tokens,
         routing_file=args.config,
+        model_timeout=args.model_timeout,
+        first_event_timeout=args.first_event_timeout,
     )
     router = None
     if args.config is None:
@@ -238,6 +242,21 @@ def _parser() -> argparse.ArgumentParser:
         help="a model call is made only if the budget pays for its input and N output tokens",
     )
     serve.add_argument(
+        "--model-timeout",
+        type=_seconds,
+        default=DEFAULT_MODEL_TIMEOUT,
+        metavar="SECONDS",
+        help="a model call that has not ended this long after its request fails the turn with "
+        "PROVIDER_ERROR (a routing file's provider table may set its own model_timeout)",
+    )
+    serve.add_argument(
+        "--first-event-timeout",
+        type=_seconds,
+        default=DEFAULT_FIRST_EVENT_TIMEOUT,
+        metavar="SECONDS",
+        help="the same for a model call that sent nothing yet (first_event_timeout)",
+    )
+    serve.add_argument(
         "--shutdown-grace",
         type=float,
         default=30.0,
@@ -311,6 +330,17 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("--model", default="claude-sonnet-5-5")
     prompt.set_defaults(run=lambda args: asyncio.run(_prompt(args)))
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds > 0 (argparse reports a bad one as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
+    return value
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:

@@ -173,9 +173,42 @@ class ValidationError(ChuckyError, ValueError):
 
 
 class ProviderError(ChuckyError):
-    """The model provider failed (after retries, where retries apply)."""
+    """The model provider failed (after retries, where retries apply).
+
+    Attributes:
+        retryable: Whether another attempt may succeed (an overloaded or rate-limited provider,
+            a timeout, a dropped connection) rather than fail the same way (a request the
+            provider rejected, a provider that is not installed). Given to the constructor, it
+            is also written to ``details["retryable"]`` and decides the default
+            ``details["reason"]`` (``provider_unavailable`` / ``provider_rejected``), which is
+            what travels on the wire; an error built from a frame reads it back from there.
+        retry_after: Seconds the provider asked to wait before another attempt (its
+            ``retry-after`` header), if it said; ``None`` otherwise and on the client side.
+    """
 
     default_code = ErrorCode.PROVIDER_ERROR
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details, session_id=session_id)
+        if retryable is None:
+            flag = self.details.get("retryable")
+            retryable = flag if isinstance(flag, bool) else self.reason == "provider_unavailable"
+        else:
+            self.details["retryable"] = retryable
+            self.details.setdefault(
+                "reason", "provider_unavailable" if retryable else "provider_rejected"
+            )
+        self.retryable: bool = retryable
+        self.retry_after: float | None = retry_after
 
 
 class ProtocolError(ChuckyError):
@@ -201,7 +234,8 @@ class HandshakeError(ConnectionError):
 
 
 class TimeoutError(ChuckyError, builtins.TimeoutError):
-    """An explicit deadline (connect, handshake, idle turn, tool call) passed."""
+    """An explicit deadline (connect, handshake, idle turn, a turn's ``turn_timeout``, tool
+    call) passed."""
 
     default_code = None
 

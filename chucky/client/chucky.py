@@ -21,7 +21,7 @@ from ..messages import (
 )
 from .connection import ConnectionSettings
 from .results import PromptResult, StreamEvent
-from .session import Content, Session
+from .session import Content, Session, check_turn_timeout
 from .settings import (
     DEFAULT_MODEL,
     DEFAULT_URL,
@@ -90,6 +90,11 @@ class Chucky:
         idle_timeout: If set, a turn with no message from the server for this many seconds
             raises :class:`~chucky.errors.TimeoutError`. By default a turn may be silent
             for as long as the connection is alive.
+        turn_timeout: If set, the seconds a turn may take, from ``send()`` (or ``prompt()``,
+            ``stream()``) to its ``result``; past it the turn is interrupted server-side and
+            :class:`~chucky.errors.TimeoutError` is raised (``details["reason"]``
+            ``turn_timeout``). Per-call ``turn_timeout`` arguments override it. By default a
+            turn has no deadline (the server's own model deadlines still end it).
         max_queue: Messages buffered per session before reading from the socket pauses.
         debug: Log frames at DEBUG level on the ``chucky.client`` logger.
     """
@@ -106,6 +111,7 @@ class Chucky:
         keepalive_interval: float | None = 60.0,
         tool_timeout: float | None = 60.0,
         idle_timeout: float | None = None,
+        turn_timeout: float | None = None,
         max_queue: int = 1024,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
@@ -134,6 +140,7 @@ class Chucky:
             max_queue=max_queue,
         )
         self._idle_timeout = idle_timeout
+        self._turn_timeout = check_turn_timeout(turn_timeout)
         # Strong references: an open session's socket lives on in its reader task even when
         # the application drops the Session object, and close() must still reach it.
         self._sessions: set[Session] = set()
@@ -155,6 +162,7 @@ class Chucky:
             resolve(self._defaults, options),
             self._settings,
             idle_timeout=self._idle_timeout,
+            turn_timeout=self._turn_timeout,
             on_close=self._sessions.discard,
         )
         self._sessions.add(session)
@@ -169,13 +177,26 @@ class Chucky:
         options["session_id"] = session_id
         return self.create_session(**options)
 
-    async def prompt(self, message: Content, **options: Unpack[SessionArgs]) -> PromptResult:
+    async def prompt(
+        self,
+        message: Content,
+        *,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> PromptResult:
         """Run one turn in a fresh session and return its result.
 
         With ``output_format=SomeModel`` (a pydantic model class), the server is sent the
         model's JSON Schema and the result's ``structured_output`` is a ``SomeModel`` instance.
 
+        Args:
+            message: The user's message.
+            turn_timeout: Seconds the turn may take (``None``: the client's ``turn_timeout``).
+            **options: Session options, overriding the client's.
+
         Raises:
+            TimeoutError: the turn did not end within ``turn_timeout`` seconds; it was
+                interrupted server-side.
             ChuckyError: the typed error the server answered with (``BudgetExceededError``,
                 ``AuthenticationError``, ...), or a connection failure or timeout.
             ValidationError: the server's ``structured_output`` does not validate as the
@@ -184,7 +205,7 @@ class Chucky:
         """
         output_format = options.get("output_format", self._defaults.get("output_format"))
         async with self.create_session(**options) as session:
-            await session.send(message)
+            await session.send(message, turn_timeout=turn_timeout)
             messages: list[SDKMessage] = []
             async for msg in session.stream():
                 messages.append(msg)
@@ -195,7 +216,11 @@ class Chucky:
         raise ConnectionError("the turn ended without a result")  # pragma: no cover
 
     async def stream(
-        self, message: Content, **options: Unpack[SessionArgs]
+        self,
+        message: Content,
+        *,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
     ) -> AsyncGenerator[StreamEvent, None]:
         """Run one turn in a fresh session, yielding :class:`StreamEvent` as it goes.
 
@@ -203,12 +228,19 @@ class Chucky:
         ``tool_use``, then ``result`` and ``done``; or ``error``. Break out early and the
         session closes (use :func:`contextlib.aclosing` to make that immediate).
 
+        Args:
+            message: The user's message.
+            turn_timeout: Seconds the turn may take (``None``: the client's ``turn_timeout``).
+            **options: Session options, overriding the client's.
+
         Raises:
-            ConnectionError, TimeoutError: the connection failed or went silent.
+            TimeoutError: the turn did not end within ``turn_timeout`` seconds (it was
+                interrupted server-side), or the connection went silent.
+            ConnectionError: the connection failed.
         """
         session = self.create_session(**options)
         try:
-            await session.send(message)
+            await session.send(message, turn_timeout=turn_timeout)
             delta_seen = False
             async for msg in session.stream():
                 if isinstance(msg, StreamEventMessage):

@@ -1,21 +1,31 @@
 """A multi-turn session: ``send`` a message, ``stream`` the turn's messages, repeat.
 
 The socket opens lazily on the first :meth:`Session.send` and every turn of the session uses it.
+
+A turn may have a deadline (``turn_timeout``): when it passes before the turn's ``result``,
+:meth:`Session.stream` sends ``interrupt`` (the server stops the turn, PROTOCOL.md section 4) and
+raises :class:`~chucky.errors.TimeoutError`. The turn is then **abandoned**: whatever of it still
+arrives -- the ``result`` of the interrupt included -- is dropped, so the next turn's
+:meth:`~Session.stream` starts with the next turn's messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import enum
 import inspect
+import math
 import os
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
-from ..errors import InvalidStateError, TimeoutError, ValidationError
+from ..errors import ChuckyError, InvalidStateError, TimeoutError, ValidationError
 from ..messages import ErrorMessage, ResultMessage, SDKMessage, SystemMessage, WireModel
 from .connection import ClientConnection, ConnectionSettings
 from .settings import SessionSpec
@@ -23,6 +33,40 @@ from .settings import SessionSpec
 __all__ = ["Session", "SessionState"]
 
 _BLOCK_TYPES = frozenset({"text", "image", "document"})
+
+# How long the interrupt of a turn past its deadline may take to go out: the socket may be
+# blocked (a server that stopped reading); the turn is given up on all the same.
+_INTERRUPT_SEND_TIMEOUT: Final = 5.0
+
+
+def check_turn_timeout(value: float | None) -> float | None:
+    """``value`` if it is ``None`` or a number of seconds > 0.
+
+    Raises:
+        ValidationError: anything else.
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValidationError(
+            f"turn_timeout must be a number of seconds > 0 or None, got {value!r}",
+            details={"reason": "invalid_options"},
+        )
+    return float(value)
+
+
+@dataclass(slots=True)
+class _SentTurn:
+    """A turn sent and not ended yet, as the session tracks it."""
+
+    timeout: float | None
+    deadline: float | None  # event-loop time
+    abandoned: bool = False
 
 
 class SessionState(enum.Enum):
@@ -72,12 +116,15 @@ class Session:
         settings: ConnectionSettings,
         *,
         idle_timeout: float | None = None,
+        turn_timeout: float | None = None,
         on_close: Callable[[Session], None] | None = None,
     ) -> None:
         self._spec = spec
         self._on_close = on_close
         self._settings = settings
         self._idle_timeout = idle_timeout
+        self._turn_timeout = check_turn_timeout(turn_timeout)
+        self._turns: deque[_SentTurn] = deque()
         self._state = SessionState.NEW
         self._conn: ClientConnection | None = None
         self._lock = asyncio.Lock()
@@ -129,21 +176,33 @@ class Session:
                 self._state = SessionState.OPEN
             return self._conn
 
-    async def send(self, message: Content) -> None:
+    async def send(self, message: Content, *, turn_timeout: float | None = None) -> None:
         """Start a turn with ``message`` (a string, or text / image / document blocks).
 
         The first call opens the connection. Read the turn with :meth:`stream`.
 
+        Args:
+            message: The user's message.
+            turn_timeout: Seconds the turn may take, from this call to its ``result``; ``None``
+                uses the client's ``turn_timeout`` (by default none). Past it, :meth:`stream`
+                interrupts the turn and raises :class:`~chucky.errors.TimeoutError`.
+
         Raises:
-            ValidationError: ``message`` is not a string or a list of content blocks.
+            ValidationError: ``message`` is not a string or a list of content blocks, or
+                ``turn_timeout`` is not a number of seconds > 0.
             AuthenticationError: the server refused the token.
             ConnectionError: the server cannot be reached or the connection was lost.
             TimeoutError: the server did not answer the handshake within ``timeout``.
             InvalidStateError: the session is closed.
         """
         content = _content(message)
+        timeout = check_turn_timeout(turn_timeout)
+        if timeout is None:
+            timeout = self._turn_timeout
+        began = asyncio.get_running_loop().time()
         conn = await self._connection()
         await conn.send_turn(content)
+        self._turns.append(_SentTurn(timeout, None if timeout is None else began + timeout))
 
     async def stream(self) -> AsyncIterator[SDKMessage]:
         """The messages of the current turn, up to and including its ``result``.
@@ -154,7 +213,9 @@ class Session:
 
         Raises:
             ConnectionError: the connection was lost or the server stopped answering.
-            TimeoutError: no message for ``idle_timeout`` seconds (only when set).
+            TimeoutError: the turn's ``turn_timeout`` passed (the turn was interrupted and is
+                abandoned, ``details["reason"]`` is ``turn_timeout``), or no message came for
+                ``idle_timeout`` seconds (only when set).
             InvalidStateError: no turn was sent, or another ``stream()`` is reading.
         """
         if self._conn is None:
@@ -163,11 +224,18 @@ class Session:
             raise InvalidStateError("nothing to read: send() a message first")
         conn = self._conn
         inbox = conn.inbox
+        turns = self._turns
         while True:
             ready, message = inbox.try_get()
             if not ready:
                 message = await self._wait(conn)
             assert message is not None
+            ends = isinstance(message, ResultMessage | ErrorMessage)
+            abandoned = bool(turns) and turns[0].abandoned
+            if ends and turns:
+                turns.popleft()
+            if abandoned:
+                continue  # the rest of a turn given up on at its deadline
             if (
                 not self._warned_unsupported
                 and isinstance(message, SystemMessage)
@@ -176,7 +244,7 @@ class Session:
                 self._warned_unsupported = True
                 warn_unsupported(message.unsupported_options)
             yield message
-            if isinstance(message, ResultMessage | ErrorMessage):
+            if ends:
                 return
 
     async def _wait(self, conn: ClientConnection) -> SDKMessage:
@@ -188,15 +256,41 @@ class Session:
         if not (conn.proto.open_turns or inbox.pending_put or inbox.error):
             raise InvalidStateError("no turn in progress: send() a message first")
         idle = self._idle_timeout
-        if idle is None:
+        turn = next((turn for turn in self._turns if not turn.abandoned), None)
+        turn_deadline = turn.deadline if turn is not None else None
+        if idle is None and turn_deadline is None:
             return await inbox.get()
+        loop = asyncio.get_running_loop()
+        idle_deadline = None if idle is None else loop.time() + idle
+        by_turn = turn_deadline is not None and (
+            idle_deadline is None or turn_deadline <= idle_deadline
+        )
+        when = turn_deadline if by_turn else idle_deadline
         try:
-            async with asyncio.timeout(idle):
+            async with asyncio.timeout_at(when):
                 return await inbox.get()
         except builtins.TimeoutError as exc:
+            if not by_turn:
+                raise TimeoutError(
+                    f"no message from the server for {idle:g} s", session_id=self.session_id
+                ) from exc
+            assert turn is not None and turn.timeout is not None
+            await self._abandon(conn, turn)
             raise TimeoutError(
-                f"no message from the server for {idle:g} s", session_id=self.session_id
+                f"the turn did not end within {turn.timeout:g} s (turn_timeout); "
+                "it was interrupted",
+                details={"reason": "turn_timeout", "turnTimeout": turn.timeout},
+                session_id=self.session_id,
             ) from exc
+
+    async def _abandon(self, conn: ClientConnection, turn: _SentTurn) -> None:
+        """Give up on ``turn``: interrupt it (best effort) and drop what still comes of it."""
+        turn.abandoned = True
+        # A connection that is gone, closed or blocked cannot carry the interrupt: the
+        # deadline is what the caller asked for, whatever the socket does.
+        with contextlib.suppress(ChuckyError, builtins.TimeoutError):
+            async with asyncio.timeout(_INTERRUPT_SEND_TIMEOUT):
+                await conn.interrupt()
 
     def receive(self) -> AsyncIterator[SDKMessage]:
         """Alias of :meth:`stream` (the official V2 API name)."""

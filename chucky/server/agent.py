@@ -15,7 +15,8 @@ Every model call is paid for in advance through the turn's
 ``max_tokens`` lowered to what the user's window budget and the session's ``maxBudgetUsd`` can
 pay for, and its actual cost settled after it. The first call is reserved before anything is
 sent, so a user with nothing left gets ``BUDGET_EXCEEDED`` and the turn does not run; a later
-call that cannot be paid for ends the turn with ``error_max_budget_usd``.
+call that cannot be paid for ends the turn with ``error_max_budget_usd``. Each call also runs
+under its deadlines (:mod:`chucky.server.call_deadline`): no turn waits for a model forever.
 
 With an ``outputFormat`` the system prompt carries the schema, and the final text is validated
 against it (:mod:`chucky.server.structured`). An invalid answer is answered with a repair request
@@ -52,7 +53,9 @@ from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
 from ..protocol.turns import ModelCallReserved, ModelOutput, TurnEvent
 from .account import TurnAccount
 from .budget import CallGrant, CallPlan
+from .call_deadline import CallDeadline
 from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
+from .config import DEFAULT_FIRST_EVENT_TIMEOUT, DEFAULT_MODEL_TIMEOUT
 from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
 from .routing import Route
@@ -112,6 +115,8 @@ class TurnSettings:
     params: Mapping[str, Any] = field(default_factory=dict)
     fallback_model: str | None = None
     tool_choice: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    model_timeout: float | None = DEFAULT_MODEL_TIMEOUT
+    first_event_timeout: float | None = DEFAULT_FIRST_EVENT_TIMEOUT
     unsupported_options: tuple[str, ...] = ()
     """The session's ``init`` options this server does not act on (``unsupportedOptions``)."""
 
@@ -367,7 +372,7 @@ class AgentTurn:
             return await self._call_model(self._request(self.session.model_messages()), grant)
         except ProviderError as exc:
             fallback = self.fallback
-            if fallback is None or self._streamed or not exc.details.get("retryable"):
+            if fallback is None or self._streamed or not exc.retryable:
                 raise
             logger.warning(
                 "model %s failed (%s); retrying the call on the fallback model %s",
@@ -392,16 +397,32 @@ class AgentTurn:
         session_id = session.session_id
         started = self._clock()
         self._streamed = False
+        route = self.route
+        deadline = CallDeadline.pick(
+            route.name or route.model,
+            route_first_event=route.first_event_timeout,
+            route_whole=route.model_timeout,
+            first_event=settings.first_event_timeout,
+            whole=settings.model_timeout,
+        )
+        timeout = asyncio.timeout(deadline.before_first_event)
+        began = asyncio.get_running_loop().time()
         try:
-            async for event in self.route.provider.stream(request):
-                if not self._streamed:
-                    self._streamed = True
-                    self.io.record(ModelOutput())
-                accumulator.feed(event)
-                if partial:
-                    await send(
-                        StreamEventMessage(uuid=new_id(), session_id=session_id, event=event)
-                    )
+            async with timeout:
+                async for event in route.provider.stream(request):
+                    if not self._streamed:
+                        self._streamed = True
+                        timeout.reschedule(deadline.after_first_event(began))
+                        self.io.record(ModelOutput())
+                    accumulator.feed(event)
+                    if partial:
+                        await send(
+                            StreamEventMessage(uuid=new_id(), session_id=session_id, event=event)
+                        )
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise deadline.error(streamed=self._streamed) from None
         finally:
             self.api_seconds += self._clock() - started
             # A call that failed or was stopped part-way still used tokens: charge what was

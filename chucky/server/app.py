@@ -123,6 +123,9 @@ class ChuckyServer:
         if self._server is not None:
             raise InvalidStateError("server already started")
         redact_library_loggers()
+        # One line per provider whose package is absent: its turns will fail, say so now.
+        for missing in self.router.missing_providers():
+            logger.warning("%s", missing.message)
         config = self.config
         await self.store.open()
         now = time.time()

@@ -9,10 +9,21 @@ from typing import Literal
 
 from ..errors import ValidationError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerConfig", "parse_projects"]
+__all__ = [
+    "DEFAULT_FIRST_EVENT_TIMEOUT",
+    "DEFAULT_HOST",
+    "DEFAULT_MODEL_TIMEOUT",
+    "DEFAULT_PORT",
+    "ServerConfig",
+    "parse_projects",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+DEFAULT_MODEL_TIMEOUT = 600.0
+"""Seconds a model call may take, from its request to its last event (retries included)."""
+DEFAULT_FIRST_EVENT_TIMEOUT = 120.0
+"""Seconds a model call may take to send its first event (retries included)."""
 
 
 def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
@@ -87,6 +98,13 @@ class ServerConfig:
         max_structured_output_retries: repair requests sent to a model whose answer fails the
             session's ``outputFormat`` schema, before the turn ends with
             ``error_max_structured_output_retries``.
+        model_timeout: seconds a model call may take, from its request to its last event
+            (the provider's retries and the events' delivery included); beyond, the call is
+            abandoned and the turn fails with ``PROVIDER_ERROR`` (kind ``timeout``). ``None``:
+            no deadline. A routing file's provider table may set its own.
+        first_event_timeout: seconds a model call may take to send its first event (a
+            provider that accepted the request and says nothing, a missing ``message_start``);
+            the same failure. ``None``: only ``model_timeout`` applies.
     """
 
     host: str = DEFAULT_HOST
@@ -117,6 +135,8 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     routing_file: str | None = None
     max_structured_output_retries: int = 2
+    model_timeout: float | None = DEFAULT_MODEL_TIMEOUT
+    first_event_timeout: float | None = DEFAULT_FIRST_EVENT_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:

@@ -391,6 +391,8 @@ class Connection:
             params=options.inference_params(),
             fallback_model=options.fallback_model,
             tool_choice=options.tool_choice,
+            model_timeout=config.model_timeout,
+            first_event_timeout=config.first_event_timeout,
             unsupported_options=self.opened.unsupported,
         )
 

@@ -27,7 +27,18 @@ model of the tests) or built from a :class:`RoutingConfig` -- a TOML file (``chu
 A name is looked up case-insensitively among the models, then among the patterns (in file
 order); ``provider/model`` (``openai/gpt-4o``) names a configured provider directly. Providers
 are created on first use, so a provider whose key is missing only fails when a model routed to it
-is used.
+is used. A provider whose package is not installed (``anthropic`` without the extra of that
+name) fails every turn routed to it with ``PROVIDER_ERROR`` naming the extra to install
+(:func:`missing_provider_error`); :meth:`ModelRouter.missing_providers` lists them up front
+(``chucky serve`` logs one line per provider at start-up).
+
+A provider table may also set the deadlines of its model calls, in seconds, overriding the
+server's (``--model-timeout``, ``--first-event-timeout``)::
+
+    [providers.local]
+    type = "llamacpp"
+    first_event_timeout = 300           # no event for this long: the call fails (PROVIDER_ERROR)
+    model_timeout = 1800                # the whole call, from the request to its last event
 
 Without ``--config``, ``chucky serve`` routes by :func:`default_routing`: the embedded local
 model, and Claude through Anthropic when ``ANTHROPIC_API_KEY`` is set.
@@ -37,6 +48,8 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.util
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,18 +59,23 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from .._redact import redacting_logger
-from ..errors import ValidationError
+from ..errors import ProviderError, ValidationError
 from .pricing import CLAUDE_CEILING, FREE, ModelPrice, known_price, price_for
-from .providers.base import Provider
+from .providers.base import Provider, provider_error
 
 __all__ = [
     "CLAUDE_ALIASES",
+    "DEADLINE_SETTINGS",
+    "MissingProvider",
     "ModelEntry",
     "ModelRouter",
+    "ProviderKind",
     "Route",
     "RoutingConfig",
     "default_routing",
+    "missing_provider_error",
     "provider_factories",
+    "provider_kinds",
 ]
 
 logger = redacting_logger("chucky.server.routing")
@@ -78,12 +96,16 @@ class Route:
 
     ``name`` is the model as reported to the client (the ``system`` init, ``assistant``
     messages): the configured name the request resolved to, fallback included.
+    ``model_timeout`` and ``first_event_timeout`` are the provider table's deadlines of a call
+    (seconds); ``None``: the server's.
     """
 
     provider: Provider
     model: str
     price: ModelPrice
     name: str = ""
+    model_timeout: float | None = None
+    first_event_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +157,14 @@ class RoutingConfig:
             isinstance(v, Mapping) for v in providers.values()
         ):
             raise ValidationError("Invalid routing config: [providers.NAME] must be tables")
+        for name, table in providers.items():
+            for key in DEADLINE_SETTINGS:
+                value = table.get(key)
+                if value is not None and not _is_seconds(value):
+                    raise ValidationError(
+                        f"Invalid routing config: providers.{name}.{key} must be a number of "
+                        f"seconds > 0, got {value!r}"
+                    )
         models: dict[str, ModelEntry] = {}
         patterns: list[tuple[str, ModelEntry]] = []
         raw_models = data.get("models", {})
@@ -184,6 +214,15 @@ class RoutingConfig:
         return cls.from_mapping(data)
 
 
+def _is_seconds(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _is_pattern(name: str) -> bool:
     # Only * and ?: a bracket is part of real model names (claude-sonnet-4-5[1m]).
     return "*" in name or "?" in name
@@ -217,14 +256,89 @@ def default_routing(environ: Mapping[str, str] | None = None) -> RoutingConfig:
 
 ProviderFactory = Callable[[Mapping[str, Any]], Provider]
 
+DEADLINE_SETTINGS: Final = ("model_timeout", "first_event_timeout")
+"""The keys of a provider table that are the deadlines of its calls, not provider settings."""
 
-def _lazy(module: str, cls: str) -> ProviderFactory:
+
+@dataclass(frozen=True, slots=True)
+class ProviderKind:
+    """A provider kind a config may name (``type``): where its class lives, and what it needs.
+
+    Attributes:
+        module, cls: The module (imported on first use) and the class in it.
+        extra: The chucky extra that installs what it needs (``pip install "chucky[EXTRA]"``);
+            ``None``: nothing beyond the server.
+        requires: The top-level modules it cannot work without.
+    """
+
+    module: str
+    cls: str
+    extra: str | None = None
+    requires: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MissingProvider:
+    """A configured provider whose package is not installed (:meth:`ModelRouter.
+    missing_providers`)."""
+
+    name: str
+    kind: str
+    extra: str
+    module: str
+    models: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        """One log line: what is missing, what fails, what to install."""
+        models = ", ".join(self.models) or "none"
+        return (
+            f"provider {self.name!r} ({self.kind}) is not installed: no module {self.module!r}; "
+            f"turns for its models ({models}) fail with PROVIDER_ERROR. "
+            f'Install it with: pip install "chucky[{self.extra}]"'
+        )
+
+
+def provider_kinds() -> dict[str, ProviderKind]:
+    """The provider kinds a config may name."""
+    providers = "chucky.server.providers"
+    return {
+        "scripted": ProviderKind(f"{providers}.scripted", "ScriptedProvider"),
+        "anthropic": ProviderKind(
+            f"{providers}.anthropic", "AnthropicProvider", "anthropic", ("anthropic",)
+        ),
+        "openai": ProviderKind(f"{providers}.openai", "OpenAIProvider", "openai", ("openai",)),
+        "llamacpp": ProviderKind(
+            f"{providers}.llamacpp", "LlamaCppProvider", "local", ("llama_cpp",)
+        ),
+    }
+
+
+def missing_provider_error(name: str, kind: ProviderKind, module: str | None) -> ProviderError:
+    """The ``PROVIDER_ERROR`` of a turn routed to provider ``name`` whose package is absent.
+
+    Not retryable (``provider_rejected``): nothing changes until the extra is installed and the
+    server restarted. The message names the extra, never a path.
+    """
+    missing = f"no module {module!r}" if module else "a module it needs is missing"
+    install = f' Install it with: pip install "chucky[{kind.extra}]"' if kind.extra else ""
+    return provider_error(
+        f"Provider error: the {name!r} model provider is not installed on this server "
+        f"({missing}).{install}",
+        kind="provider_missing",
+        retryable=False,
+        provider=name,
+        extra=kind.extra,
+    )
+
+
+def _lazy(kind: ProviderKind) -> ProviderFactory:
     def make(settings: Mapping[str, Any]) -> Provider:
-        options = dict(settings)
+        options = {k: v for k, v in settings.items() if k not in DEADLINE_SETTINGS}
         key_env = options.pop("api_key_env", None)
         if isinstance(key_env, str) and os.environ.get(key_env):
             options.setdefault("api_key", os.environ[key_env])
-        provider_class = getattr(importlib.import_module(module), cls)
+        provider_class = getattr(importlib.import_module(kind.module), kind.cls)
         provider: Provider = provider_class(**options)
         return provider
 
@@ -232,13 +346,20 @@ def _lazy(module: str, cls: str) -> ProviderFactory:
 
 
 def provider_factories() -> dict[str, ProviderFactory]:
-    """The provider kinds a config may name, created from their settings table."""
-    return {
-        "scripted": _lazy("chucky.server.providers.scripted", "ScriptedProvider"),
-        "anthropic": _lazy("chucky.server.providers.anthropic", "AnthropicProvider"),
-        "openai": _lazy("chucky.server.providers.openai", "OpenAIProvider"),
-        "llamacpp": _lazy("chucky.server.providers.llamacpp", "LlamaCppProvider"),
-    }
+    """The provider kinds a config may name, created from their settings table.
+
+    A factory raises :class:`ImportError` when the kind's package is absent
+    (:class:`ModelRouter` turns it into :func:`missing_provider_error`).
+    """
+    return {name: _lazy(kind) for name, kind in provider_kinds().items()}
+
+
+def _absent(module: str) -> bool:
+    """Whether ``module`` cannot be imported (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
 
 
 class ModelRouter:
@@ -263,6 +384,7 @@ class ModelRouter:
         self.config = config
         self._providers: dict[str, Provider] = dict(providers or {})
         self._unpriced_logged: set[str] = set()
+        self._failures_logged: set[str] = set()
 
     @classmethod
     def from_config(
@@ -279,12 +401,45 @@ class ModelRouter:
             return []
         return sorted(self.config.models) + [pattern for pattern, _ in self.config.patterns]
 
+    def missing_providers(self) -> list[MissingProvider]:
+        """The configured providers that a model routes to and whose package is absent.
+
+        Checked without importing anything (``importlib.util.find_spec``); providers given
+        ready (``providers=``) are not checked.
+        """
+        config = self.config
+        if config is None:
+            return []
+        kinds = provider_kinds()
+        routed: dict[str, list[str]] = {}
+        entries = [*config.models.items(), *config.patterns]
+        for name, entry in entries:
+            routed.setdefault(entry.provider, []).append(name)
+        for name in config.providers:
+            routed.setdefault(name, [])
+        missing = []
+        for name, models in routed.items():
+            if name in self._providers:
+                continue
+            kind_name = str(config.providers.get(name, {}).get("type", name))
+            kind = kinds.get(kind_name)
+            if kind is None or kind.extra is None:
+                continue
+            absent = next((module for module in kind.requires if _absent(module)), None)
+            if absent is not None:
+                missing.append(
+                    MissingProvider(name, kind_name, kind.extra, absent, tuple(sorted(models)))
+                )
+        return missing
+
     def resolve(self, model: str) -> Route:
         """The route of ``model``.
 
         Raises:
             ValidationError: no provider serves ``model`` and no fallback is configured
                 (``reason`` ``invalid_options``; the message lists the models available).
+            ProviderError: the provider cannot be created: its package is not installed
+                (:func:`missing_provider_error`) or its settings are refused.
         """
         if self._single is not None:
             assert self._price is not None
@@ -316,7 +471,15 @@ class ModelRouter:
         price = entry.price or known_price(provider_model)
         if price is None:
             price = self._unknown_price(target, provider_model)
-        return Route(target, provider_model, price, name)
+        settings = config.providers.get(entry.provider, {})
+        return Route(
+            target,
+            provider_model,
+            price,
+            name,
+            model_timeout=settings.get("model_timeout"),
+            first_event_timeout=settings.get("first_event_timeout"),
+        )
 
     def _unknown_price(self, provider: Provider, model: str) -> ModelPrice:
         """A model the price table does not know: free, unless Claude (always paid), which is
@@ -340,12 +503,41 @@ class ModelRouter:
             assert self.config is not None
             settings = self.config.providers.get(kind, {})
             factory_kind = str(settings.get("type", kind))
-            factory = provider_factories().get(factory_kind)
-            if factory is None:
+            kind_spec = provider_kinds().get(factory_kind)
+            if kind_spec is None:
                 raise ValidationError(f"Invalid routing config: unknown provider {kind!r}")
-            provider = factory({k: v for k, v in settings.items() if k != "type"})
+            factory = _lazy(kind_spec)
+            try:
+                provider = factory({k: v for k, v in settings.items() if k != "type"})
+            except ImportError as exc:
+                # Logged once, one line: the module that is missing, never a path or a trace.
+                error = missing_provider_error(kind, kind_spec, exc.name)
+                self._log_failure(kind, error)
+                raise error from None
+            except (TypeError, ValueError) as exc:
+                # Settings the provider's class refuses (an unknown key, a negative retry). The
+                # keys are named, never the values (a key, a URL with a password).
+                keys = ", ".join(sorted(k for k in settings if k not in ("type", "api_key")))
+                text = str(exc)
+                for value in settings.values():
+                    if isinstance(value, str) and len(value) >= 4:
+                        text = text.replace(value, "[redacted]")
+                error = provider_error(
+                    f"Provider error: the {kind!r} model provider cannot be created from its "
+                    f"settings ({keys or 'none'}): {text}",
+                    kind="provider_misconfigured",
+                    retryable=False,
+                    provider=kind,
+                )
+                self._log_failure(kind, error)
+                raise error from None
             self._providers[kind] = provider
         return provider
+
+    def _log_failure(self, kind: str, error: ProviderError) -> None:
+        if kind not in self._failures_logged:
+            self._failures_logged.add(kind)
+            logger.error("%s", error.message)
 
     async def aclose(self) -> None:
         if self._single is not None:

@@ -29,12 +29,8 @@ from chucky.server.providers.anthropic import (
     classify_failure,
     thinking_budget,
 )
-from chucky.server.providers.base import (
-    MessageAccumulator,
-    ModelRequest,
-    ToolSpec,
-    retry_delay,
-)
+from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec
+from chucky.server.providers.retry import RetryPolicy
 from chucky.server.routing import ModelRouter
 from chucky.tokens import create_budget, create_token
 
@@ -218,8 +214,15 @@ class SleepRecorder:
         self.delays.append(delay)
 
 
+def top_draw() -> float:
+    """The jitter's draw at its top: each delay is its backoff ceiling (jitter itself is
+    tested in test_provider_retry.py)."""
+    return 1.0
+
+
 def provider_for(api: FakeAPI, **options: Any) -> tuple[AnthropicProvider, SleepRecorder]:
     sleep = SleepRecorder()
+    options.setdefault("random", top_draw)
     return AnthropicProvider(client=api.client(), sleep=sleep, **options), sleep
 
 
@@ -688,10 +691,11 @@ async def test_aclose_closes_only_an_owned_client() -> None:
 
 
 def test_pure_policy_helpers() -> None:
-    assert retry_delay(0, backoff=0.5, max_backoff=8.0, retry_after=None) == 0.5
-    assert retry_delay(5, backoff=0.5, max_backoff=8.0, retry_after=None) == 8.0
-    assert retry_delay(0, backoff=0.5, max_backoff=8.0, retry_after=2.0) == 2.0
-    assert retry_delay(0, backoff=0.5, max_backoff=1.0, retry_after=2.0) == 1.0
+    policy = RetryPolicy(backoff=0.5, max_backoff=8.0)
+    assert policy.delay(0, retry_after=None, random=top_draw) == 0.5
+    assert policy.delay(5, retry_after=None, random=top_draw) == 8.0
+    assert policy.delay(0, retry_after=2.0, random=top_draw) == 2.0
+    assert RetryPolicy(max_backoff=1.0).delay(0, retry_after=2.0, random=top_draw) == 1.0
     failure = classify_failure(ValueError("bad"))
     assert failure.kind == "bad_response" and failure.retryable
 

@@ -16,13 +16,8 @@ import openai
 import pytest
 
 from chucky.errors import ProviderError
-from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec, retry_delay
-from chucky.server.providers.openai import (
-    MAX_BACKOFF,
-    PLACEHOLDER_API_KEY,
-    OpenAIProvider,
-    translate_error,
-)
+from chucky.server.providers.base import MessageAccumulator, ModelRequest, ToolSpec
+from chucky.server.providers.openai import PLACEHOLDER_API_KEY, OpenAIProvider, translate_error
 from chucky.server.providers.openai_translate import (
     ChunkTranslator,
     ToolNameMap,
@@ -33,6 +28,7 @@ from chucky.server.providers.openai_translate import (
     estimate_prompt_tokens,
     map_finish_reason,
 )
+from chucky.server.providers.retry import DEFAULT_RETRY
 
 LONG_NAME = "mcp__a_server_with_a_rather_long_name__a_tool_with_an_even_longer_name_x"
 
@@ -478,7 +474,7 @@ def test_call_whose_name_arrives_late() -> None:
 
 
 def test_backoff_delay() -> None:
-    delays = [retry_delay(i, backoff=0.5, max_backoff=MAX_BACKOFF) for i in range(6)]
+    delays = [DEFAULT_RETRY.delay(i, random=lambda: 1.0) for i in range(6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
 
 
@@ -507,7 +503,7 @@ def make_provider(handler: Handler, **kwargs: Any) -> tuple[OpenAIProvider, open
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
         max_retries=0,
     )
-    return OpenAIProvider(client=client, retry_backoff=0.0, **kwargs), client
+    return OpenAIProvider(client=client, backoff=0.0, **kwargs), client
 
 
 async def run(provider: OpenAIProvider, req: ModelRequest) -> MessageAccumulator:

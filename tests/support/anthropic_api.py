@@ -6,7 +6,10 @@ its real Anthropic provider, SDK and HTTP stack against it without the network::
     with MessagesAPI([sse_text("Hi")]) as api:
         env = {"ANTHROPIC_API_KEY": "sk-ant-...", "ANTHROPIC_BASE_URL": api.url}
 
-Each ``POST /v1/messages`` gets the next body (the last one repeats); :attr:`MessagesAPI.requests`
+Each ``POST`` (any path: ``/v1/messages``, or ``/v1/chat/completions`` for the OpenAI SDK) gets
+the next reply (the last one repeats): an SSE body (``bytes``, status 200) or a :class:`Reply`
+with its own status and headers (the recorded errors :func:`rate_limited`, :func:`overloaded`;
+:func:`sse_error` is an ``error`` event inside a 200 stream). :attr:`MessagesAPI.requests`
 records each request's path, JSON body and API key.
 """
 
@@ -14,12 +17,67 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-__all__ = ["MessagesAPI", "Recorded", "sse", "sse_text", "sse_tool_use"]
+__all__ = [
+    "MessagesAPI",
+    "Recorded",
+    "Reply",
+    "overloaded",
+    "rate_limited",
+    "sse",
+    "sse_error",
+    "sse_text",
+    "sse_tool_use",
+]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A whole HTTP response: status, body and headers."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def _error_body(error_type: str, message: str) -> bytes:
+    # The Messages API's error shape, as recorded (request_id also in a header).
+    return json.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
+        }
+    ).encode()
+
+
+def rate_limited(retry_after: str | None = "2") -> Reply:
+    """A recorded 429: ``rate_limit_error``, with ``retry-after`` (seconds) when given."""
+    headers = {"request-id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    message = (
+        "This request would exceed the rate limit for your organization of 50,000 input "
+        "tokens per minute. Please retry after the time in the retry-after header."
+    )
+    return Reply(429, _error_body("rate_limit_error", message), headers)
+
+
+def overloaded() -> Reply:
+    """A recorded 529: ``overloaded_error``."""
+    headers = {"request-id": "req_011CSHoEeqs5C35K2UUqR7Fy", "x-should-retry": "true"}
+    return Reply(529, _error_body("overloaded_error", "Overloaded"), headers)
+
+
+def sse_error(error_type: str = "overloaded_error", message: str = "Overloaded") -> bytes:
+    """A 200 stream whose only event is an ``error`` (the API overloaded mid-request)."""
+    return sse({"type": "error", "error": {"type": error_type, "message": message}})
 
 
 def sse(*events: dict[str, Any]) -> bytes:
@@ -102,11 +160,14 @@ Recorded = tuple[str, dict[str, Any], str]
 class MessagesAPI:
     """The stand-in server (a context manager); :attr:`url` is its base URL."""
 
-    def __init__(self, bodies: Sequence[bytes]) -> None:
+    def __init__(self, bodies: Sequence[bytes | Reply]) -> None:
         if not bodies:
             raise ValueError("give at least one body")
         self.requests: list[Recorded] = []
-        self._bodies = list(bodies)
+        self._bodies = [
+            body if isinstance(body, Reply) else Reply(200, body, content_type="text/event-stream")
+            for body in bodies
+        ]
         self._lock = threading.Lock()
         api = self
 
@@ -116,20 +177,24 @@ class MessagesAPI:
                 # The key, as whichever header this SDK version sends it in.
                 key = self.headers.get("x-api-key") or self.headers.get("authorization", "")
                 reply = api._record((self.path, body, key.removeprefix("Bearer ")))
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Content-Length", str(len(reply)))
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(reply)
+                self.wfile.write(reply.body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def _record(self, request: Recorded) -> bytes:
+    def _record(self, request: Recorded) -> Reply:
         with self._lock:
             self.requests.append(request)
             return self._bodies.pop(0) if len(self._bodies) > 1 else self._bodies[0]

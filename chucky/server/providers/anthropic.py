@@ -24,21 +24,22 @@ Retries
 -------
 
 The SDK's own retries are off (``max_retries=0``): it would re-send a request whose stream had
-already reached our caller. This provider retries instead, with the decision made by small pure
-functions (:func:`classify_failure`, :func:`~chucky.server.providers.base.retry_delay`):
+already reached our caller. This provider retries instead, through
+:func:`~chucky.server.providers.retry.retrying` (the policy every provider shares: only before
+the first event reached the caller, exponential backoff with full jitter, ``retry-after``
+honoured, all capped at ``max_backoff``). The pure :func:`classify_failure` decides what is
+retryable:
 
-* retryable failures are connection errors and timeouts, HTTP 408, 409, 429 and 5xx (529 is
-  ``overloaded``), and an ``error`` event inside a 200 stream whose ``error.type`` is
-  ``overloaded_error``, ``rate_limit_error``, ``api_error`` or ``timeout_error``, and a 200
-  body that ends before ``message_stop`` (``incomplete_stream``: a dropped connection);
-* a retry waits ``retry-after-ms`` / ``retry-after`` (seconds) when the response has one, else
-  ``backoff * 2 ** attempt``; both capped at ``max_backoff``;
-* **only before the first event reached the caller.** Once an event was yielded, a failure is
-  raised at once as :class:`~chucky.errors.ProviderError` with ``details["streamed"] = True``
-  (a retry would duplicate what the client already saw);
+* connection errors and timeouts, HTTP 408, 409, 429 and 5xx (529 is ``overloaded``), an
+  ``error`` event inside a 200 stream whose ``error.type`` is ``overloaded_error``,
+  ``rate_limit_error``, ``api_error`` or ``timeout_error``, and a 200 body that ends before
+  ``message_stop`` (``incomplete_stream``: a dropped connection);
+* the wait the API asked for is ``retry-after-ms`` / ``retry-after``
+  (:func:`~chucky.server.providers.retry.parse_retry_after`);
 * other failures (400, 401, 403, 404, 413 ...) are raised at once, not retryable
   (``reason`` ``provider_rejected``); after ``max_retries`` retries the last failure is raised,
-  retryable (``reason`` ``provider_unavailable``).
+  retryable (``reason`` ``provider_unavailable``). A failure after an event was yielded has
+  ``details["streamed"] = True``.
 
 Every exception of the SDK and of its HTTP library is translated here into a
 :class:`~chucky.errors.ProviderError` (chained as ``__cause__``). Messages never contain the
@@ -48,7 +49,8 @@ API key.
 from __future__ import annotations
 
 import asyncio
-import math
+import random as _random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
@@ -60,14 +62,8 @@ from anthropic.types import RawMessageStreamEvent
 from chucky.errors import ProviderError
 
 from ..._redact import redacting_logger
-from .base import (
-    ModelRequest,
-    Provider,
-    provider_error,
-    redact_secret,
-    retry_delay,
-    tool_choice_for,
-)
+from .base import ModelRequest, Provider, provider_error, redact_secret, tool_choice_for
+from .retry import DEFAULT_RETRY, RetryPolicy, parse_retry_after, retrying
 
 __all__ = [
     "MIN_THINKING_BUDGET",
@@ -154,13 +150,17 @@ class Failure:
     retry_after: float | None = None
 
 
-def classify_failure(exc: BaseException, *, opening: bool = False) -> Failure:
+def classify_failure(
+    exc: BaseException, *, opening: bool = False, now: float | None = None
+) -> Failure:
     """Map an exception of the SDK or its transport to a :class:`Failure` (pure).
 
     Args:
         exc: What the SDK raised while opening or reading a stream.
         opening: Whether it was raised before a response arrived (a ``TypeError`` or
             ``ValueError`` then means the request could not be built: not retryable).
+        now: The time, in seconds since the epoch, for a ``retry-after`` given as an HTTP
+            date (``None``: such a date is ignored).
 
     Returns:
         The failure; unknown exceptions are ``error``, not retryable.
@@ -190,7 +190,7 @@ def classify_failure(exc: BaseException, *, opening: bool = False) -> Failure:
             status=status,
             error_type=error_type,
             request_id=exc.request_id,
-            retry_after=_retry_after(exc.response.headers),
+            retry_after=parse_retry_after(exc.response.headers, now=now),
         )
     if opening and isinstance(exc, TypeError | ValueError):
         return Failure("invalid_request", False, f"request not sent: {exc}")
@@ -200,20 +200,6 @@ def classify_failure(exc: BaseException, *, opening: bool = False) -> Failure:
     if isinstance(exc, ValueError | httpx2.HTTPError | httpx2.StreamError):
         return Failure("bad_response", True, f"malformed response: {type(exc).__name__}")
     return Failure("error", False, f"{type(exc).__name__}: {exc}")
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / scale
-        except ValueError:
-            continue  # an HTTP date: fall back to the exponential backoff
-        if math.isfinite(value) and value >= 0:
-            return value
-    return None
 
 
 def thinking_budget(requested: int, max_tokens: int) -> int | None:
@@ -283,10 +269,13 @@ class AnthropicProvider(Provider):
         client: A ready ``anthropic.AsyncAnthropic`` to use instead (tests hand one with a
             mock transport). It is used with SDK retries off and is not closed by
             :meth:`aclose`.
-        max_retries: Retries of a failed call before any event was streamed.
-        backoff: First retry delay in seconds (doubling per retry).
-        max_backoff: Upper bound of any delay, ``retry-after`` included.
+        max_retries, backoff, max_backoff: The :class:`~chucky.server.providers.retry.
+            RetryPolicy` (3 retries, 0.5 s doubling, capped at 8 s).
         sleep: The coroutine function that waits (tests pass a recorder).
+        random: The jitter's uniform draw in ``[0, 1)`` (tests pass a constant).
+
+    Raises:
+        ValueError: a negative or non-finite retry setting.
     """
 
     name: ClassVar[str] = "anthropic"
@@ -297,13 +286,13 @@ class AnthropicProvider(Provider):
         api_key: str | None = None,
         base_url: str | None = None,
         client: anthropic.AsyncAnthropic | None = None,
-        max_retries: int = 3,
-        backoff: float = 0.5,
-        max_backoff: float = 8.0,
+        max_retries: int = DEFAULT_RETRY.max_retries,
+        backoff: float = DEFAULT_RETRY.backoff,
+        max_backoff: float = DEFAULT_RETRY.max_backoff,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self._retry = RetryPolicy(max_retries, backoff, max_backoff)
         self._owns_client = client is None
         if client is None:
             client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, max_retries=0)
@@ -311,17 +300,15 @@ class AnthropicProvider(Provider):
             # A copy sharing the caller's HTTP client: only the retry setting differs.
             client = client.with_options(max_retries=0)
         self._client = client
-        self._max_retries = max_retries
-        self._backoff = backoff
-        self._max_backoff = max_backoff
         self._sleep = sleep
+        self._random = random
         self._closed = False
 
     def _redact(self, text: str) -> str:
         return redact_secret(text, self._client.api_key)
 
-    def _error(self, failure: Failure, *, attempts: int, streamed: bool = False) -> ProviderError:
-        extra: dict[str, Any] = {"attempts": attempts, "streamed": streamed}
+    def _error(self, failure: Failure) -> ProviderError:
+        extra: dict[str, Any] = {}
         for key in ("status", "error_type", "request_id"):
             value = getattr(failure, key)
             if value is not None:
@@ -330,6 +317,7 @@ class AnthropicProvider(Provider):
             self._redact(f"anthropic provider failure: {failure.message}"),
             kind=failure.kind,
             retryable=failure.retryable,
+            retry_after=failure.retry_after,
             **extra,
         )
 
@@ -340,7 +328,7 @@ class AnthropicProvider(Provider):
         events = await create(**arguments, stream=True)
         return cast("anthropic.AsyncStream[RawMessageStreamEvent]", events)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream one Messages API call as raw events (see the module docstring).
 
         Args:
@@ -353,65 +341,44 @@ class AnthropicProvider(Provider):
             ProviderError: the call failed; not retried if any event was already yielded
                 (``details["streamed"]`` is then ``True``).
         """
-        arguments = build_create_arguments(request)
-        attempt = 0
-        streamed = False
+        return retrying(
+            lambda: self._attempt(build_create_arguments(request)),
+            policy=self._retry,
+            provider=self.name,
+            sleep=self._sleep,
+            random=self._random,
+        )
+
+    async def _attempt(self, arguments: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One request: its events, or a :class:`ProviderError` for whatever went wrong."""
+        try:
+            events = await self._open(arguments)
+        except _CALL_ERRORS as exc:
+            raise self._error(classify_failure(exc, opening=True, now=time.time())) from exc
         finished = False
-        events: anthropic.AsyncStream[RawMessageStreamEvent] | None = None
         try:
             while True:
-                opening = events is None
-                cause: BaseException | None = None
                 try:
-                    if events is None:
-                        events = await self._open(arguments)
-                    opening = False
                     event = await events.__anext__()
                 except StopAsyncIteration:
                     if finished:
                         return
                     # The body ended without `message_stop`: a dropped connection.
                     failure = Failure("incomplete_stream", True, "stream ended before message_stop")
+                    raise self._error(failure) from None
                 except _CALL_ERRORS as exc:
-                    failure = classify_failure(exc, opening=opening)
-                    cause = exc
-                else:
-                    payload = event.model_dump(mode="json", exclude_none=True, warnings=False)
-                    kind = payload.get("type")
-                    if kind == "ping":
-                        continue
-                    if kind == "message_start":
-                        finished = False
-                    elif kind == "message_stop":
-                        finished = True
-                    streamed = True
-                    yield payload
+                    raise self._error(classify_failure(exc, now=time.time())) from exc
+                payload = event.model_dump(mode="json", exclude_none=True, warnings=False)
+                kind = payload.get("type")
+                if kind == "ping":
                     continue
-                if events is not None:
-                    await _close_quietly(events)
-                    events = None
-                if streamed:
-                    raise self._error(failure, attempts=attempt + 1, streamed=True) from cause
-                if not failure.retryable or attempt >= self._max_retries:
-                    raise self._error(failure, attempts=attempt + 1) from cause
-                delay = retry_delay(
-                    attempt,
-                    backoff=self._backoff,
-                    max_backoff=self._max_backoff,
-                    retry_after=failure.retry_after,
-                )
-                logger.info(
-                    "anthropic call failed (%s), retry %d/%d in %.2fs",
-                    failure.kind,
-                    attempt + 1,
-                    self._max_retries,
-                    delay,
-                )
-                attempt += 1
-                await self._sleep(delay)
+                if kind == "message_start":
+                    finished = False
+                elif kind == "message_stop":
+                    finished = True
+                yield payload
         finally:
-            if events is not None:
-                await _close_quietly(events)
+            await _close_quietly(events)
 
     async def aclose(self) -> None:
         """Close the SDK client if this provider created it (idempotent)."""

@@ -20,10 +20,12 @@ async stream of events in the Anthropic raw-stream shape::
 the events as ``stream_event`` frames and folds them into the final message with
 :class:`MessageAccumulator`.
 
-A provider failure is a :class:`chucky.errors.ProviderError` whose ``details`` say whether it is
-retryable (``retryable``), its kind (``kind``: ``overloaded``, ``rate_limited``,
-``server_error``, ``bad_request`` ...) and the protocol ``reason``
-(``provider_unavailable`` for retryable failures, ``provider_rejected`` otherwise).
+A provider failure is a :class:`chucky.errors.ProviderError` whose typed
+:attr:`~chucky.errors.ProviderError.retryable` says whether another attempt may succeed (also in
+``details["retryable"]`` for the wire) and whose ``details`` give its kind (``kind``:
+``overloaded``, ``rate_limited``, ``server_error``, ``bad_request`` ...) and the protocol
+``reason`` (``provider_unavailable`` for retryable failures, ``provider_rejected`` otherwise).
+Retries are :mod:`chucky.server.providers.retry`'s, the same for every provider.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ __all__ = [
     "ToolSpec",
     "provider_error",
     "redact_secret",
-    "retry_delay",
     "tool_choice_for",
 ]
 
@@ -98,8 +99,7 @@ class Provider(ABC):
         """Run one model call, yielding raw stream events (see the module docstring).
 
         Raises:
-            ProviderError: the call failed (``details["retryable"]`` tells whether a retry
-                may help).
+            ProviderError: the call failed (its ``retryable`` tells whether a retry may help).
         """
 
     def estimate_input_tokens(self, request: ModelRequest) -> int:
@@ -256,26 +256,6 @@ def tool_choice_for(choice: Any, tools: Sequence[ToolSpec]) -> dict[str, Any] | 
     return {"type": "tool", "name": chosen[0].name} if chosen else None
 
 
-def retry_delay(
-    attempt: int, *, backoff: float, max_backoff: float, retry_after: float | None = None
-) -> float:
-    """Seconds to wait before retry number ``attempt + 1`` of a model call (pure).
-
-    Args:
-        attempt: Retries already made (0 before the first retry).
-        backoff: The first delay; it doubles with each retry.
-        max_backoff: Upper bound of any delay, ``retry-after`` included.
-        retry_after: Seconds the server asked for, if it did.
-
-    Returns:
-        ``min(retry_after, max_backoff)`` if the server asked, else
-        ``min(backoff * 2 ** attempt, max_backoff)``.
-    """
-    if retry_after is not None:
-        return max(0.0, min(retry_after, max_backoff))
-    return max(0.0, min(backoff * 2.0**attempt, max_backoff))
-
-
 def redact_secret(text: str, secret: str | None) -> str:
     """``text`` with ``secret`` (an API key) replaced by ``[redacted]``; short or empty secrets
     (placeholders) are left alone."""
@@ -284,15 +264,25 @@ def redact_secret(text: str, secret: str | None) -> str:
     return text
 
 
-def provider_error(message: str, *, kind: str, retryable: bool, **extra: Any) -> ProviderError:
-    """A :class:`ProviderError` with the protocol ``reason`` derived from ``retryable``."""
-    details: dict[str, Any] = {
-        "reason": "provider_unavailable" if retryable else "provider_rejected",
-        "kind": kind,
-        "retryable": retryable,
-        **extra,
-    }
-    return ProviderError(message, details=details)
+def provider_error(
+    message: str,
+    *,
+    kind: str,
+    retryable: bool,
+    retry_after: float | None = None,
+    **extra: Any,
+) -> ProviderError:
+    """A :class:`ProviderError` of ``kind``; its protocol ``reason`` follows ``retryable``.
+
+    Args:
+        message: What the client reads (no credentials, no paths).
+        kind: The failure's kind (``details["kind"]``).
+        retryable: Whether another attempt may succeed.
+        retry_after: Seconds the provider asked to wait, if it said.
+        **extra: More ``details`` (``status``, ``request_id`` ...).
+    """
+    details: dict[str, Any] = {"kind": kind, **extra}
+    return ProviderError(message, details=details, retryable=retryable, retry_after=retry_after)
 
 
 class MessageAccumulator:

@@ -4,9 +4,11 @@
 servers (vLLM, llama.cpp server, Ollama, LM Studio) through the official ``openai`` SDK. The
 translation both ways is pure and lives in :mod:`chucky.server.providers.openai_translate`;
 this module is the I/O shell: it sends the request, feeds the streamed chunks to a
-:class:`~chucky.server.providers.openai_translate.ChunkTranslator`, retries failures that
-happen before the first event, and maps every SDK and ``httpx2`` exception to a
-:class:`~chucky.errors.ProviderError` (``raise ... from exc``)::
+:class:`~chucky.server.providers.openai_translate.ChunkTranslator`, and maps every SDK and
+``httpx2`` exception to a :class:`~chucky.errors.ProviderError` (``raise ... from exc``).
+Failures before the first event are retried by
+:func:`~chucky.server.providers.retry.retrying`, the policy every provider shares (backoff with
+full jitter, ``retry-after-ms`` / ``retry-after`` honoured)::
 
     openai.APITimeoutError           kind timeout            retryable
     openai.APIConnectionError        kind connection_error   retryable
@@ -23,9 +25,10 @@ happen before the first event, and maps every SDK and ``httpx2`` exception to a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+import random as _random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, cast
 
 import httpx2
@@ -33,7 +36,7 @@ import openai
 
 from chucky.errors import ProviderError
 
-from .base import ModelRequest, Provider, provider_error, redact_secret, retry_delay
+from .base import ModelRequest, Provider, provider_error, redact_secret
 from .openai_translate import (
     ChunkTranslator,
     ToolNameMap,
@@ -43,11 +46,9 @@ from .openai_translate import (
     chat_tools,
     estimate_prompt_tokens,
 )
+from .retry import DEFAULT_RETRY, RetryPolicy, parse_retry_after, retrying
 
-__all__ = ["MAX_BACKOFF", "PLACEHOLDER_API_KEY", "OpenAIProvider", "translate_error"]
-
-MAX_BACKOFF = 8.0
-"""Upper bound of a retry delay, in seconds."""
+__all__ = ["PLACEHOLDER_API_KEY", "OpenAIProvider", "translate_error"]
 
 PLACEHOLDER_API_KEY = "not-needed"
 """The key sent to servers that need none (local servers), when no key is configured."""
@@ -67,17 +68,22 @@ _STATUS_KINDS = {
 }
 
 
-def translate_error(exc: BaseException, *, api_key: str | None = None) -> ProviderError:
+def translate_error(
+    exc: BaseException, *, api_key: str | None = None, now: float | None = None
+) -> ProviderError:
     """The :class:`ProviderError` for an ``openai`` SDK or ``httpx2`` exception (pure).
 
     Args:
         exc: The library exception.
         api_key: The key in use; removed from the message should it appear there.
+        now: The time, in seconds since the epoch, for a ``retry-after`` given as an HTTP
+            date (``None``: such a date is ignored).
 
     Returns:
         The error to raise (the caller chains ``exc`` as its cause).
     """
     status: int | None = None
+    retry_after: float | None = None
     extra: dict[str, Any] = {}
     if isinstance(exc, openai.APITimeoutError):
         kind, retryable = "timeout", True
@@ -89,6 +95,7 @@ def translate_error(exc: BaseException, *, api_key: str | None = None) -> Provid
             extra["request_id"] = exc.request_id
         retryable = status in (408, 409, 429) or status >= 500
         kind = _STATUS_KINDS.get(status, "server_error" if status >= 500 else "bad_request")
+        retry_after = parse_retry_after(exc.response.headers, now=now)
     elif isinstance(exc, openai.APIError):
         kind, retryable = "stream_error", True
     elif isinstance(exc, ValueError):  # a chunk that is not JSON
@@ -100,7 +107,7 @@ def translate_error(exc: BaseException, *, api_key: str | None = None) -> Provid
     text = str(exc) or type(exc).__name__
     secret = api_key if api_key != PLACEHOLDER_API_KEY else None
     message = redact_secret(f"openai provider: {kind}: {text}", secret)
-    return provider_error(message, kind=kind, retryable=retryable, **extra)
+    return provider_error(message, kind=kind, retryable=retryable, retry_after=retry_after, **extra)
 
 
 _TRANSLATED = (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError, ValueError)
@@ -123,9 +130,15 @@ class OpenAIProvider(Provider):
             :data:`PLACEHOLDER_API_KEY` (local servers need no key).
         client: A ready ``openai.AsyncOpenAI`` client (then ``base_url`` and ``api_key`` are
             ignored and :meth:`aclose` leaves it open).
-        max_retries: Retries of a call that failed retryably before its first event. The SDK's
-            own retries are disabled on clients this provider creates.
-        retry_backoff: The first retry delay in seconds (doubling, capped at 8 s).
+        max_retries, backoff, max_backoff: The :class:`~chucky.server.providers.retry.
+            RetryPolicy` of a call that failed retryably before its first event (3 retries,
+            0.5 s doubling, capped at 8 s). The SDK's own retries are disabled on clients this
+            provider creates.
+        sleep: The coroutine function that waits (tests pass a recorder).
+        random: The jitter's uniform draw in ``[0, 1)`` (tests pass a constant).
+
+    Raises:
+        ValueError: a negative or non-finite retry setting.
     """
 
     name: ClassVar[str] = "openai"
@@ -136,20 +149,24 @@ class OpenAIProvider(Provider):
         base_url: str | None = None,
         api_key: str | None = None,
         client: openai.AsyncOpenAI | None = None,
-        max_retries: int = 2,
-        retry_backoff: float = 0.5,
+        max_retries: int = DEFAULT_RETRY.max_retries,
+        backoff: float = DEFAULT_RETRY.backoff,
+        max_backoff: float = DEFAULT_RETRY.max_backoff,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
     ) -> None:
+        self._retry = RetryPolicy(max_retries, backoff, max_backoff)
         self._owns_client = client is None
         if client is None:
             key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
             client = openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0)
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY")  # only to redact messages
         self._client = client
-        self._max_retries = max(0, max_retries)
-        self._retry_backoff = max(0.0, retry_backoff)
+        self._sleep = sleep
+        self._random = random
         self._closed = False
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, request: ModelRequest) -> AsyncIterator[dict[str, Any]]:
         """Run one chat completion, yielding Anthropic raw-stream events.
 
         Args:
@@ -165,61 +182,59 @@ class OpenAIProvider(Provider):
             ProviderError: the call failed; retryable failures before the first event are
                 retried ``max_retries`` times first.
         """
-        attempt = 0
-        while True:
-            names = ToolNameMap()
-            translator = ChunkTranslator(
-                model=request.model,
-                names=names,
-                input_estimate=estimate_prompt_tokens(request),
-            )
-            try:
-                # aclosing: a consumer that stops early closes the HTTP stream at once.
-                attempt_events = self._attempt(request, names, translator)
-                async with contextlib.aclosing(attempt_events) as events:
-                    async for event in events:
-                        yield event
-                return
-            except _TRANSLATED as exc:
-                error = translate_error(exc, api_key=self._api_key)
-                if translator.started or not error.details["retryable"]:
-                    raise error from exc
-                if attempt >= self._max_retries:
-                    error.details["attempts"] = attempt + 1
-                    raise error from exc
-            await asyncio.sleep(
-                retry_delay(attempt, backoff=self._retry_backoff, max_backoff=MAX_BACKOFF)
-            )
-            attempt += 1
+        return retrying(
+            lambda: self._attempt(request),
+            policy=self._retry,
+            provider=self.name,
+            sleep=self._sleep,
+            random=self._random,
+        )
 
-    async def _attempt(
-        self, request: ModelRequest, names: ToolNameMap, translator: ChunkTranslator
-    ) -> AsyncGenerator[dict[str, Any], None]:
+    async def _attempt(self, request: ModelRequest) -> AsyncGenerator[dict[str, Any], None]:
+        """One request: its events, or a :class:`ProviderError` for whatever went wrong."""
+        names = ToolNameMap()
+        translator = ChunkTranslator(
+            model=request.model, names=names, input_estimate=estimate_prompt_tokens(request)
+        )
         messages = chat_messages(request, names)
         tools = chat_tools(request.tools, names)
         params = chat_params(request)
         tool_choice = chat_tool_choice(request.params.get("tool_choice"), request.tools, names)
-        stream = await self._client.chat.completions.create(
-            model=request.model,
-            messages=cast(Any, messages),
-            tools=cast(Any, tools) if tools else openai.omit,
-            tool_choice=cast(Any, tool_choice) if tool_choice is not None else openai.omit,
-            stream=True,
-            stream_options={"include_usage": True},
-            max_tokens=params["max_tokens"],
-            temperature=params.get("temperature", openai.omit),
-            top_p=params.get("top_p", openai.omit),
-            stop=params.get("stop", openai.omit),
-            seed=params.get("seed", openai.omit),
-        )
+        try:
+            stream = await self._client.chat.completions.create(
+                model=request.model,
+                messages=cast(Any, messages),
+                tools=cast(Any, tools) if tools else openai.omit,
+                tool_choice=cast(Any, tool_choice) if tool_choice is not None else openai.omit,
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=params["max_tokens"],
+                temperature=params.get("temperature", openai.omit),
+                top_p=params.get("top_p", openai.omit),
+                stop=params.get("stop", openai.omit),
+                seed=params.get("seed", openai.omit),
+            )
+        except _TRANSLATED as exc:
+            raise self._error(exc) from exc
         async with stream:
-            async for chunk in stream:
-                # warnings=False: servers send values of other types than the SDK's models
-                # declare (arguments as an object), which the translator normalises.
-                for event in translator.feed(chunk.to_dict(warnings=False)):
+            chunks = aiter(stream)
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                    # warnings=False: servers send values of other types than the SDK's models
+                    # declare (arguments as an object), which the translator normalises.
+                    events = translator.feed(chunk.to_dict(warnings=False))
+                except StopAsyncIteration:
+                    break
+                except _TRANSLATED as exc:
+                    raise self._error(exc) from exc
+                for event in events:
                     yield event
         for event in translator.finish():
             yield event
+
+    def _error(self, exc: BaseException) -> ProviderError:
+        return translate_error(exc, api_key=self._api_key, now=time.time())
 
     async def aclose(self) -> None:
         """Close the client if this provider created it (idempotent)."""
