@@ -193,7 +193,8 @@ class Session:
 
     async def interrupt(self) -> None:
         """Stop the running turn; it ends with a ``result`` of subtype
-        ``error_during_execution`` (PROTOCOL.md section 4). Keep reading :meth:`stream` to get it.
+        ``error_during_execution`` (docs/protocol.md section 4). Keep reading :meth:`stream` to
+        get it.
 
         The session's tool handlers still running are cancelled at once, and no result is sent
         for them: every tool call in flight belongs to the running turn (turns run one at a

@@ -1,4 +1,6 @@
-"""The server: a WebSocket endpoint at ``/ws`` plus small HTTP routes (PROTOCOL.md 1 and 9).
+"""The server: a WebSocket endpoint at ``/ws`` plus small HTTP routes.
+
+The contract is docs/protocol.md, sections 1 and 9.
 
 Usage::
 
@@ -55,7 +57,7 @@ logger = redacting_logger("chucky.server")
 WS_PATHS = frozenset({"/ws", "/ws/"})
 SECRET_CACHE_SECONDS = 5.0
 
-# PROTOCOL.md section 1: URLs of at least 16 KiB (a token may carry a long system prompt).
+# docs/protocol.md section 1: URLs of at least 16 KiB (a token may carry a long system prompt).
 # websockets reads this module constant at parse time; raise it, never lower it.
 _MAX_URL = 64 * 1024
 if websockets.http11.MAX_LINE_LENGTH < _MAX_URL:

@@ -1,4 +1,4 @@
-"""Opening a session at ``init`` (PROTOCOL.md sections 2 and 5).
+"""Opening a session at ``init`` (docs/protocol.md sections 2 and 5).
 
 :func:`open_session` applies the token's policy to the client's options, finds or creates the
 session in the store (``sessionId`` / ``resume``, ``continue``, ``forkSession``,
@@ -42,7 +42,7 @@ class OpenSession:
     policy: Policy
 
     def info(self) -> dict[str, Any]:
-        """The ``session_info`` data (PROTOCOL.md section 2)."""
+        """The ``session_info`` data (docs/protocol.md section 2)."""
         record = self.record
         return {
             "sessionId": record.session_id,
