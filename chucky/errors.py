@@ -16,15 +16,15 @@ too, so ``except TimeoutError`` and ``except ConnectionError`` keep working::
           │    └── SessionNotFoundError                          unknown session id
           ├── ValidationError (+ValueError) VALIDATION_ERROR     malformed frame, options or tool
           ├── ProviderError               PROVIDER_ERROR         the model provider failed
-          ├── ProtocolError                                      the peer broke PROTOCOL.md
+          ├── ProtocolError                                      the peer broke the protocol
           ├── InvalidStateError                                  local misuse (send when closed)
           ├── ConnectionError (+builtins)                        socket failed, closed or silent
           │    └── HandshakeError                                upgrade refused, no ``ready``
           └── TimeoutError (+builtins)                           an explicit deadline passed
 
-Codes are the ``code`` field of an ``error`` frame (PROTOCOL.md section 8). A frame is mapped to a
-class by :func:`error_from_payload`: by ``code``, then by ``details.reason``, then by words in the
-message (the same words the official TypeScript client's classifier looks for).
+Codes are the ``code`` field of an ``error`` frame (docs/protocol.md section 8). A frame is
+mapped to a class by :func:`error_from_payload`: by ``code``, then by ``details.reason``, then by
+words in the message (the same words the official TypeScript client's classifier looks for).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = [
 
 
 class ErrorCode:
-    """The ``code`` values of PROTOCOL.md section 8."""
+    """The ``code`` values of docs/protocol.md section 8."""
 
     AUTHENTICATION_ERROR: Final = "AUTHENTICATION_ERROR"
     BUDGET_EXCEEDED: Final = "BUDGET_EXCEEDED"
@@ -212,7 +212,7 @@ class ProviderError(ChuckyError):
 
 
 class ProtocolError(ChuckyError):
-    """The remote peer violated the wire protocol (PROTOCOL.md)."""
+    """The remote peer violated the wire protocol (docs/protocol.md)."""
 
     default_code = None
 
@@ -267,7 +267,7 @@ _BY_REASON: Final[dict[str, type[ChuckyError]]] = {
     "provider_rejected": ProviderError,
 }
 
-# Checked in order; the words are those of PROTOCOL.md section 8 (and T's classifier).
+# Checked in order; the words are those of docs/protocol.md section 8 (and T's classifier).
 _BY_TEXT: Final[tuple[tuple[re.Pattern[str], type[ChuckyError]], ...]] = (
     (re.compile(r"budget", re.I), BudgetExceededError),
     (re.compile(r"concurren", re.I), ConcurrencyLimitError),

@@ -1,4 +1,4 @@
-"""SDK messages and content blocks (PROTOCOL.md section 4).
+"""SDK messages and content blocks (docs/protocol.md section 4).
 
 The server sends SDK messages bare: ``system``, ``assistant``, ``user``, ``stream_event`` and
 ``result``. Each kind has one pydantic model here; :data:`SDKMessage` is their union, decoded by
@@ -66,7 +66,7 @@ __all__ = [
 
 
 def _lax_int(value: Any) -> Any:
-    # Servers other than ours may send 12.0 or "12" where PROTOCOL.md asks for an integer.
+    # Servers other than ours may send 12.0 or "12" where docs/protocol.md asks for an integer.
     if isinstance(value, float) and math.isfinite(value):
         return round(value)
     if isinstance(value, str):
@@ -409,7 +409,7 @@ class ErrorMessage(WireModel):
 
     @property
     def exception(self) -> ChuckyError:
-        """The typed exception this error maps to (PROTOCOL.md section 8)."""
+        """The typed exception this error maps to (docs/protocol.md section 8)."""
         exc: ChuckyError | None = self.__dict__.get("_exception_cache")
         if exc is None:
             exc = self.__dict__["_exception_cache"] = error_from_payload(self.error)

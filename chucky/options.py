@@ -1,4 +1,4 @@
-"""Session options: the ``init`` payload of PROTOCOL.md section 5.
+"""Session options: the ``init`` payload of docs/protocol.md section 5.
 
 :class:`SessionOptions` is the one model of those options. Python code uses snake_case names
 (``system_prompt``, ``max_turns``); the wire carries camelCase (``systemPrompt``, ``maxTurns``).
@@ -53,7 +53,7 @@ class SystemPromptPreset(_Options):
 
 
 def _drop_null_required(schema: Any) -> Any:
-    # PROTOCOL.md section 5: tolerate ``"required": null`` (the official client sends it).
+    # docs/protocol.md section 5: tolerate ``"required": null`` (the official client sends it).
     if isinstance(schema, dict):
         return {
             key: _drop_null_required(value)
@@ -85,7 +85,7 @@ class ToolDefinition(_Options):
 
     @property
     def runs_on_client(self) -> bool:
-        """``executeIn`` ``client``, ``browser`` or absent (PROTOCOL.md section 6)."""
+        """``executeIn`` ``client``, ``browser`` or absent (docs/protocol.md section 6)."""
         return self.execute_in in (None, "client", "browser")
 
 
@@ -162,7 +162,7 @@ def _named(name: Any) -> dict[str, Any]:
 
 
 class SessionOptions(_Options):
-    """Every option of an ``init`` payload (PROTOCOL.md section 5), all optional.
+    """Every option of an ``init`` payload (docs/protocol.md section 5), all optional.
 
     ``None`` means "not set": the server default (or the client-wide default, when merging)
     applies.

@@ -12,8 +12,10 @@ fast, offline and deterministic::
                 result = await client.prompt("echo 4")
                 assert result.result == "4"
 
-With pytest and pytest-asyncio, ``pytest_plugins = ["chucky.testing"]`` in a ``conftest.py``
-provides the ``chucky_server`` and ``chucky_client`` fixtures. Needs the ``server`` extra.
+With pytest and pytest-asyncio (``asyncio_mode = "auto"`` in the pytest configuration, or
+``@pytest.mark.asyncio`` on each test), ``pytest_plugins = ["chucky.testing"]`` in a
+``conftest.py`` provides the ``chucky_server`` and ``chucky_client`` fixtures (the README's
+"Testing your code against chucky" shows a whole project). Needs the ``server`` extra.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Chucky tokens: mint, decode and verify the HS256 JWTs of PROTOCOL.md section 7.
+"""Chucky tokens: mint, decode and verify the HS256 JWTs of docs/protocol.md section 7.
 
 The budget window math lives in :mod:`chucky.windows` (re-exported here).
 
@@ -71,13 +71,13 @@ __all__ = [
     "window_key",
 ]
 
-CLOCK_SKEW_SECONDS: Final = 30.0  # PROTOCOL.md section 7: allow 30 s clock skew on ``exp``
+CLOCK_SKEW_SECONDS: Final = 30.0  # docs/protocol.md section 7: allow 30 s clock skew on ``exp``
 DEFAULT_EXPIRES_IN: Final = 3600
 _ALGORITHM: Final = "HS256"  # the only one accepted, whatever the header says
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 # Only HS256 is registered, so no other algorithm can ever be used to verify.
 _JWS: Final = jwt.PyJWS(algorithms=[_ALGORITHM])
-# pyjwt >= 2.10 warns (InsecureKeyLengthWarning) for HMAC keys under 32 bytes. PROTOCOL.md says
+# pyjwt >= 2.10 warns (InsecureKeyLengthWarning) for HMAC keys under 32 bytes. docs/protocol.md says
 # the key is the secret's UTF-8 bytes as is, short or not, so that one warning is silenced
 # around our own encode/decode calls (the project runs with filterwarnings=error).
 _KEY_LENGTH_WARNING: Final[type[Warning] | None] = getattr(jwt, "InsecureKeyLengthWarning", None)
@@ -199,7 +199,7 @@ class TokenPermissions(_WireModel):
 
 
 class TokenClaims(_WireModel):
-    """The claims of a chucky token (PROTOCOL.md section 7).
+    """The claims of a chucky token (docs/protocol.md section 7).
 
     Attributes:
         sub: End-user id: the budget and session owner.

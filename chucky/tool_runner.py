@@ -3,7 +3,7 @@
 The connection's reader task hands every ``tool_call`` frame to :meth:`ToolRunner.submit`, which
 returns at once: the call runs in its own task, so a slow tool never stalls the socket (the
 official client ran handlers inline in its reader) and several calls of one model response run
-side by side (PROTOCOL.md section 6: the server accepts results in any order).
+side by side (docs/protocol.md section 6: the server accepts results in any order).
 
 Every call ends in exactly one ``send_result(call_id, result)``: unknown tool, invalid arguments,
 a handler exception and a handler timeout all become ``isError`` results with a readable text.
@@ -21,7 +21,7 @@ A call moves through the states of :class:`CallState`::
 
 Only a RUNNING call can be cancelled: once its handler has finished, its result is on its way
 and is sent exactly once (a server that abandoned the call meanwhile drops it quietly,
-PROTOCOL.md section 10).
+docs/protocol.md section 10).
 
 Cancelling an async handler raises :class:`asyncio.CancelledError` in it at its current
 ``await`` (its ``finally`` blocks run). A sync handler runs in a worker thread, which Python

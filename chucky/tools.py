@@ -1,7 +1,7 @@
 """Client-side tools: define them, group them into MCP servers, and run them.
 
 A tool is a Python function the model may call; the server forwards the call to the client as a
-``tool_call`` frame and waits for a ``tool_result`` (PROTOCOL.md section 6)::
+``tool_call`` frame and waits for a ``tool_result`` (docs/protocol.md section 6)::
 
     from chucky import tool, text_result
 
@@ -559,7 +559,7 @@ class ToolRegistry:
         return list(self._tools)
 
     def wire_servers(self) -> list[dict[str, Any]]:
-        """The ``mcpServers`` list of the ``init`` payload (PROTOCOL.md section 5)."""
+        """The ``mcpServers`` list of the ``init`` payload (docs/protocol.md section 5)."""
         return [s.to_wire() if isinstance(s, McpServer) else dict(s) for s in self._wire]
 
     def __contains__(self, name: object) -> bool:

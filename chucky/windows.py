@@ -1,4 +1,4 @@
-"""Budget windows (PROTOCOL.md section 7): when a token's budget resets.
+"""Budget windows (docs/protocol.md section 7): when a token's budget resets.
 
 ``hour``, ``day`` and ``week`` are fixed-length periods counted from an anchor; ``month`` is a
 calendar month on the anchor's day-of-month; ``lifetime`` never resets.
@@ -207,7 +207,7 @@ def anchored_key(window: str, anchor: datetime, now: datetime | float | None = N
 def window_bounds(
     budget: BudgetWindow, now: datetime | float | None = None, *, issued_at: int | None = None
 ) -> tuple[datetime, datetime | None]:
-    """The window instance ``[start, end)`` that contains ``now`` (PROTOCOL.md section 7), as
+    """The window instance ``[start, end)`` that contains ``now`` (docs/protocol.md section 7), as
     the token alone defines it: :func:`anchored_bounds` from :func:`token_anchor`.
 
     Args:

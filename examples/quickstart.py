@@ -1,8 +1,10 @@
-"""The quickstart of the README: one-shot prompt, streaming with a tool, a two-turn session.
+"""A tour of the client with the scripted model: one-shot prompt, a tool call, a session.
 
-Start a server first (same project id and secret as below):
+Start a server with the scripted model first (same project id and secret as below; the
+replies below are the scripted model's):
 
-    chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef
+    chucky serve --config examples/scripted.toml \\
+        --project proj:hk_live_0123456789abcdef0123456789abcdef
 
 then run ``python examples/quickstart.py``. ``CHUCKY_URL``, ``CHUCKY_PROJECT`` and
 ``CHUCKY_SECRET`` override the defaults.

@@ -1,20 +1,28 @@
-"""The SDK tour from the project's founding issue, as written.
+"""The SDK tour from the project's founding issue: prompt, stream with a tool, a session.
 
-Run a server with the matching project first:
+Start a server with the scripted model and the same project id and secret as below:
 
-    chucky serve --project "proj:hk_live_..."
+    chucky serve --config examples/scripted.toml \\
+        --project proj:hk_live_0123456789abcdef0123456789abcdef
 
-(the secret here is literally ``hk_live_...``; use your own in real code).
+then run ``python examples/sdk_tour.py``. ``CHUCKY_URL``, ``CHUCKY_PROJECT`` and
+``CHUCKY_SECRET`` override the defaults (use a secret of your own in real code: ``chucky project
+create`` makes one).
 """
 
 import asyncio
+import os
 
 from chucky import Chucky, create_budget, create_token, get_assistant_text, text_result, tool
 
+URL = os.environ.get("CHUCKY_URL", "ws://127.0.0.1:8765/ws")
+PROJECT = os.environ.get("CHUCKY_PROJECT", "proj")
+SECRET = os.environ.get("CHUCKY_SECRET", "hk_live_0123456789abcdef0123456789abcdef")
+
 token = create_token(
     user_id="user-123",
-    project_id="proj",
-    secret="hk_live_...",
+    project_id=PROJECT,
+    secret=SECRET,
     budget=create_budget(ai_dollars=1.00, compute_hours=1, window="day"),
 )
 
@@ -27,7 +35,7 @@ async def get_time() -> dict:
 async def main():
     client = Chucky(
         token=token,
-        url="ws://127.0.0.1:8765/ws",
+        url=URL,
         model="claude-sonnet-5-5",
         system_prompt="You are helpful.",
         timeout=60.0,

@@ -81,7 +81,7 @@ class Chucky:
             the first position is taken as the URL.
         url: The server's WebSocket URL.
         model, system_prompt, max_turns, **options: Default session options (every option of
-            PROTOCOL.md section 5 in snake_case: ``include_partial_messages``, ``tools``,
+            docs/protocol.md section 5 in snake_case: ``include_partial_messages``, ``tools``,
             ``mcp_servers``, ``max_budget_usd`` ...). Per-call values override them.
         timeout: Seconds allowed to connect and complete the handshake.
         keepalive_interval: Seconds between keepalive pings; a server that answers nothing for

@@ -8,7 +8,7 @@ A :class:`ClientConnection` owns three kinds of tasks, all cancelled by :meth:`c
   slow handler never holds up other frames or pings;
 * the **tool calls** in flight, each in its own task. A call the server abandoned is cancelled
   and not answered (the server no longer waits for it): the one named by a ``control``
-  ``tool_cancel`` (our extension, PROTOCOL.md section 10); and every call still running when
+  ``tool_cancel`` (our extension, docs/protocol.md section 10); and every call still running when
   :meth:`ClientConnection.interrupt` is called, when the turn ends (its ``result``, or the
   ``error`` frame that ends it) and when the socket is lost. Every call in flight belongs to
   the running turn: a server runs one turn at a time and frames arrive in order, so a call of

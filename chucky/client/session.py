@@ -3,7 +3,7 @@
 The socket opens lazily on the first :meth:`Session.send` and every turn of the session uses it.
 
 A turn may have a deadline (``turn_timeout``): when it passes before the turn's ``result``,
-:meth:`Session.stream` sends ``interrupt`` (the server stops the turn, PROTOCOL.md section 4) and
+:meth:`Session.stream` sends ``interrupt`` (the server stops the turn, docs/protocol.md section 4) and
 raises :class:`~chucky.errors.TimeoutError`. The turn is then **abandoned**: whatever of it still
 arrives -- the ``result`` of the interrupt included -- is dropped, so the next turn's
 :meth:`~Session.stream` starts with the next turn's messages.
@@ -298,7 +298,8 @@ class Session:
 
     async def interrupt(self) -> None:
         """Stop the running turn; it ends with a ``result`` of subtype
-        ``error_during_execution`` (PROTOCOL.md section 4). Keep reading :meth:`stream` to get it.
+        ``error_during_execution`` (docs/protocol.md section 4). Keep reading :meth:`stream` to
+        get it.
 
         The session's tool handlers still running are cancelled at once, and no result is sent
         for them: every tool call in flight belongs to the running turn (turns run one at a

@@ -1,6 +1,6 @@
 """Session options as keyword arguments, and how client defaults and per-call values combine.
 
-Every option of PROTOCOL.md section 5 is a snake_case keyword of ``Chucky(...)``, ``prompt``,
+Every option of docs/protocol.md section 5 is a snake_case keyword of ``Chucky(...)``, ``prompt``,
 ``stream`` and ``create_session`` (:class:`SessionArgs`); per-call values replace the client's
 defaults; the result is one :class:`~chucky.options.SessionOptions` for the wire plus the
 session's :class:`~chucky.tools.ToolRegistry` of handlers.
@@ -72,7 +72,7 @@ class BaseSessionArgs(TypedDict, total=False):
 
 
 class SessionArgs(BaseSessionArgs, total=False):
-    """Every session option, as keyword arguments (PROTOCOL.md section 5, snake_case)."""
+    """Every session option, as keyword arguments (docs/protocol.md section 5, snake_case)."""
 
     model: str
     system_prompt: str | SystemPromptPreset | Mapping[str, Any]

@@ -7,7 +7,7 @@ frame it receives (:meth:`ClientProtocol.receive`) and gets back at most one eve
 the text of every frame it sends (:meth:`start`, :meth:`send_turn`, :meth:`send_tool_result`, ...).
 The machine never touches a socket or a clock.
 
-States (PROTOCOL.md section 2)::
+States (docs/protocol.md section 2)::
 
     HANDSHAKE --ready--> OPEN --control close / close()--> CLOSING --connection_lost--> CLOSED
         \\--error frame (auth failed) --> CLOSING
@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 EXTENSIONS: Final = ("interrupt", "tool_cancel")
-"""The protocol extensions (PROTOCOL.md section 10) this client announces."""
+"""The protocol extensions (docs/protocol.md section 10) this client announces."""
 
 
 class ClientState(enum.Enum):
@@ -113,7 +113,7 @@ class ToolCall:
 @dataclass(frozen=True, slots=True)
 class ToolCancelled:
     """The server abandoned the pending tool call ``call_id`` (``control`` ``tool_cancel``, our
-    extension, PROTOCOL.md section 10): it no longer waits for its result.
+    extension, docs/protocol.md section 10): it no longer waits for its result.
 
     ``reason`` is ``"interrupted"`` (the turn was interrupted), ``"timeout"`` (the server's
     per-call timeout expired) or ``"turn_ended"`` (the turn ended otherwise); a newer server may

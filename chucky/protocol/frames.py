@@ -1,4 +1,4 @@
-"""Frames of the wire protocol (PROTOCOL.md sections 3 and 4): models, decoding, encoding.
+"""Frames of the wire protocol (docs/protocol.md sections 3 and 4): models, decoding, encoding.
 
 Every frame is one WebSocket text message holding one JSON object with a ``type``.
 
@@ -133,7 +133,8 @@ TurnContent = str | list[InputBlock]
 
 
 def _null_is_absent(value: Any) -> Any:
-    # PROTOCOL.md section 5: ``null`` means absent (a Go client marshals a nil payload as null).
+    # docs/protocol.md section 5: ``null`` means absent (a Go client marshals a nil payload as
+    # null).
     return {} if value is None else value
 
 
@@ -469,7 +470,7 @@ class ServerControlBody(_Tolerant):
 
 class ServerControlFrame(_Tolerant):
     """``control`` from the server: ``ready``, ``session_info``, ``close``, or (our extension
-    ``tool_cancel``, PROTOCOL.md section 10) ``tool_cancel``."""
+    ``tool_cancel``, docs/protocol.md section 10) ``tool_cancel``."""
 
     type: Literal["control"] = "control"
     payload: ServerControlBody

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 One :class:`ServerProtocol` lives as long as one authenticated WebSocket. The I/O layer sends
-:meth:`ServerProtocol.ready` first (PROTOCOL.md section 2: ``ready`` goes out before anything
+:meth:`ServerProtocol.ready` first (docs/protocol.md section 2: ``ready`` goes out before anything
 else and before ``init`` arrives, or the official Python client deadlocks), then feeds every
 received frame to :meth:`receive` and acts on the events it returns. Every frame the server sends
 is built here: the control frames, ``error``, ``pong``, ``tool_call``, ``tool_cancel``, and the
@@ -21,7 +21,7 @@ concerns: an ``interrupt`` stops the oldest turn not yet answered (the running o
 runs, the next to run: an interrupt sent right after a turn always reaches it); a lost socket
 concerns them all; a shutdown refuses those not started.
 
-Rules implemented here, by PROTOCOL.md section:
+Rules implemented here, by docs/protocol.md section:
 
 * 2.2 exactly one ``init``: a second one is rejected with ``VALIDATION_ERROR``.
 * 2.3 turns are never dropped: a turn that arrives right after ``init`` is queued like any
@@ -238,7 +238,7 @@ class ServerProtocol:
 
     @staticmethod
     def message(message: WireModel) -> str:
-        """A bare SDK message (PROTOCOL.md section 4: never wrapped)."""
+        """A bare SDK message (docs/protocol.md section 4: never wrapped)."""
         return encode(message.to_wire())
 
     @staticmethod

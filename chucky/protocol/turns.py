@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A turn is what one user frame (``user``, ``prompt``, ``sdk_message``) asks for: from the moment
 the server reads it to the moment it has answered it with exactly one ``result`` or one
-``error`` frame (PROTOCOL.md section 4), or knows it never can (the client is gone). Many
+``error`` frame (docs/protocol.md section 4), or knows it never can (the client is gone). Many
 things can happen to it on the way, from two directions at once: the turn's own work (admission,
 model calls, tool rounds) and the outside world (an ``interrupt``, a ``close``, a dropped
 socket, the compute budget running out, a server shutting down). One :class:`Turn` per turn

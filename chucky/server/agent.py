@@ -7,7 +7,7 @@ repeats until the model stops, ``maxTurns`` or ``maxBudgetUsd``.
 
 The loop does not send the ``result`` itself: :meth:`AgentTurn.run` returns the turn's outcome
 (a :class:`TurnOutcome`) and the connection settles the turn, then sends :meth:`AgentTurn.result`
-(PROTOCOL.md section 4: exactly one per turn, always last, integer counters). Every frame it
+(docs/protocol.md section 4: exactly one per turn, always last, integer counters). Every frame it
 sends is a :mod:`chucky.messages` model, encoded by :class:`~chucky.protocol.server.ServerProtocol`.
 
 Every model call is paid for in advance through the turn's

@@ -1,4 +1,6 @@
-"""The server: a WebSocket endpoint at ``/ws`` plus small HTTP routes (PROTOCOL.md 1 and 9).
+"""The server: a WebSocket endpoint at ``/ws`` plus small HTTP routes.
+
+The contract is docs/protocol.md, sections 1 and 9.
 
 Usage::
 
@@ -18,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from types import TracebackType
 from typing import Any, Final
@@ -54,7 +57,7 @@ logger = redacting_logger("chucky.server")
 WS_PATHS = frozenset({"/ws", "/ws/"})
 SECRET_CACHE_SECONDS = 5.0
 
-# PROTOCOL.md section 1: URLs of at least 16 KiB (a token may carry a long system prompt).
+# docs/protocol.md section 1: URLs of at least 16 KiB (a token may carry a long system prompt).
 # websockets reads this module constant at parse time; raise it, never lower it.
 _MAX_URL = 64 * 1024
 if websockets.http11.MAX_LINE_LENGTH < _MAX_URL:
@@ -388,11 +391,20 @@ async def run_server(
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
 
-    When ``announce``, the first line printed is the listening URL, the second the database.
-    ``router``: as for :class:`ChuckyServer`.
+    When ``announce``, the first line printed is the listening URL, the second the database;
+    a signal that arrives during the shutdown is answered with one line on stderr (the
+    shutdown goes on: it is bounded by the grace). ``router``: as for :class:`ChuckyServer`.
+
+    Raises:
+        OSError: the address is in use or not available.
+        StoreError: the database cannot be used.
     """
     server = ChuckyServer(config, router=router)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.shutdown(grace=0)  # what a failed start opened (the store) is closed
+        raise
     # The cyclic collector, tuned for a server (measured in docs/benchmarks.md: with 500 busy
     # sessions its pauses were most of the p99 latency). What is alive now (modules, the model
     # catalog, the store's engines) lives as long as the process: frozen, out of its sight.
@@ -406,12 +418,24 @@ async def run_server(
         print(f"chucky serve database {server.store.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set() and announce:
+            # A second Ctrl-C: the shutdown already runs, and ends within its bound.
+            print(
+                f"chucky serve: already shutting down (running turns have up to "
+                f"{config.shutdown_grace:g} s to finish)",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     try:
         await stop.wait()
         logger.info("shutting down (grace %g s)", config.shutdown_grace)
     finally:
+        await server.shutdown()  # the handlers stay: a signal now must not interrupt it
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await server.shutdown()

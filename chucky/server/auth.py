@@ -1,4 +1,4 @@
-"""Token verification at the WebSocket upgrade (PROTOCOL.md sections 1 and 7)."""
+"""Token verification at the WebSocket upgrade (docs/protocol.md sections 1 and 7)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Budgets that hold: one user's AI and compute budget, enforced through the ledger.
 
-The token's ``budget`` claim is a promise (PROTOCOL.md section 7): the user's spend in a window
+The token's ``budget`` claim is a promise (docs/protocol.md section 7): the user's spend in a window
 instance never exceeds it. Every model call is planned (:meth:`UserBudget.plan_call`: the input
 cost plus ``max_tokens`` x the output price, ``max_tokens`` lowered to what the session's
 ``maxBudgetUsd`` can pay for), then its worst case is set aside atomically in the
@@ -20,7 +20,7 @@ leaves its reservations to be settled at their full amount: at once by a process
 that proves it dead (:meth:`~chucky.server.store.Store.reclaim_nodes`), else when they expire
 (:meth:`~chucky.server.store.Store.recover`).
 
-Windows (PROTOCOL.md section 7). The ledger counts a user's spend per window instance of the
+Windows (docs/protocol.md section 7). The ledger counts a user's spend per window instance of the
 user's windows, not of the token's: the anchor they are counted from is stored once per
 (project, user, window type) by the first token seen (its ``windowStart``, else its ``iat``;
 :meth:`~chucky.server.store.Store.window_anchor`), and later tokens' ``windowStart`` does not
@@ -308,7 +308,7 @@ class UserBudget:
     # -- reporting -----------------------------------------------------------------------------
 
     async def report(self, now: float) -> dict[str, Any]:
-        """The ``GET /usage`` body (PROTOCOL.md section 9): microdollars and seconds."""
+        """The ``GET /usage`` body (docs/protocol.md section 9): microdollars and seconds."""
         key = await self.key(now)
         ai = await self.store.usage(key, "ai")
         compute = await self.store.usage(key, "compute")

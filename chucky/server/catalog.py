@@ -1,4 +1,4 @@
-"""The tools a session offers the model (PROTOCOL.md sections 5 and 6).
+"""The tools a session offers the model (docs/protocol.md sections 5 and 6).
 
 Client tools arrive in ``init`` as client-tools servers in ``mcpServers`` (and, in the legacy
 form, as tool objects in ``tools``). The model sees each as ``mcp__<server>__<tool>``; the

@@ -60,7 +60,7 @@ class ServerConfig:
         host, port: where to listen (``port=0`` picks a free port).
         projects: project id -> accepted secrets (several for rotation).
         default_model: the model of sessions that name none.
-        tool_timeout: seconds to wait for a client's ``tool_result`` (PROTOCOL.md section 6).
+        tool_timeout: seconds to wait for a client's ``tool_result`` (docs/protocol.md section 6).
         max_turns: model calls per user turn when the session sets no ``maxTurns``.
         max_tokens: output-token bound of one model call.
         max_invalid_frames: rejected frames tolerated before closing with 1008.

@@ -7,7 +7,7 @@ The protocol (:mod:`chucky.protocol.server`) and each turn's state machine
   acts at once: pongs, tool results, interrupts (the machine says which turn they stop and
   returns :class:`~chucky.protocol.turns.CancelWork`), refused frames. Turns are queued by the
   protocol, bounded, so a turn that arrives while the session is being set up, or while another
-  turn runs, is never dropped (PROTOCOL.md sections 2.3 and 4) and a client cannot grow the
+  turn runs, is never dropped (docs/protocol.md sections 2.3 and 4) and a client cannot grow the
   queue without limit.
 * the **turn worker** serves the turns one at a time, oldest first
   (:class:`~chucky.server.turn_runner.TurnRunner`), and delivers the end of turns that ended
@@ -178,7 +178,7 @@ class Connection:
             await self._send_text(text)
 
     async def _fail(self, error: ChuckyError, code: int = CLOSE_POLICY) -> None:
-        """A fatal error: the error frame, then the close (PROTOCOL.md section 4)."""
+        """A fatal error: the error frame, then the close (docs/protocol.md section 4)."""
         self._closing = True
         error = public_error(error)
         with contextlib.suppress(ClientGoneError):

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server (PROTOCOL.md section 9, ``GET /metrics``).
+"""Prometheus metrics of one server (docs/protocol.md section 9, ``GET /metrics``).
 
 Every :class:`ServerMetrics` owns its own :class:`~prometheus_client.CollectorRegistry`, never
 the process-wide default one, so several servers in one process (tests) keep separate counts.
@@ -126,7 +126,7 @@ class ServerMetrics:
         self._turns.labels(subtype=self._subtype(subtype)).inc()
 
     def error_sent(self, code: str) -> None:
-        """An ``error`` frame with this ``code`` was sent (PROTOCOL.md section 8)."""
+        """An ``error`` frame with this ``code`` was sent (docs/protocol.md section 8)."""
         self._errors.labels(code=self._code(code)).inc()
 
     def tool_called(self, outcome: str) -> None:

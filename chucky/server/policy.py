@@ -1,4 +1,6 @@
-"""What a token imposes on its sessions: ``sdkConfig`` and ``permissions`` (PROTOCOL.md 5, 7).
+"""What a token imposes on its sessions: ``sdkConfig`` and ``permissions``.
+
+The rules are docs/protocol.md, sections 5 and 7.
 
 Theory of operation. A token may carry two claims that shape its sessions:
 

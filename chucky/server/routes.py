@@ -1,4 +1,4 @@
-"""The HTTP routes beside the WebSocket (PROTOCOL.md section 9).
+"""The HTTP routes beside the WebSocket (docs/protocol.md section 9).
 
 * ``GET /healthz`` -- ``{"status": "ok", "version": ...}``, no auth.
 * ``GET /usage`` -- the Bearer token's budget in the current window (``?token=`` also works).

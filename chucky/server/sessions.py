@@ -1,4 +1,4 @@
-"""Opening a session at ``init`` (PROTOCOL.md sections 2 and 5).
+"""Opening a session at ``init`` (docs/protocol.md sections 2 and 5).
 
 :func:`open_session` applies the token's policy to the client's options, finds or creates the
 session in the store (``sessionId`` / ``resume``, ``continue``, ``forkSession``,

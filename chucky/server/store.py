@@ -157,7 +157,7 @@ class Project:
 
 @dataclass(frozen=True, slots=True)
 class LedgerKey:
-    """Whose usage, in which window instance (PROTOCOL.md section 7)."""
+    """Whose usage, in which window instance (docs/protocol.md section 7)."""
 
     project_id: str
     user_id: str

@@ -1,4 +1,4 @@
-"""Structured output (PROTOCOL.md section 5, ``outputFormat``): pure checks of the model's answer.
+"""Structured output (``outputFormat``, docs/protocol.md section 5): pure checks of an answer.
 
 The agent loop asks :func:`validate_output` whether the final text of a turn is a JSON value
 conforming to the session's schema. Models often wrap the JSON in a ```json fence or a sentence

@@ -1,7 +1,7 @@
 """Client tool handlers whose call the server abandoned are cancelled and never answered.
 
 The server abandons a pending call when it interrupts the turn, when the call times out on its
-side, when the turn ends otherwise and when the socket closes (PROTOCOL.md sections 6 and 10).
+side, when the turn ends otherwise and when the socket closes (docs/protocol.md sections 6 and 10).
 Each test scripts the server and then reads every frame the client sends until the client
 closes the socket, so a stray ``tool_result`` cannot go unnoticed.
 """

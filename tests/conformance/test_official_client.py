@@ -151,7 +151,7 @@ def test_inline_tools_with_the_legacy_stream(observed: Observations) -> None:
     assert (system["type"], system["subtype"]) == ("system", "init")
     assert call["type"] == "assistant"
     [tool_use] = call["blocks"]
-    # P puts inline tools in a server named ``inline-tools`` (PROTOCOL.md section 6)
+    # P puts inline tools in a server named ``inline-tools`` (docs/protocol.md section 6)
     assert tool_use == {"type": "tool_use", "name": "mcp__inline-tools__get_time", "input": {}}
     assert echo["type"] == "user"
     [tool_result] = echo["blocks"]

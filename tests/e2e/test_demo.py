@@ -70,3 +70,30 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "missing.gguf" in run.stdout + run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_token_budget_has_a_floor_that_fits_the_tool_call(tmp_path: Path) -> None:
+    # Below the floor the forced tool call would be cut (issue 11, finding 13): refused.
+    refused = _demo(tmp_path, "--max-tokens", "16")
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert refused.stderr.startswith("chucky demo: argument --max-tokens: must be at least 48")
+    # At the floor the call fits: it runs, and its JSON never shows as the model's answer.
+    run = _demo(tmp_path, "--max-tokens", "48")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("tool    get_weather(") for line in lines), lines
+    assert "result  success, 2 model calls, 1 tool call" in lines
+    assert not any(line.startswith("model") and '"tool"' in line for line in lines), lines
+
+
+def test_a_cut_tool_call_is_reported_as_cut_never_shown_as_the_answer(tmp_path: Path) -> None:
+    # A city name long enough that the forced call does not fit 48 tokens.
+    city = "Llanfairpwllgwyngyllgogerychwyrndrobwllllantysiliogogogoch-under-the-Hill-by-the-Sea"
+    run = _demo(tmp_path, "--max-tokens", "48", "--prompt", f"What is the weather in {city}?")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert "cut     the model's last reply was cut at --max-tokens 48" in lines, lines
+    assert "result  success, 1 model calls, 0 tool call" in lines, lines
+    assert not any(line.startswith(("model", "tool")) for line in lines), lines
+    assert "{" not in run.stdout.split("you ", 1)[1].split("cost ", 1)[0], run.stdout

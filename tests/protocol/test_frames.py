@@ -1,4 +1,4 @@
-"""Frame decoding and encoding (PROTOCOL.md sections 3 and 4), without sockets."""
+"""Frame decoding and encoding (docs/protocol.md sections 3 and 4), without sockets."""
 
 from __future__ import annotations
 

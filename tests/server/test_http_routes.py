@@ -1,4 +1,4 @@
-"""The HTTP routes of the server (PROTOCOL.md section 9), over real sockets on 127.0.0.1.
+"""The HTTP routes of the server (docs/protocol.md section 9), over real sockets on 127.0.0.1.
 
 ``GET /healthz``, ``GET /usage``, ``POST /prompt`` (JSON and ``text/event-stream``) and
 ``GET /metrics`` of :class:`chucky.server.routes.Routes`, driven with the standard library only:

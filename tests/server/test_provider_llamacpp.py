@@ -131,6 +131,25 @@ async def test_forced_tool_choice_yields_a_valid_call_every_time(
         assert isinstance(call["input"].get("city"), str)
 
 
+async def test_a_forced_tool_call_cut_by_max_tokens_is_neither_call_nor_text(
+    provider: LlamaCppProvider,
+) -> None:
+    # The call's JSON needs ~30 tokens: 12 cut it (issue 11, finding 13).
+    request = _request(
+        "What is the weather in Paris?",
+        tools=[WEATHER],
+        max_tokens=12,
+        params={"tool_choice": "any"},
+    )
+    events = await _collect(provider, request)
+    folded = _fold(events)
+    assert folded.stop_reason == "max_tokens"
+    assert folded.usage["output_tokens"] == 12
+    assert folded.tool_uses == []
+    assert folded.text == ""
+    assert not [e for e in events if e["type"] == "content_block_delta"]
+
+
 async def test_text_streams_when_tools_are_offered(provider: LlamaCppProvider) -> None:
     # Greedy sampling makes the choice deterministic; this prompt yields the text alternative.
     for _ in range(3):

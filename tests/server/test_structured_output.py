@@ -1,4 +1,4 @@
-"""Structured output (PROTOCOL.md sections 4 and 5): ``outputFormat`` validation and repair."""
+"""Structured output (docs/protocol.md sections 4 and 5): ``outputFormat`` validation and repair."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ async def test_faults_at_random_moments_keep_the_ledger_exact(
                     assert log.ends == 1 and log.result is not None, log.frames
                     assert log.result["subtype"] in ("success", "error_during_execution")
                 elif fault in ("close", "end_input"):
-                    # The turn is answered before the socket closes (PROTOCOL.md section 4).
+                    # The turn is answered before the socket closes (docs/protocol.md section 4).
                     assert log.ends == 1 and log.result is not None, log.frames
                     assert log.closed
                 if fault != "interrupt":

@@ -1,5 +1,5 @@
 """Control frames and liveness over a raw WebSocket: ping, interrupt, end_input, close, and
-clients that go away mid-turn (PROTOCOL.md sections 3, 4 and 6)."""
+clients that go away mid-turn (docs/protocol.md sections 3, 4 and 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Bad input over a raw WebSocket: rejected frames, the invalid-frame limit (PROTOCOL.md 3, 8)."""
+"""Bad input over a raw WebSocket: rejected frames, the invalid-frame limit.
+
+The rules are docs/protocol.md sections 3 and 8.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Connection, authentication and handshake over a raw WebSocket (PROTOCOL.md 1, 2, 7, 9)."""
+"""Connection, authentication and handshake over a raw WebSocket (docs/protocol.md 1, 2, 7, 9)."""
 
 from __future__ import annotations
 

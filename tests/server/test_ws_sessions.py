@@ -1,4 +1,7 @@
-"""Sessions over a raw WebSocket: resume, continue, fork, cut, ownership, busy (PROTOCOL.md 5)."""
+"""Sessions over a raw WebSocket: resume, continue, fork, cut, ownership, busy.
+
+The rules are docs/protocol.md section 5.
+"""
 
 from __future__ import annotations
 

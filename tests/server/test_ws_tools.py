@@ -1,4 +1,4 @@
-"""Client-side tools over a raw WebSocket (PROTOCOL.md sections 5 and 6)."""
+"""Client-side tools over a raw WebSocket (docs/protocol.md sections 5 and 6)."""
 
 from __future__ import annotations
 

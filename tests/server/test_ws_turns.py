@@ -1,4 +1,7 @@
-"""Turns over a raw WebSocket: every turn form, the result, streaming, limits (PROTOCOL.md 3-5)."""
+"""Turns over a raw WebSocket: every turn form, the result, streaming, limits.
+
+The rules are docs/protocol.md sections 3 to 5.
+"""
 
 from __future__ import annotations
 

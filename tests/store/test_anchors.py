@@ -1,5 +1,5 @@
 """Window anchors: the first token of a (project, user, window type) fixes where its windows
-are counted from, so no number of tokens multiplies a budget (PROTOCOL.md section 7)."""
+are counted from, so no number of tokens multiplies a budget (docs/protocol.md section 7)."""
 
 from __future__ import annotations
 

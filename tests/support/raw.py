@@ -267,7 +267,7 @@ USAGE_KEYS = (
 
 
 def check_result(frames: Sequence[Frame], *, subtype: str = "success") -> Frame:
-    """The turn's ``result``: exactly one, last, with the wire types PROTOCOL.md section 4 fixes.
+    """The turn's ``result``: exactly one, last, with the wire types of docs/protocol.md section 4.
 
     Also checks it belongs to the session named by the turn's ``system`` init (if one came).
     """

@@ -1,4 +1,7 @@
-"""The exception tree and the mapping of error frames (chucky.errors, PROTOCOL.md section 8)."""
+"""The exception tree and the mapping of error frames (chucky.errors).
+
+The codes are those of docs/protocol.md section 8.
+"""
 
 from __future__ import annotations
 

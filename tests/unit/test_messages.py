@@ -1,4 +1,4 @@
-"""SDK messages and content blocks (chucky.messages, PROTOCOL.md section 4)."""
+"""SDK messages and content blocks (chucky.messages, docs/protocol.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Session options (chucky.options, PROTOCOL.md section 5)."""
+"""Session options (chucky.options, docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of chucky.tokens (PROTOCOL.md section 7)."""
+"""Unit tests of chucky.tokens (docs/protocol.md section 7)."""
 
 from __future__ import annotations
 

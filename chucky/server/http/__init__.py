@@ -2,8 +2,8 @@
 
 websockets' HTTP parser refuses any request with a body and runs ``process_request`` under the
 handshake's ``open_timeout``, so it can serve neither ``POST /prompt`` nor a long
-``text/event-stream`` (PROTOCOL.md section 9). This package puts a small front in place, through
-websockets' documented escape hatch ``serve(..., create_connection=...)``.
+``text/event-stream`` (docs/protocol.md section 9). This package puts a small front in place,
+through websockets' documented escape hatch ``serve(..., create_connection=...)``.
 
 Modules, from the outside in:
 

@@ -23,8 +23,9 @@ first key tells the alternatives apart while the reply is generated: the text al
 streams, its string value decoded piece by piece (escapes and surrogate pairs split across
 tokens included) by :class:`~chucky.server.providers.json_stream.ReplyTextDecoder`, one
 ``text_delta`` per decoded piece; a tool call becomes a ``tool_use`` block once generation is
-complete. A reply that is neither (cut by ``max_tokens`` before its first key) is kept as
-generated, as one text block.
+complete (:func:`parse_reply`). A reply that is neither -- a tool call cut by ``max_tokens``, or
+a reply cut before its first key was complete -- is dropped: the message has no content block
+and ``stop_reason: "max_tokens"``. Half a tool call is never shown as text.
 
 Batched prompt evaluation is off by default (``n_batch=1``): the prebuilt ``llama-cpp-python``
 0.3.36 wheel crashes the process in batched decode on some AVX-512/AMX CPUs; a process crash
@@ -55,7 +56,13 @@ from .base import ModelRequest, Provider, ToolSpec, provider_error, tool_choice_
 from .json_stream import ReplyTextDecoder
 from .openai_translate import ToolNameMap, chat_messages, chat_params
 
-__all__ = ["DEFAULT_MODEL_FILE", "LlamaCppProvider", "default_model_path", "reply_schema"]
+__all__ = [
+    "DEFAULT_MODEL_FILE",
+    "LlamaCppProvider",
+    "default_model_path",
+    "parse_reply",
+    "reply_schema",
+]
 
 logger = redacting_logger("chucky.server.providers.llamacpp")
 
@@ -598,8 +605,14 @@ class LlamaCppProvider(Provider):
             raise _map_error(item[1])
         finish, sampled = item[1], item[2]
         stop_reason = "max_tokens" if finish == "length" else "end_turn"
-        if not opened:
-            call = _parse_call("".join(parts), request.tools) if decoder is not None else None
+        if opened:
+            yield {"type": "content_block_stop", "index": 0}
+        elif decoder is None:
+            # Unconstrained and no output at all: one empty text block.
+            yield _block_start(0, {"type": "text", "text": ""})
+            yield {"type": "content_block_stop", "index": 0}
+        else:
+            call, stop_reason = parse_reply("".join(parts), finish, request.tools)
             if call is not None:
                 name, arguments = call
                 yield _block_start(
@@ -607,14 +620,7 @@ class LlamaCppProvider(Provider):
                 )
                 partial = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
                 yield _delta(0, {"type": "input_json_delta", "partial_json": partial})
-                stop_reason = "tool_use"
-            else:
-                # No output, or a reply that is neither alternative (cut by max_tokens before
-                # its first key was complete): kept as generated.
-                yield _block_start(0, {"type": "text", "text": ""})
-                if parts:
-                    yield _delta(0, {"type": "text_delta", "text": "".join(parts)})
-        yield {"type": "content_block_stop", "index": 0}
+                yield {"type": "content_block_stop", "index": 0}
         yield {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
@@ -643,15 +649,29 @@ def _loads(text: str) -> Any:
         return None
 
 
-def _parse_call(text: str, tools: Sequence[ToolSpec]) -> tuple[str, dict[str, Any]] | None:
-    value = _loads(text)
-    if not isinstance(value, dict):
-        return None
-    name = value.get("tool")
-    arguments = value.get("arguments")
-    if any(tool.name == name for tool in tools) and isinstance(arguments, dict):
-        return str(name), arguments
-    return None
+def parse_reply(
+    reply: str, finish: str | None, tools: Sequence[ToolSpec]
+) -> tuple[tuple[str, dict[str, Any]] | None, str]:
+    """How a constrained reply that did not start as the text alternative ends.
+
+    Args:
+        reply: The whole generated reply (the grammar of :func:`reply_schema` shaped it).
+        finish: llama.cpp's finish reason: ``"length"`` when ``max_tokens`` cut the reply.
+        tools: The offered tools.
+
+    Returns:
+        ``((name, arguments), "tool_use")`` for a complete call of an offered tool; otherwise
+        ``(None, stop_reason)``: a reply cut before its end (``"max_tokens"`` when the token
+        budget cut it) is dropped whole, never shown as text -- half a tool call is JSON, not
+        an answer, and it cannot be run.
+    """
+    value = _loads(reply)
+    if isinstance(value, dict):
+        name = value.get("tool")
+        arguments = value.get("arguments")
+        if any(tool.name == name for tool in tools) and isinstance(arguments, dict):
+            return (str(name), arguments), "tool_use"
+    return None, "max_tokens" if finish == "length" else "end_turn"
 
 
 def _map_error(exc: BaseException) -> ProviderError:
