@@ -38,7 +38,7 @@ from .auth import authenticate, extract_token
 from .budget import BudgetSettings, Settlement
 from .config import ServerConfig
 from .connection import CLOSE_POLICY, Connection, FrameSocket
-from .http import HttpExchanges, serve_http_and_ws
+from .http import HttpExchanges, error_body, serve_http_and_ws
 from .metrics import ServerMetrics
 from .nodes import is_dead, node_record
 from .providers.scripted import ScriptedProvider
@@ -327,7 +327,8 @@ class ChuckyServer:
         path = urlsplit(request.path).path
         if path in WS_PATHS:
             return None
-        return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no WebSocket at {path[:200]}"})
+        status = http.HTTPStatus.NOT_FOUND
+        return _json_response(status, error_body(status, f"no WebSocket at {path[:200]}"))
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
@@ -366,7 +367,7 @@ class ChuckyServer:
 
 
 def _json_response(status: http.HTTPStatus, body: object) -> Response:
-    data = json.dumps(body).encode()
+    data = json.dumps(body, separators=(",", ":")).encode()
     headers = Headers(
         [
             ("Content-Type", "application/json"),

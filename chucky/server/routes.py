@@ -42,7 +42,7 @@ from ..protocol.frames import ErrorFrame
 from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
-from .http import HttpRequest, HttpResponse, sse_event
+from .http import HttpRequest, HttpResponse, error_body, sse_event
 from .turn_runner import public_error
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ def error_status(payload: dict[str, Any]) -> int:
 
 
 def _error_headers(payload: dict[str, Any]) -> dict[str, str]:
+    if payload.get("code") == "AUTHENTICATION_ERROR":
+        # RFC 9110 section 15.5.2: a 401 carries the challenge (RFC 6750 section 3).
+        return {"WWW-Authenticate": 'Bearer realm="chucky"'}
     retry = (payload.get("details") or {}).get("retryAfter")
     return {"Retry-After": str(retry)} if isinstance(retry, int) else {}
 
@@ -173,16 +176,16 @@ class Routes:
         if path in ("/healthz", "/usage", "/prompt", "/metrics"):
             status = http.HTTPStatus.METHOD_NOT_ALLOWED
             allow = {"Allow": "POST" if path == "/prompt" else "GET"}
-            await response.send_json(
-                status, {"error": f"{request.method} not allowed on {path}"}, allow
-            )
+            message = f"{request.method[:20]} not allowed on {path}"
+            await response.send_json(status, error_body(status, message), allow)
             return status
         if path in ("/ws", "/ws/"):
             status = http.HTTPStatus.UPGRADE_REQUIRED
-            await response.send_json(status, {"error": "this endpoint speaks WebSocket"})
+            body = error_body(status, "this endpoint speaks WebSocket")
+            await response.send_json(status, body, {"Upgrade": "websocket"})
             return status
         status = http.HTTPStatus.NOT_FOUND
-        await response.send_json(status, {"error": f"no route for {path[:200]}"})
+        await response.send_json(status, error_body(status, f"no route for {path[:200]}"))
         return status
 
     async def healthz(self, request: HttpRequest, response: HttpResponse) -> int:
