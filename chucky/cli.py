@@ -4,7 +4,8 @@
   model, a token, one streamed turn with a client-side tool call (no key, no network).
 * ``chucky serve [--host H] [--port P] [--db URL] [--project ID:SECRET]...`` runs a server; the
   first line it prints is ``chucky serve listening on ws://HOST:PORT/ws``, the second the
-  database. SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
+  database, with ``--metrics-port`` a third ``chucky serve metrics on http://HOST:PORT/metrics``.
+  SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
 * ``chucky project create --name NAME`` / ``list`` / ``rotate ID`` / ``revoke ID
   --secret-prefix P`` manage the projects in the database.
 * ``chucky token --project ID --user USER [--secret S] [--ai-dollars 1] ...`` prints a token
@@ -53,9 +54,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"chucky serve needs the server extra: pip install 'chucky[server]' ({exc})")
         return 2
     projects = parse_projects(args.project)
+    if args.metrics_token is not None:
+        _warn_visible("--metrics-token", "CHUCKY_METRICS_TOKEN")
     config = ServerConfig.from_env(
         host=args.host,
         port=args.port,
+        metrics_token=args.metrics_token,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         projects=projects,
         tool_timeout=args.tool_timeout,
         database_url=_database_url(args),
@@ -78,6 +84,14 @@ def _serve(args: argparse.Namespace) -> int:
         router = ModelRouter.from_config(default_routing())
     asyncio.run(run_server(config, router=router))
     return 0
+
+
+def _warn_visible(flag: str, instead: str) -> None:
+    print(
+        f"chucky serve: warning: {flag} puts a secret in the process list (ps, /proc) of "
+        f"every user of this machine; prefer {instead}",
+        file=sys.stderr,
+    )
 
 
 async def _with_store(args: argparse.Namespace, action: Callable[[Store], Awaitable[T]]) -> T:
@@ -211,6 +225,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID:SECRET",
         help="a project and its token secret (repeatable; also CHUCKY_PROJECTS)",
     )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="GET /metrics requires Authorization: Bearer TOKEN (16+ characters; also, and "
+        "better, CHUCKY_METRICS_TOKEN). Without one, /metrics is open on a loopback --host "
+        "and off (403) on any other",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve GET /metrics on a listener of its own, and not on --port (0 picks a port)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="the address of the --metrics-port listener (default 127.0.0.1; another than "
+        "loopback needs a metrics token)",
+    )
     serve.add_argument("--tool-timeout", type=float, default=120.0, metavar="SECONDS")
     _db_option(serve)
     serve.add_argument("--max-sessions-per-user", type=int, metavar="N")
@@ -333,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ChuckyError as exc:
         print(f"chucky {args.command}: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an address in use, a file that cannot be read: what was given
+        print(f"chucky {args.command}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ValidationError
+from .metrics import check_metrics_token, is_loopback
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerConfig", "parse_projects"]
 
@@ -87,6 +88,18 @@ class ServerConfig:
         max_structured_output_retries: repair requests sent to a model whose answer fails the
             session's ``outputFormat`` schema, before the turn ends with
             ``error_max_structured_output_retries``.
+        metrics_token: the bearer token ``GET /metrics`` requires (``CHUCKY_METRICS_TOKEN``):
+            16 or more characters of RFC 6750's ``b64token`` set. Without one, the metrics
+            are open on a loopback listener and off (403) on any other
+            (:class:`~chucky.server.metrics.MetricsGate`).
+        metrics_host, metrics_port: serve ``GET /metrics`` on a listener of its own (and not
+            on the main one); ``metrics_host`` defaults to ``127.0.0.1`` and needs
+            ``metrics_port`` (0 picks a free port). A ``metrics_host`` that is not a loopback
+            address needs a ``metrics_token``.
+
+    Raises:
+        ValidationError: an invalid metrics token, a ``metrics_host`` without a
+            ``metrics_port``, or a non-loopback ``metrics_host`` without a token.
     """
 
     host: str = DEFAULT_HOST
@@ -117,14 +130,43 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     routing_file: str | None = None
     max_structured_output_retries: int = 2
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics_token is not None:
+            check_metrics_token(self.metrics_token)
+        if self.metrics_host is not None and self.metrics_port is None:
+            raise ValidationError(
+                "--metrics-host needs --metrics-port", details={"reason": "invalid_options"}
+            )
+        if self.metrics_port is not None:
+            host = self.metrics_host or DEFAULT_HOST
+            if not is_loopback(host) and self.metrics_token is None:
+                raise ValidationError(
+                    f"--metrics-host {host[:100]} is not a loopback address: set a metrics "
+                    "token too (--metrics-token, or CHUCKY_METRICS_TOKEN)",
+                    details={"reason": "invalid_options"},
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
-        """A config whose projects include ``CHUCKY_PROJECTS`` (``id1:secret1,id2:secret2``)."""
+        """A config whose projects include ``CHUCKY_PROJECTS`` (``id1:secret1,id2:secret2``),
+        and whose metrics token is ``CHUCKY_METRICS_TOKEN`` unless ``metrics_token`` is given.
+
+        Raises:
+            ValidationError: as :func:`parse_projects` and :class:`ServerConfig`.
+        """
         env = os.environ if env is None else env
-        config = cls(**overrides)  # type: ignore[arg-type]
-        from_env = parse_projects([env.get("CHUCKY_PROJECTS", "")])
-        for project_id, secrets in from_env.items():
-            known = config.projects.setdefault(project_id, [])
+        fields = dict(overrides)
+        given = fields.pop("projects", None)
+        projects: dict[str, list[str]] = {}
+        if isinstance(given, Mapping):
+            projects = {str(project_id): list(secrets) for project_id, secrets in given.items()}
+        for project_id, secrets in parse_projects([env.get("CHUCKY_PROJECTS", "")]).items():
+            known = projects.setdefault(project_id, [])
             known.extend(s for s in secrets if s not in known)
-        return config
+        if fields.get("metrics_token") is None:
+            fields["metrics_token"] = env.get("CHUCKY_METRICS_TOKEN") or None
+        return cls(projects=projects, **fields)  # type: ignore[arg-type]
