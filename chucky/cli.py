@@ -54,6 +54,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"chucky serve needs the server extra: pip install 'chucky[server]' ({exc})")
         return 2
     projects = parse_projects(args.project)
+    if args.project:
+        _warn_visible("--project", "CHUCKY_PROJECTS, or a project in the database")
     if args.metrics_token is not None:
         _warn_visible("--metrics-token", "CHUCKY_METRICS_TOKEN")
     config = ServerConfig.from_env(
@@ -141,18 +143,20 @@ def _project(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from .tokens import create_budget, create_token
+    from .tokens import check_project_secret, create_budget, create_token
 
     secret = args.secret or os.environ.get("CHUCKY_SECRET")
-    if not secret:
+    if secret:
+        check_project_secret(secret, project_id=args.project)
+    else:
         try:
             secret = asyncio.run(_with_store(args, lambda store: _stored_secret(store, args)))
         except ImportError:  # pragma: no cover - the server extra is missing
             secret = None
     if not secret:
         print(
-            f"chucky token: no secret for project {args.project!r}: pass --secret (or "
-            "CHUCKY_SECRET), or create the project with chucky project create",
+            f"chucky token: no secret for project {args.project!r} in the database: pass "
+            "--secret (or CHUCKY_SECRET), or create the project with chucky project create",
             file=sys.stderr,
         )
         return 2
@@ -223,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ID:SECRET",
-        help="a project and its token secret (repeatable; also CHUCKY_PROJECTS)",
+        help="a project and its secret, hk_live_ + 32 hex digits (repeatable). Held by this "
+        "process only, never written to the database. Visible in the process list: prefer "
+        "CHUCKY_PROJECTS=ID:SECRET,... or chucky project create",
     )
     serve.add_argument(
         "--metrics-token",

@@ -2,7 +2,7 @@
 
 Start a server first (same project id and secret as below):
 
-    chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef
+    CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve
 
 then run ``python examples/quickstart.py``. ``CHUCKY_URL``, ``CHUCKY_PROJECT`` and
 ``CHUCKY_SECRET`` override the defaults.

@@ -1,10 +1,11 @@
-"""The SDK tour from the project's founding issue, as written.
+"""The SDK tour from the project's founding issue, as written (but for the secret: the issue's
+``hk_live_...`` placeholder is not a secret a server accepts).
 
 Run a server with the matching project first:
 
-    chucky serve --project "proj:hk_live_..."
+    CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve
 
-(the secret here is literally ``hk_live_...``; use your own in real code).
+(a made-up secret, as in the other examples; use your own in real code).
 """
 
 import asyncio
@@ -14,7 +15,7 @@ from chucky import Chucky, create_budget, create_token, get_assistant_text, text
 token = create_token(
     user_id="user-123",
     project_id="proj",
-    secret="hk_live_...",
+    secret="hk_live_0123456789abcdef0123456789abcdef",
     budget=create_budget(ai_dollars=1.00, compute_hours=1, window="day"),
 )
 

@@ -5,7 +5,8 @@ own (only that route), to whom its :class:`~chucky.server.metrics.MetricsGate` l
 
 Usage::
 
-    async with ChuckyServer(ServerConfig(port=0, projects={"proj": ["hk_live_..."]})) as server:
+    secret = "hk_live_" + secrets.token_hex(16)  # the form every project secret has
+    async with ChuckyServer(ServerConfig(port=0, projects={"proj": [secret]})) as server:
         print(server.url)            # ws://127.0.0.1:<port>/ws
         await server.serve_forever()
 """
@@ -131,8 +132,7 @@ class ChuckyServer:
         config = self.config
         await self.store.open()
         now = time.time()
-        for project_id, project_secrets in config.projects.items():
-            await self.store.upsert_project(project_id, list(project_secrets), now)
+        await self._warn_shadowed_projects()
         await self.store.register_node(self.node, now)
         separate = config.metrics_port is not None
         main_gate = (
@@ -364,9 +364,32 @@ class ChuckyServer:
             for c in self._connections
         )
 
+    async def _warn_shadowed_projects(self) -> None:
+        """Say so when the database holds secrets for a project the configuration defines:
+        this process does not accept them (:meth:`secrets_of`)."""
+        for project_id in self.config.projects:
+            stored = await self.store.get_project(project_id)
+            if stored is not None and stored.secrets:
+                logger.warning(
+                    "project %s is configured (--project/CHUCKY_PROJECTS): this server "
+                    "accepts only the configured secrets, not the %d the database holds for it",
+                    project_id,
+                    len(stored.secrets),
+                )
+
     async def secrets_of(self, project_id: str) -> tuple[str, ...]:
-        """The project's active secrets, cached for a few seconds (a revoked secret stops
-        working within ``SECRET_CACHE_SECONDS``)."""
+        """The project's active secrets.
+
+        A project of ``config.projects`` (``--project``, ``CHUCKY_PROJECTS``) has exactly the
+        configured secrets, which live in this process only: never written to the database,
+        so a secret that was once passed stops working when the process that was given it
+        ends, and a restart with a new secret revokes the old one. The database's secrets for
+        that id are ignored. Any other project's secrets come from the database, cached for a
+        few seconds (a revoked secret stops working within ``SECRET_CACHE_SECONDS``).
+        """
+        configured = self.config.projects.get(project_id)
+        if configured is not None:
+            return tuple(configured)
         now = time.monotonic()
         cached = self._secrets.get(project_id)
         if cached is not None and cached[0] > now:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ValidationError
+from ..tokens import check_project_secret
 from .metrics import check_metrics_token, is_loopback
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerConfig", "parse_projects"]
@@ -22,7 +23,9 @@ def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
     A project may appear several times: each secret is accepted (key rotation).
 
     Raises:
-        ValidationError: an item without ``:`` or with an empty id or secret.
+        ValidationError: an item without ``:``, with an empty id, or whose secret is not
+            ``hk_live_`` followed by exactly 32 hex digits (the message names the project,
+            never the secret).
     """
     projects: dict[str, list[str]] = {}
     for spec in specs:
@@ -36,6 +39,7 @@ def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
                     f"invalid project {item.split(':')[0]!r}: expected ID:SECRET",
                     details={"reason": "invalid_options"},
                 )
+            check_project_secret(secret.strip(), project_id=project_id.strip())
             secrets = projects.setdefault(project_id.strip(), [])
             if secret.strip() not in secrets:
                 secrets.append(secret.strip())
@@ -48,7 +52,10 @@ class ServerConfig:
 
     Attributes:
         host, port: where to listen (``port=0`` picks a free port).
-        projects: project id -> accepted secrets (several for rotation).
+        projects: project id -> accepted secrets (several for rotation), each
+            ``hk_live_`` + 32 hex digits. These projects live in this process only: their
+            secrets are never written to the database, and for these ids the database's
+            secrets are not consulted (``--project``, ``CHUCKY_PROJECTS``).
         default_model: the model of sessions that name none.
         tool_timeout: seconds to wait for a client's ``tool_result`` (PROTOCOL.md section 6).
         max_turns: model calls per user turn when the session sets no ``maxTurns``.
@@ -98,13 +105,14 @@ class ServerConfig:
             address needs a ``metrics_token``.
 
     Raises:
-        ValidationError: an invalid metrics token, a ``metrics_host`` without a
-            ``metrics_port``, or a non-loopback ``metrics_host`` without a token.
+        ValidationError: a malformed project secret, an invalid metrics token, a
+            ``metrics_host`` without a ``metrics_port``, or a non-loopback ``metrics_host``
+            without a token.
     """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    projects: dict[str, list[str]] = field(default_factory=dict)
+    projects: dict[str, list[str]] = field(default_factory=dict, repr=False)
     default_model: str = "claude-sonnet-5-5"
     tool_timeout: float = 120.0
     max_turns: int = 32
@@ -135,6 +143,9 @@ class ServerConfig:
     metrics_port: int | None = None
 
     def __post_init__(self) -> None:
+        for project_id, secrets in self.projects.items():
+            for secret in secrets:
+                check_project_secret(secret, project_id=project_id)
         if self.metrics_token is not None:
             check_metrics_token(self.metrics_token)
         if self.metrics_host is not None and self.metrics_port is None:

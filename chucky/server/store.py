@@ -322,6 +322,9 @@ class Store(ABC):
 
     # -- projects ------------------------------------------------------------------------------
 
+    # Every secret given to a method below must be ``hk_live_`` + 32 hex digits
+    # (:func:`chucky.tokens.check_project_secret`): anything else is a ValidationError.
+
     @abstractmethod
     async def create_project(
         self, name: str, secret: str, now: float, *, project_id: str | None = None
@@ -329,14 +332,19 @@ class Store(ABC):
         """A new project with one secret (``project_id`` generated unless given).
 
         Raises:
-            ValidationError: ``project_id`` is taken (``reason`` ``invalid_options``).
+            ValidationError: ``project_id`` is taken, or ``secret`` is malformed (``reason``
+                ``invalid_options``).
         """
 
     @abstractmethod
     async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
-        """Make sure the project exists and accepts each of ``secrets`` (``--project ID:SECRET``).
+        """Make sure the project exists and accepts each of ``secrets``.
 
-        A secret revoked before is accepted again. Existing secrets stay.
+        A secret revoked before is accepted again. Existing secrets stay. (The server no
+        longer calls this for ``--project ID:SECRET``: configured projects are not written.)
+
+        Raises:
+            ValidationError: a malformed secret.
         """
 
     @abstractmethod
@@ -352,7 +360,7 @@ class Store(ABC):
         """Add a secret (rotation); the old ones keep working.
 
         Raises:
-            ValidationError: no such project.
+            ValidationError: no such project, or a malformed secret.
         """
 
     @abstractmethod

@@ -25,7 +25,6 @@ def _serve(
     return serve_process(
         *("--db", sqlite_url(data_dir / "chucky.db")),
         *("--project", f"proj:{QUICKSTART_SECRET}"),
-        *("--project", "proj:hk_live_..."),
         *("--config", config),
         data_dir=data_dir,
         env=env,

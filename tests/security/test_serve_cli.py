@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.raw import http_get_url
-from support.serve import ServeProcesses, run_chucky, serve_process
+from support.raw import Frame, http_get_url, open_url, recv
+from support.serve import (
+    PROCESS_TIMEOUT,
+    ServeProcesses,
+    chucky_env,
+    run_chucky,
+    serve_process,
+    sqlite_url,
+    token_for,
+)
 
 METRICS_TOKEN = "0123456789abcdef" * 2
 _METRICS_LINE = re.compile(r"chucky serve metrics on (http://127\.0\.0\.1:\d+)/metrics\n")
@@ -88,3 +99,87 @@ def test_a_metrics_port_in_use_gets_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "address already in use" in result.stderr
+
+
+# -- project secrets (finding 10) ----------------------------------------------------------------
+
+OLD = "hk_live_" + "0123456789abcdef" * 2
+NEW = "hk_live_" + "fedcba9876543210" * 2
+_PROJECT_WARNING = (
+    "chucky serve: warning: --project puts a secret in the process list (ps, /proc) of every "
+    "user of this machine; prefer CHUCKY_PROJECTS, or a project in the database"
+)
+
+
+async def _first_frame(url: str, secret: str, project: str = "proj") -> Frame:
+    async with open_url(url, token_for("u", project, secret)) as ws:
+        return await recv(ws)
+
+
+def _accepted(frame: Frame) -> bool:
+    return frame == {"type": "control", "payload": {"action": "ready"}}
+
+
+async def test_a_restarted_serve_forgets_the_secret_it_was_given(serve: ServeProcesses) -> None:
+    db = sqlite_url(serve.data_dir / "state.db")
+    node = await asyncio.to_thread(serve.start, "--db", db, "--project", f"proj:{OLD}")
+    assert _accepted(await _first_frame(node.url, OLD))
+    warnings = [line for line in node.stderr().splitlines() if "warning" in line]
+    assert warnings == [_PROJECT_WARNING]
+    assert OLD not in node.stderr()
+    node.stop()
+
+    listed = await asyncio.to_thread(
+        run_chucky, "project", "list", "--db", db, data_dir=serve.data_dir
+    )
+    assert listed.stdout == ""  # never written
+
+    node = await asyncio.to_thread(serve.start, "--db", db, "--project", f"proj:{NEW}")
+    old = await _first_frame(node.url, OLD)
+    assert old["type"] == "error"
+    assert old["payload"]["details"]["reason"] == "invalid_token"
+    assert _accepted(await _first_frame(node.url, NEW))
+
+
+async def test_chucky_projects_is_not_warned_about(tmp_path: Path) -> None:
+    with serve_process(data_dir=tmp_path, env={"CHUCKY_PROJECTS": f"proj:{NEW}"}) as served:
+        assert _accepted(await _first_frame(served.url, NEW))
+        assert "warning" not in served.stderr()
+
+
+@pytest.mark.parametrize(
+    ("source", "secret"),
+    [
+        ("flag", OLD + "0"),
+        ("flag", OLD[:-1]),
+        ("flag", "hk_live_..."),
+        ("flag", "sk_test_0123456789"),
+        ("env", OLD + "0"),
+    ],
+    ids=["33-digits", "31-digits", "placeholder", "no-prefix", "env-33-digits"],
+)
+def test_a_malformed_secret_stops_serve_in_one_line(
+    tmp_path: Path, source: str, secret: str
+) -> None:
+    if source == "flag":
+        result = run_chucky(
+            "serve", "--port", "0", "--project", f"proj:{secret}", data_dir=tmp_path, check=False
+        )
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "chucky.cli", "serve", "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+            env=chucky_env(tmp_path, {"CHUCKY_PROJECTS": f"proj:{secret}"}),
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "chucky serve: ValidationError: invalid secret of project 'proj': expected hk_live_ "
+        "followed by exactly 32 hex digits ("
+    )
+    assert secret not in result.stderr

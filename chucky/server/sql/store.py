@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._redact import redacting_logger
 from ...errors import InvalidStateError
+from ...tokens import check_project_secret
 from ..store import (
     Lease,
     LedgerKey,
@@ -320,11 +321,14 @@ class SqlStore(Store):
         self, name: str, secret: str, now: float, *, project_id: str | None = None
     ) -> Project:
         new_project_id = project_id or f"proj_{secrets_module.token_hex(6)}"
+        check_project_secret(secret, project_id=new_project_id)
         return await self._run(
             lambda c: project_rows.create(c, self._backend, new_project_id, name, secret, now)
         )
 
     async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
+        for secret in secrets:
+            check_project_secret(secret, project_id=project_id)
         return await self._run(
             lambda c: project_rows.upsert(c, self._backend, project_id, secrets, now)
         )
@@ -337,6 +341,8 @@ class SqlStore(Store):
         return await self._run(lambda c: project_rows.load_all(c, None), write=False)
 
     async def add_secret(self, project_id: str, secret: str, now: float) -> Project:
+        check_project_secret(secret, project_id=project_id)
+
         async def work(connection: Db) -> Project:
             if await project_rows.lock(connection, project_id) is None:
                 raise project_rows.invalid(f"No project {project_id}")
