@@ -7,7 +7,8 @@
   database, with ``--metrics-port`` a third ``chucky serve metrics on http://HOST:PORT/metrics``.
   SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
 * ``chucky project create --name NAME`` / ``list`` / ``rotate ID`` / ``revoke ID
-  --secret-prefix P`` manage the projects in the database.
+  --secret-prefix P`` / ``delete ID`` manage the projects in the database (``delete`` removes
+  the project's sessions and usage too).
 * ``chucky token --project ID --user USER [--secret S] [--ai-dollars 1] ...`` prints a token
   (the secret is read from the database unless given).
 * ``chucky prompt --url URL --token T "message"`` runs one turn and prints the result.
@@ -138,7 +139,22 @@ def _project(args: argparse.Namespace) -> int:
         print(f"revoked {count} secret(s)")
         return 0 if count else 1
 
-    actions = {"create": create, "list": list_, "rotate": rotate, "revoke": revoke}
+    async def delete(store: Store) -> int:
+        deleted = await store.delete_project(args.id)
+        print(
+            f"deleted project {deleted.project_id}: {deleted.secrets} secret(s), "
+            f"{deleted.sessions} session(s) with their messages, "
+            f"{deleted.ledger_rows} usage row(s)"
+        )
+        return 0
+
+    actions = {
+        "create": create,
+        "list": list_,
+        "rotate": rotate,
+        "revoke": revoke,
+        "delete": delete,
+    }
     return asyncio.run(_with_store(args, actions[args.action]))
 
 
@@ -324,7 +340,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", help="revoke the secrets starting with a prefix")
     revoke.add_argument("id")
     revoke.add_argument("--secret-prefix", required=True)
-    for parser_ in (create, rotate, revoke, actions.choices["list"]):
+    delete = actions.add_parser(
+        "delete",
+        help="delete a project with its secrets, its sessions and its usage (for good)",
+    )
+    delete.add_argument("id")
+    for parser_ in (create, rotate, revoke, delete, actions.choices["list"]):
         _db_option(parser_)
     project.set_defaults(run=_project)
 

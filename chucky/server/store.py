@@ -29,6 +29,7 @@ __all__ = [
     "ModelView",
     "NodeRecord",
     "Project",
+    "ProjectDeletion",
     "RateDecision",
     "Reclaimed",
     "Reservation",
@@ -153,6 +154,22 @@ class Project:
     created_at: float
     secrets: tuple[str, ...]
     """Active (not revoked) secrets, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDeletion:
+    """What :meth:`Store.delete_project` removed."""
+
+    project_id: str
+    existed: bool
+    """Whether the project itself was in the database (a project configured with
+    ``--project`` never is: only its sessions and usage are)."""
+    secrets: int
+    """Secret rows, revoked ones included."""
+    sessions: int
+    """Sessions, each with its whole transcript."""
+    ledger_rows: int
+    """Usage rows (one per user, window instance and resource)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +387,17 @@ class Store(ABC):
         Raises:
             ValidationError: no such project, an empty prefix, or revoking would leave the
                 project with no active secret.
+        """
+
+    @abstractmethod
+    async def delete_project(self, project_id: str) -> ProjectDeletion:
+        """Remove the project and everything stored under its id, in one transaction: its
+        secrets, its sessions with their transcripts, its leases, its ledger rows and
+        reservations, its rate counters and its users' window anchors. Its sessions cannot be
+        resumed any more, and a project created later with the same id starts from nothing.
+
+        Raises:
+            ValidationError: nothing is stored under ``project_id``.
         """
 
     # -- sessions ------------------------------------------------------------------------------

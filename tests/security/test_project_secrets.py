@@ -3,7 +3,7 @@
 Projects given with ``--project`` / ``CHUCKY_PROJECTS`` (``ServerConfig.projects``) live in
 the process that was given them: their secrets are never written to the database, so a restart
 with a new secret revokes the old one, and the database's secrets for that id are not accepted.
-Real servers on 127.0.0.1, port 0.
+Deleting a project leaves none of its sessions usable. Real servers on 127.0.0.1, port 0.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.raw import check_result, open_raw, open_session, recv, turn
+from support.raw import check_result, open_raw, open_session, recv, send, turn, user_frame
 
 from chucky import create_budget, create_token
 from chucky.server.app import ChuckyServer
@@ -116,3 +116,36 @@ async def test_a_configured_project_rotates_by_configuring_both_secrets(tmp_path
         server = ScriptedServer(running, PROJECT, NEW)
         for secret in (OLD, NEW):
             assert not refused(await verdict(server, token_of(secret)))
+
+
+async def test_deleting_a_project_leaves_none_of_its_sessions_usable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/state.db"
+    with caplog.at_level(logging.INFO, "chucky.server"):
+        async with scripted_server(database_url=database_url) as server:
+            store = server.server.store
+            await store.create_project("acme", STORED, 0.0, project_id="acme")
+            token = token_of(STORED, project="acme")
+            async with open_session(server, token=token) as (ws, info):
+                check_result(await turn(ws, "echo before"))
+                await store.delete_project("acme")
+                # The socket open at the time: its next turn finds no session.
+                await send(ws, user_frame("echo after"))
+                frame = await recv(ws)
+                assert frame["type"] == "error", frame
+                assert frame["payload"]["details"]["reason"] == "session_not_found"
+            session_id = info["sessionId"]
+    # An administrator's act, not a failure: no error logged, no retries.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+    # The project made again under the same id, with a new secret: nothing of the old one.
+    async with scripted_server(database_url=database_url) as server:
+        store = server.server.store
+        await store.create_project("acme again", NEW, 0.0, project_id="acme")
+        async with open_raw(server, token=token_of(NEW, project="acme")) as ws:
+            assert (await recv(ws))["payload"] == {"action": "ready"}
+            await send(ws, {"type": "init", "payload": {"sessionId": session_id}})
+            frame = await recv(ws)
+            assert frame["type"] == "error", frame
+            assert frame["payload"]["details"]["reason"] == "session_not_found"

@@ -183,3 +183,19 @@ def test_a_malformed_secret_stops_serve_in_one_line(
         "followed by exactly 32 hex digits ("
     )
     assert secret not in result.stderr
+
+
+def test_project_delete(tmp_path: Path) -> None:
+    db = sqlite_url(tmp_path / "state.db")
+    created = run_chucky(
+        "project", "create", "--name", "acme", "--id", "acme", "--db", db, data_dir=tmp_path
+    )
+    assert created.stdout.startswith("project acme\n")
+    deleted = run_chucky("project", "delete", "acme", "--db", db, data_dir=tmp_path)
+    assert deleted.stdout == (
+        "deleted project acme: 1 secret(s), 0 session(s) with their messages, 0 usage row(s)\n"
+    )
+    assert run_chucky("project", "list", "--db", db, data_dir=tmp_path).stdout == ""
+    again = run_chucky("project", "delete", "acme", "--db", db, data_dir=tmp_path, check=False)
+    assert again.returncode == 1
+    assert again.stderr == "chucky project: ValidationError: No project acme\n"

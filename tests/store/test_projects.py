@@ -6,9 +6,13 @@ import asyncio
 import re
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chucky.errors import ValidationError
 from chucky.server.sql import SqlStore
+from chucky.server.sql.schema import metadata
+from chucky.server.store import LedgerKey, LedgerUsage, ProjectDeletion
 
 NOW = 1_800_000_000.0
 
@@ -167,3 +171,98 @@ async def test_every_way_in_refuses_a_malformed_secret(store: SqlStore, secret: 
 async def test_upper_case_hex_digits_are_hex_digits(store: SqlStore) -> None:
     project = await store.create_project("A", "hk_live_" + "AbCdEf01" * 4, NOW)
     assert project.secrets == ("hk_live_" + "AbCdEf01" * 4,)
+
+
+# -- deleting a project ---------------------------------------------------------------------------
+
+KEY = LedgerKey("proj_a", "alice", "day:2027-01-15T00:00:00Z")
+
+
+async def _populate(store: SqlStore, project_id: str, user: str = "alice") -> str:
+    """A session with a message, usage, an open reservation, a lease, a rate count and a
+    window anchor of ``user`` in ``project_id``; returns the session id."""
+    session = await store.create_session(project_id, user, "m", NOW)
+    session.append("user", "remember me")
+    await store.save_session(session)
+    key = LedgerKey(project_id, user, KEY.window)
+    done = await store.reserve(
+        key, "ai", want=100, limit=1000, minimum=1, now=NOW, ttl=60, node_id="n"
+    )
+    assert done is not None
+    await store.settle(done, 40, NOW)
+    held = await store.reserve(
+        key, "ai", want=100, limit=1000, minimum=1, now=NOW, ttl=60, node_id="n"
+    )
+    assert held is not None
+    await store.acquire_lease(
+        project_id,
+        user,
+        session.session_id,
+        node_id="n",
+        now=NOW,
+        ttl=60,
+        user_limit=None,
+        project_limit=None,
+    )
+    await store.count_turn(project_id, user, now=NOW, limit=10)
+    await store.window_anchor(project_id, user, "day", NOW)
+    return session.session_id
+
+
+async def test_delete_removes_everything_stored_under_the_project(
+    store: SqlStore, raw_engine: AsyncEngine
+) -> None:
+    await store.create_project("A", S("1"), NOW, project_id="proj_a")
+    await store.add_secret("proj_a", S("2"), NOW)
+    await store.revoke_secrets("proj_a", "hk_live_1", NOW)
+    gone = await _populate(store, "proj_a")
+    await store.create_project("B", S("3"), NOW, project_id="proj_b")
+    kept = await _populate(store, "proj_b")
+
+    deleted = await store.delete_project("proj_a")
+    assert deleted == ProjectDeletion(
+        project_id="proj_a", existed=True, secrets=2, sessions=1, ledger_rows=1
+    )
+    assert await store.get_project("proj_a") is None
+    assert await store.get_session(gone, "proj_a", "alice") is None
+    assert await store.latest_session("proj_a", "alice") is None
+    assert await store.usage(KEY, "ai") == LedgerUsage(used=0, reserved=0)
+    assert await store.count_active("proj_a", None, NOW) == 0
+    # Not a row left under the id, in any table.
+    async with raw_engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            if "project_id" in table.c:
+                rows = await connection.scalar(
+                    select(func.count()).where(table.c.project_id == "proj_a")
+                )
+                assert rows == 0, table.name
+            if table.name == "messages":
+                assert (
+                    await connection.scalar(select(func.count()).where(table.c.session_id == gone))
+                    == 0
+                )
+    # The other project is untouched.
+    other = await store.get_session(kept, "proj_b", "alice")
+    assert other is not None
+    assert len(other.transcript) == 1
+    assert await store.count_active("proj_b", None, NOW) == 1
+    # A project created again under the id starts from nothing.
+    again = await store.create_project("A again", S("4"), NOW, project_id="proj_a")
+    assert again.secrets == (S("4"),)
+    assert await store.get_session(gone, "proj_a", "alice") is None
+
+
+async def test_delete_of_a_configured_project_removes_its_sessions_and_usage(
+    store: SqlStore,
+) -> None:
+    # A project given with --project has no row, but its sessions and usage are stored.
+    gone = await _populate(store, "proj_cfg")
+    deleted = await store.delete_project("proj_cfg")
+    assert (deleted.existed, deleted.secrets, deleted.sessions) == (False, 0, 1)
+    assert await store.get_session(gone, "proj_cfg", "alice") is None
+
+
+async def test_delete_of_nothing_is_refused(store: SqlStore) -> None:
+    with pytest.raises(ValidationError, match="No project proj_none") as caught:
+        await store.delete_project("proj_none")
+    assert caught.value.details == {"reason": "invalid_options"}

@@ -43,6 +43,7 @@ from ..store import (
     LedgerUsage,
     NodeRecord,
     Project,
+    ProjectDeletion,
     RateDecision,
     Reclaimed,
     Reservation,
@@ -357,6 +358,9 @@ class SqlStore(Store):
                 "Give the start of the secret to revoke (an empty prefix matches all)"
             )
         return await self._run(lambda c: project_rows.revoke(c, project_id, prefix, now))
+
+    async def delete_project(self, project_id: str) -> ProjectDeletion:
+        return await self._run(lambda c: project_rows.delete(c, project_id))
 
     # -- sessions ------------------------------------------------------------------------------
 
