@@ -4,9 +4,11 @@
   model, a token, one streamed turn with a client-side tool call (no key, no network).
 * ``chucky serve [--host H] [--port P] [--db URL] [--project ID:SECRET]...`` runs a server; the
   first line it prints is ``chucky serve listening on ws://HOST:PORT/ws``, the second the
-  database. SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
+  database, with ``--metrics-port`` a third ``chucky serve metrics on http://HOST:PORT/metrics``.
+  SIGTERM or SIGINT stops it gracefully (``--shutdown-grace``).
 * ``chucky project create --name NAME`` / ``list`` / ``rotate ID`` / ``revoke ID
-  --secret-prefix P`` manage the projects in the database.
+  --secret-prefix P`` / ``delete ID`` manage the projects in the database (``delete`` removes
+  the project's sessions and usage too).
 * ``chucky token --project ID --user USER [--secret S] [--ai-dollars 1] ...`` prints a token
   (the secret is read from the database unless given).
 * ``chucky prompt --url URL --token T "message"`` runs one turn and prints the result.
@@ -80,11 +82,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _listen_failure(exc: OSError, host: str, port: int) -> str:
+def _listen_failure(exc: OSError, args: argparse.Namespace) -> str:
+    flag = "--port"
+    host, port = args.host, args.port
+    if exc.filename == "--metrics-port":  # the metrics listener (chucky.server.app)
+        flag, host, port = "--metrics-port", args.metrics_host or "127.0.0.1", args.metrics_port
     if exc.errno == errno.EADDRINUSE:
         return (
             f"cannot listen on {host}:{port}: the address is already in use (stop what "
-            "listens there, or pick another --port; --port 0 picks a free one)"
+            f"listens there, or pick another {flag}; {flag} 0 picks a free one)"
         )
     reason = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else str(exc)
     if isinstance(exc, socket.gaierror):
@@ -105,9 +111,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise CommandError(f"the server needs: pip install 'chucky[server]' ({exc})") from exc
     projects = parse_projects(args.project)
+    if args.project:
+        _warn_visible("--project", "CHUCKY_PROJECTS, or a project in the database")
+    if args.metrics_token is not None:
+        _warn_visible("--metrics-token", "CHUCKY_METRICS_TOKEN")
     config = ServerConfig.from_env(
         host=args.host,
         port=args.port,
+        metrics_token=args.metrics_token,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         projects=projects,
         tool_timeout=args.tool_timeout,
         database_url=_database_url(args),
@@ -133,8 +146,16 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_server(config, router=router))
     except OSError as exc:  # the listening socket; the store's failures are StoreErrors
-        raise CommandError(_listen_failure(exc, args.host, args.port)) from exc
+        raise CommandError(_listen_failure(exc, args)) from exc
     return 0
+
+
+def _warn_visible(flag: str, instead: str) -> None:
+    print(
+        f"chucky serve: warning: {flag} puts a secret in the process list (ps, /proc) of "
+        f"every user of this machine; prefer {instead}",
+        file=sys.stderr,
+    )
 
 
 async def _with_store(args: argparse.Namespace, action: Callable[[Store], Awaitable[T]]) -> T:
@@ -183,23 +204,40 @@ def _project(args: argparse.Namespace) -> int:
         print(f"revoked {count} secret(s)")
         return 0
 
-    actions = {"create": create, "list": list_, "rotate": rotate, "revoke": revoke}
+    async def delete(store: Store) -> int:
+        deleted = await store.delete_project(args.id)
+        print(
+            f"deleted project {deleted.project_id}: {deleted.secrets} secret(s), "
+            f"{deleted.sessions} session(s) with their messages, "
+            f"{deleted.ledger_rows} usage row(s)"
+        )
+        return 0
+
+    actions = {
+        "create": create,
+        "list": list_,
+        "rotate": rotate,
+        "revoke": revoke,
+        "delete": delete,
+    }
     return asyncio.run(_with_store(args, actions[args.action]))
 
 
 def _token(args: argparse.Namespace) -> int:
-    from .tokens import create_budget, create_token
+    from .tokens import check_project_secret, create_budget, create_token
 
     secret = args.secret or os.environ.get("CHUCKY_SECRET")
-    if not secret:
+    if secret:
+        check_project_secret(secret, project_id=args.project)
+    else:
         try:
             secret = asyncio.run(_with_store(args, lambda store: _stored_secret(store, args)))
         except ImportError:  # pragma: no cover - the server extra is missing
             secret = None
     if not secret:
         raise CommandError(
-            f"no secret for project {args.project!r}: pass --secret (or CHUCKY_SECRET), or "
-            "create the project with chucky project create",
+            f"no secret for project {args.project!r} in the database: pass --secret (or "
+            "CHUCKY_SECRET), or create the project with chucky project create",
             EXIT_USAGE,
         )
     budget = create_budget(args.ai_dollars, args.compute_hours, args.window)
@@ -304,7 +342,28 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ID:SECRET",
-        help="a project and its token secret (repeatable; also CHUCKY_PROJECTS)",
+        help="a project and its secret, hk_live_ + 32 hex digits (repeatable). Held by this "
+        "process only, never written to the database. Visible in the process list: prefer "
+        "CHUCKY_PROJECTS=ID:SECRET,... or chucky project create",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help="GET /metrics requires Authorization: Bearer TOKEN (16+ characters; also, and "
+        "better, CHUCKY_METRICS_TOKEN). Without one, /metrics is open on a loopback --host "
+        "and off (403) on any other",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve GET /metrics on a listener of its own, and not on --port (0 picks a port)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="the address of the --metrics-port listener (default 127.0.0.1; another than "
+        "loopback needs a metrics token)",
     )
     serve.add_argument("--tool-timeout", type=float, default=120.0, metavar="SECONDS")
     _db_option(serve)
@@ -395,7 +454,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", help="revoke the secrets starting with a prefix")
     revoke.add_argument("id")
     revoke.add_argument("--secret-prefix", required=True)
-    for parser_ in (create, rotate, revoke, actions.choices["list"]):
+    delete = actions.add_parser(
+        "delete",
+        help="delete a project with its secrets, its sessions and its usage (for good)",
+    )
+    delete.add_argument("id")
+    for parser_ in (create, rotate, revoke, delete, actions.choices["list"]):
         _db_option(parser_)
     project.set_defaults(run=_project)
 
@@ -484,6 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except ChuckyError as exc:
         print(f"{command}: {type(exc).__name__}: {_one_line(exc.message)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # an address in use, a file that cannot be read: what was given
+        print(f"{command}: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
 
 

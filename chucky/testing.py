@@ -91,7 +91,8 @@ async def scripted_server(
 
     Args:
         project_id: The project whose tokens are accepted.
-        secret: Its secret (random by default).
+        secret: Its secret, ``hk_live_`` + 32 hex digits (random by default). It is held by
+            the server, not written to its database (a configured project).
         **config: :class:`~chucky.server.config.ServerConfig` fields (``tool_timeout`` ...).
     """
     secret = secret or f"hk_live_{secrets.token_hex(16)}"

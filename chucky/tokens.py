@@ -54,12 +54,14 @@ from .windows import (
 __all__ = [
     "CLOCK_SKEW_SECONDS",
     "DEFAULT_EXPIRES_IN",
+    "SECRET_PREFIX",
     "WINDOWS",
     "DecodedToken",
     "TokenBudget",
     "TokenClaims",
     "TokenPermissions",
     "Window",
+    "check_project_secret",
     "create_budget",
     "create_token",
     "decode_token",
@@ -81,6 +83,46 @@ _JWS: Final = jwt.PyJWS(algorithms=[_ALGORITHM])
 # the key is the secret's UTF-8 bytes as is, short or not, so that one warning is silenced
 # around our own encode/decode calls (the project runs with filterwarnings=error).
 _KEY_LENGTH_WARNING: Final[type[Warning] | None] = getattr(jwt, "InsecureKeyLengthWarning", None)
+
+
+SECRET_PREFIX: Final = "hk_live_"
+"""What every project secret starts with (docs/protocol.md section 7: ``hk_live_<32 hex>``)."""
+_SECRET: Final = re.compile(r"hk_live_[0-9a-fA-F]{32}")
+
+
+def check_project_secret(secret: object, *, project_id: str | None = None) -> str:
+    """``secret`` if it has the documented form of a project secret: ``hk_live_`` followed by
+    exactly 32 hex digits (what ``chucky project create`` makes: 128 random bits).
+
+    Args:
+        secret: The candidate.
+        project_id: The project it is for, named in the error.
+
+    Returns:
+        ``secret``.
+
+    Raises:
+        ValidationError: anything else (``reason`` ``invalid_options``); the one-line message
+            says what is wrong and never quotes the secret.
+    """
+    if isinstance(secret, str) and _SECRET.fullmatch(secret):
+        return secret
+    if not isinstance(secret, str):
+        why = f"not text but {type(secret).__name__}"
+    elif not secret.startswith(SECRET_PREFIX):
+        why = f"it does not start with {SECRET_PREFIX}"
+    else:
+        rest = secret[len(SECRET_PREFIX) :]
+        bad = sum(1 for c in rest if c not in "0123456789abcdefABCDEF")
+        why = f"{len(rest)} characters after the prefix" + (
+            f", {bad} of them not hex digits" if bad else ""
+        )
+    whose = f" of project {project_id[:100]!r}" if project_id is not None else ""
+    raise ValidationError(
+        f"invalid secret{whose}: expected {SECRET_PREFIX} followed by exactly 32 hex digits "
+        f"({why})",
+        details={"reason": "invalid_options"},
+    )
 
 
 @contextmanager

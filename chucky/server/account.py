@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
 from .._redact import redacting_logger
-from ..errors import ChuckyError, RateLimitError
+from ..errors import ChuckyError, RateLimitError, SessionNotFoundError
 from .budget import CallGrant, CallPlan, Settlement, UserBudget
 from .pricing import ModelPrice
 from .store import Reservation, ReserveRequest, SessionRecord, Store, TurnWrite
@@ -273,9 +273,11 @@ class TurnAccount:
         for reservation, _ in settlements:
             self._open.pop(reservation.reservation_id, None)
 
-    async def _write(self, settlements: list[Settlement]) -> None:
+    async def _write(self, settlements: list[Settlement], *, save: bool = True) -> None:
         now = self._wall_clock()
-        await self.store.write_turn(self._turn_write(now, reserve=[], settle=settlements))
+        await self.store.write_turn(
+            self._turn_write(now, reserve=[], settle=settlements, save=save)
+        )
         self._forget(settlements)
 
     def close(self, *, ran: bool = True) -> Awaitable[None]:
@@ -310,10 +312,23 @@ class TurnAccount:
         session.state = "idle"
         session.last_activity_at = self._wall_clock()
         async with self._writes:
+            save = True
             for attempt, delay in enumerate(_SETTLE_ATTEMPTS):
                 await asyncio.sleep(delay)
                 try:
-                    await self._write(settlements)
+                    try:
+                        await self._write(settlements, save=save)
+                    except SessionNotFoundError:
+                        if not save:
+                            raise
+                        # Deleted meanwhile with its project (chucky project delete): there
+                        # is nothing to save into any more; the settlements go alone.
+                        logger.info(
+                            "session %s was deleted: its last messages are not saved",
+                            session.session_id,
+                        )
+                        save = False
+                        await self._write(settlements, save=False)
                     return
                 except ChuckyError:
                     if attempt == len(_SETTLE_ATTEMPTS) - 1:

@@ -2,9 +2,13 @@
 
 The contract is docs/protocol.md, sections 1 and 9.
 
+``GET /metrics`` is served on the main listener, or with ``metrics_port`` on a listener of its
+own (only that route), to whom its :class:`~chucky.server.metrics.MetricsGate` lets in.
+
 Usage::
 
-    async with ChuckyServer(ServerConfig(port=0, projects={"proj": ["hk_live_..."]})) as server:
+    secret = "hk_live_" + secrets.token_hex(16)  # the form every project secret has
+    async with ChuckyServer(ServerConfig(port=0, projects={"proj": [secret]})) as server:
         print(server.url)            # ws://127.0.0.1:<port>/ws
         await server.serve_forever()
 """
@@ -39,10 +43,10 @@ from ..protocol.server import ServerProtocol
 from ..tokens import TokenClaims
 from .auth import authenticate, extract_token
 from .budget import BudgetSettings, Settlement
-from .config import ServerConfig
+from .config import DEFAULT_HOST, ServerConfig
 from .connection import CLOSE_POLICY, Connection, FrameSocket
-from .http import HttpExchanges, serve_http_and_ws
-from .metrics import ServerMetrics
+from .http import HttpExchanges, error_body, serve_http_and_ws
+from .metrics import MetricsAccess, MetricsGate, ServerMetrics
 from .nodes import is_dead, node_record
 from .providers.scripted import ScriptedProvider
 from .routes import Routes
@@ -106,6 +110,8 @@ class ChuckyServer:
         )
         self._server: Server | None = None
         self._http = HttpExchanges()
+        self._metrics_server: Server | None = None
+        self._metrics_http = HttpExchanges()
         self._connections: set[Connection] = set()
         self._pending: set[asyncio.Task[Any]] = set()
         self._unsettled: list[Settlement] = []
@@ -132,9 +138,12 @@ class ChuckyServer:
         config = self.config
         await self.store.open()
         now = time.time()
-        for project_id, project_secrets in config.projects.items():
-            await self.store.upsert_project(project_id, list(project_secrets), now)
+        await self._warn_shadowed_projects()
         await self.store.register_node(self.node, now)
+        separate = config.metrics_port is not None
+        main_gate = (
+            None if separate else MetricsGate.for_listener(config.host, config.metrics_token)
+        )
         try:
             # Before listening: a client resuming a session of a process killed on this host
             # finds it free at once, not after --lease-ttl.
@@ -142,7 +151,7 @@ class ChuckyServer:
             await self.store.recover(now)
             self._server = await serve_http_and_ws(
                 self._handle,
-                Routes(self),
+                Routes(self, metrics=main_gate),
                 config.host,
                 config.port,
                 exchanges=self._http,
@@ -154,12 +163,48 @@ class ChuckyServer:
                 server_header=f"chucky/{__version__}",
                 logger=redacting_logger("chucky.server.websockets"),
             )
+            if config.metrics_port is not None:
+                try:
+                    self._metrics_server = await self._serve_metrics(config.metrics_port)
+                except OSError as exc:
+                    # Which listener failed: the command line names the right flag.
+                    exc.filename = "--metrics-port"
+                    raise
         except BaseException:
+            await self._close_listeners()
             with contextlib.suppress(ChuckyError):
                 await self.store.deregister_node(self.node_id)
             raise
         self._heartbeat = asyncio.create_task(self._beat(), name="chucky-heartbeat")
         logger.info("listening on %s (store %s, node %s)", self.url, self.store.url, self.node_id)
+        if main_gate is not None:
+            logger.info("GET /metrics on %s: %s", self.http_url, _ACCESS[main_gate.access])
+        else:
+            logger.info("GET /metrics on %s only", self.metrics_url)
+
+    async def _serve_metrics(self, port: int) -> Server:
+        """The listener of ``GET /metrics`` alone (``metrics_port``)."""
+        host = self.config.metrics_host or DEFAULT_HOST
+        gate = MetricsGate.for_listener(host, self.config.metrics_token)
+        return await serve_http_and_ws(
+            _no_websocket,
+            Routes(self, metrics=gate, sessions=False),
+            host,
+            port,
+            exchanges=self._metrics_http,
+            process_request=_refuse_websocket,
+            compression=None,
+            server_header=f"chucky/{__version__}",
+            logger=redacting_logger("chucky.server.websockets"),
+        )
+
+    async def _close_listeners(self) -> None:
+        """Close the listeners at once (a start that failed half-way)."""
+        for server in (self._server, self._metrics_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._metrics_server = None
 
     @property
     def port(self) -> int:
@@ -180,6 +225,18 @@ class ChuckyServer:
     def http_url(self) -> str:
         """The base URL of the HTTP routes (``/healthz``, ``/usage``, ``/prompt``, ``/metrics``)."""
         return self.url.removeprefix("ws").replace("://", "http://", 1).removesuffix("/ws")
+
+    @property
+    def metrics_url(self) -> str:
+        """The URL of ``GET /metrics``: on its own listener with ``metrics_port``, else on the
+        main one."""
+        if self._metrics_server is None:
+            return f"{self.http_url}/metrics"
+        host = self.config.metrics_host or DEFAULT_HOST
+        if ":" in host:
+            host = f"[{host}]"
+        port = next(iter(self._metrics_server.sockets)).getsockname()[1]
+        return f"http://{host}:{port}/metrics"
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -214,6 +271,12 @@ class ChuckyServer:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:  # served until the sockets were drained
+            metrics_server.close()
+            self._metrics_http.close()
+            await self._metrics_http.shutdown(1.0)
+            await metrics_server.wait_closed()
         # Settlements and saves still in flight finish before the store closes.
         while self._pending:
             await asyncio.wait(set(self._pending))
@@ -312,9 +375,32 @@ class ChuckyServer:
             for c in self._connections
         )
 
+    async def _warn_shadowed_projects(self) -> None:
+        """Say so when the database holds secrets for a project the configuration defines:
+        this process does not accept them (:meth:`secrets_of`)."""
+        for project_id in self.config.projects:
+            stored = await self.store.get_project(project_id)
+            if stored is not None and stored.secrets:
+                logger.warning(
+                    "project %s is configured (--project/CHUCKY_PROJECTS): this server "
+                    "accepts only the configured secrets, not the %d the database holds for it",
+                    project_id,
+                    len(stored.secrets),
+                )
+
     async def secrets_of(self, project_id: str) -> tuple[str, ...]:
-        """The project's active secrets, cached for a few seconds (a revoked secret stops
-        working within ``SECRET_CACHE_SECONDS``)."""
+        """The project's active secrets.
+
+        A project of ``config.projects`` (``--project``, ``CHUCKY_PROJECTS``) has exactly the
+        configured secrets, which live in this process only: never written to the database,
+        so a secret that was once passed stops working when the process that was given it
+        ends, and a restart with a new secret revokes the old one. The database's secrets for
+        that id are ignored. Any other project's secrets come from the database, cached for a
+        few seconds (a revoked secret stops working within ``SECRET_CACHE_SECONDS``).
+        """
+        configured = self.config.projects.get(project_id)
+        if configured is not None:
+            return tuple(configured)
         now = time.monotonic()
         cached = self._secrets.get(project_id)
         if cached is not None and cached[0] > now:
@@ -333,7 +419,8 @@ class ChuckyServer:
         path = urlsplit(request.path).path
         if path in WS_PATHS:
             return None
-        return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no WebSocket at {path[:200]}"})
+        status = http.HTTPStatus.NOT_FOUND
+        return _json_response(status, error_body(status, f"no WebSocket at {path[:200]}"))
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
@@ -371,8 +458,26 @@ class ChuckyServer:
             self.metrics.connection_closed()
 
 
+_ACCESS: Final = {
+    MetricsAccess.OPEN: "open (a loopback address)",
+    MetricsAccess.TOKEN: "with the metrics token",
+    MetricsAccess.OFF: "off (403): the server listens beyond localhost and no metrics token is set",
+}
+
+
+async def _no_websocket(ws: ServerConnection) -> None:  # pragma: no cover - never upgraded
+    await ws.close()
+
+
+def _refuse_websocket(connection: ServerConnection, request: Request) -> Response:
+    """The metrics listener upgrades nothing."""
+    status = http.HTTPStatus.NOT_FOUND
+    path = urlsplit(request.path).path
+    return _json_response(status, error_body(status, f"no WebSocket at {path[:200]}"))
+
+
 def _json_response(status: http.HTTPStatus, body: object) -> Response:
-    data = json.dumps(body).encode()
+    data = json.dumps(body, separators=(",", ":")).encode()
     headers = Headers(
         [
             ("Content-Type", "application/json"),
@@ -391,9 +496,10 @@ async def run_server(
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then shut it down gracefully.
 
-    When ``announce``, the first line printed is the listening URL, the second the database;
-    a signal that arrives during the shutdown is answered with one line on stderr (the
-    shutdown goes on: it is bounded by the grace). ``router``: as for :class:`ChuckyServer`.
+    When ``announce``, the first line printed is the listening URL, the second the database,
+    and with ``metrics_port`` a third the URL of ``GET /metrics``; a signal that arrives during
+    the shutdown is answered with one line on stderr (the shutdown goes on: it is bounded by the
+    grace). ``router``: as for :class:`ChuckyServer`.
 
     Raises:
         OSError: the address is in use or not available.
@@ -416,6 +522,8 @@ async def run_server(
     if announce:
         print(f"chucky serve listening on {server.url}", flush=True)
         print(f"chucky serve database {server.store.url}", flush=True)
+        if config.metrics_port is not None:
+            print(f"chucky serve metrics on {server.metrics_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ValidationError
+from ..tokens import check_project_secret
+from .metrics import check_metrics_token, is_loopback
 
 __all__ = [
     "DEFAULT_FIRST_EVENT_TIMEOUT",
@@ -32,7 +34,9 @@ def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
     A project may appear several times: each secret is accepted (key rotation).
 
     Raises:
-        ValidationError: an item without ``:`` or with an empty id or secret.
+        ValidationError: an item without ``:``, with an empty id, or whose secret is not
+            ``hk_live_`` followed by exactly 32 hex digits (the message names the project,
+            never the secret).
     """
     projects: dict[str, list[str]] = {}
     for spec in specs:
@@ -46,6 +50,7 @@ def parse_projects(specs: Iterable[str]) -> dict[str, list[str]]:
                     f"invalid project {item.split(':')[0]!r}: expected ID:SECRET",
                     details={"reason": "invalid_options"},
                 )
+            check_project_secret(secret.strip(), project_id=project_id.strip())
             secrets = projects.setdefault(project_id.strip(), [])
             if secret.strip() not in secrets:
                 secrets.append(secret.strip())
@@ -58,7 +63,10 @@ class ServerConfig:
 
     Attributes:
         host, port: where to listen (``port=0`` picks a free port).
-        projects: project id -> accepted secrets (several for rotation).
+        projects: project id -> accepted secrets (several for rotation), each
+            ``hk_live_`` + 32 hex digits. These projects live in this process only: their
+            secrets are never written to the database, and for these ids the database's
+            secrets are not consulted (``--project``, ``CHUCKY_PROJECTS``).
         default_model: the model of sessions that name none.
         tool_timeout: seconds to wait for a client's ``tool_result`` (docs/protocol.md section 6).
         max_turns: model calls per user turn when the session sets no ``maxTurns``.
@@ -105,11 +113,24 @@ class ServerConfig:
         first_event_timeout: seconds a model call may take to send its first event (a
             provider that accepted the request and says nothing, a missing ``message_start``);
             the same failure. ``None``: only ``model_timeout`` applies.
+        metrics_token: the bearer token ``GET /metrics`` requires (``CHUCKY_METRICS_TOKEN``):
+            16 or more characters of RFC 6750's ``b64token`` set. Without one, the metrics
+            are open on a loopback listener and off (403) on any other
+            (:class:`~chucky.server.metrics.MetricsGate`).
+        metrics_host, metrics_port: serve ``GET /metrics`` on a listener of its own (and not
+            on the main one); ``metrics_host`` defaults to ``127.0.0.1`` and needs
+            ``metrics_port`` (0 picks a free port). A ``metrics_host`` that is not a loopback
+            address needs a ``metrics_token``.
+
+    Raises:
+        ValidationError: a malformed project secret, an invalid metrics token, a
+            ``metrics_host`` without a ``metrics_port``, or a non-loopback ``metrics_host``
+            without a token.
     """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    projects: dict[str, list[str]] = field(default_factory=dict)
+    projects: dict[str, list[str]] = field(default_factory=dict, repr=False)
     default_model: str = "claude-sonnet-5-5"
     tool_timeout: float = 120.0
     max_turns: int = 32
@@ -137,14 +158,46 @@ class ServerConfig:
     max_structured_output_retries: int = 2
     model_timeout: float | None = DEFAULT_MODEL_TIMEOUT
     first_event_timeout: float | None = DEFAULT_FIRST_EVENT_TIMEOUT
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        for project_id, secrets in self.projects.items():
+            for secret in secrets:
+                check_project_secret(secret, project_id=project_id)
+        if self.metrics_token is not None:
+            check_metrics_token(self.metrics_token)
+        if self.metrics_host is not None and self.metrics_port is None:
+            raise ValidationError(
+                "--metrics-host needs --metrics-port", details={"reason": "invalid_options"}
+            )
+        if self.metrics_port is not None:
+            host = self.metrics_host or DEFAULT_HOST
+            if not is_loopback(host) and self.metrics_token is None:
+                raise ValidationError(
+                    f"--metrics-host {host[:100]} is not a loopback address: set a metrics "
+                    "token too (--metrics-token, or CHUCKY_METRICS_TOKEN)",
+                    details={"reason": "invalid_options"},
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
-        """A config whose projects include ``CHUCKY_PROJECTS`` (``id1:secret1,id2:secret2``)."""
+        """A config whose projects include ``CHUCKY_PROJECTS`` (``id1:secret1,id2:secret2``),
+        and whose metrics token is ``CHUCKY_METRICS_TOKEN`` unless ``metrics_token`` is given.
+
+        Raises:
+            ValidationError: as :func:`parse_projects` and :class:`ServerConfig`.
+        """
         env = os.environ if env is None else env
-        config = cls(**overrides)  # type: ignore[arg-type]
-        from_env = parse_projects([env.get("CHUCKY_PROJECTS", "")])
-        for project_id, secrets in from_env.items():
-            known = config.projects.setdefault(project_id, [])
+        fields = dict(overrides)
+        given = fields.pop("projects", None)
+        projects: dict[str, list[str]] = {}
+        if isinstance(given, Mapping):
+            projects = {str(project_id): list(secrets) for project_id, secrets in given.items()}
+        for project_id, secrets in parse_projects([env.get("CHUCKY_PROJECTS", "")]).items():
+            known = projects.setdefault(project_id, [])
             known.extend(s for s in secrets if s not in known)
-        return config
+        if fields.get("metrics_token") is None:
+            fields["metrics_token"] = env.get("CHUCKY_METRICS_TOKEN") or None
+        return cls(projects=projects, **fields)  # type: ignore[arg-type]

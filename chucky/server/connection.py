@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from .._redact import redacting_logger
-from ..errors import ChuckyError
+from ..errors import ChuckyError, SessionNotFoundError
 from ..messages import WireModel
 from ..options import SessionOptions
 from ..protocol.frames import ToolResultPayload, close_reason
@@ -353,6 +353,8 @@ class Connection:
         try:
             opened.record.state = "idle"
             await store.save_session(opened.record)
+        except SessionNotFoundError:  # deleted with its project (chucky project delete)
+            logger.info("session %s was deleted: not saved", opened.record.session_id)
         except ChuckyError:
             logger.exception("could not save session %s", opened.record.session_id)
         finally:

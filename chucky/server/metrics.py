@@ -20,16 +20,44 @@ metric family name in the Prometheus data model, and the client library refuses 
 Label values come from bounded sets (result subtypes, error codes, configured project ids, route
 names); never pass a user id or a raw path. As a guard, each label keeps at most
 :data:`MAX_LABEL_VALUES` distinct values; later newcomers are counted under ``"other"``.
+
+Who may read them: project ids and their spend are not for everyone. :class:`MetricsGate` decides
+per listener, from its address and the metrics token (``--metrics-token``, or
+``CHUCKY_METRICS_TOKEN``):
+
+==========================  ======================  ===========================================
+listener address            metrics token           ``GET /metrics``
+==========================  ======================  ===========================================
+any                         set                     ``Authorization: Bearer <token>`` (else 401)
+loopback (127.0.0.0/8,      none                    open
+``::1``, ``localhost``)
+anything else               none                    403 ``metrics_disabled``
+==========================  ======================  ===========================================
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
 from prometheus_client import generate_latest as _generate_latest
 
-__all__ = ["MAX_LABEL_VALUES", "OTHER", "ServerMetrics"]
+from ..errors import AuthenticationError, ValidationError
+
+__all__ = [
+    "MAX_LABEL_VALUES",
+    "OTHER",
+    "MetricsAccess",
+    "MetricsGate",
+    "ServerMetrics",
+    "check_metrics_token",
+    "is_loopback",
+]
 
 MAX_LABEL_VALUES: Final = 100
 """Distinct values one label may take before newcomers are folded into :data:`OTHER`."""
@@ -150,3 +178,96 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         """The metrics in the Prometheus text format, and its ``Content-Type``."""
         return _generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# RFC 6750 section 2.1: the characters a bearer token may hold (so it fits a header as is).
+_TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+MIN_TOKEN_LENGTH: Final = 16
+
+
+def check_metrics_token(token: str) -> str:
+    """``token`` if it can be a metrics token: 16 or more characters of RFC 6750's ``b64token``.
+
+    Raises:
+        ValidationError: another token (the message never quotes it).
+    """
+    if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+        raise ValidationError(
+            f"invalid metrics token: use {MIN_TOKEN_LENGTH} or more of the characters A-Z a-z "
+            "0-9 - . _ ~ + / (= only at the end), e.g. the output of: openssl rand -hex 32",
+            details={"reason": "invalid_options"},
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps a socket on this machine (``127.0.0.0/8``, ``::1``,
+    ``localhost``). An empty host, a wildcard (``0.0.0.0``, ``::``) or any other name is not."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MetricsAccess(enum.Enum):
+    """Who may read ``GET /metrics`` on one listener (module docstring)."""
+
+    OPEN = "open"
+    """Anyone who can connect: the listener is on the loopback interface."""
+    TOKEN = "token"
+    """Requests carrying ``Authorization: Bearer <metrics token>``."""
+    OFF = "off"
+    """Nobody: the listener is reachable from elsewhere and no token is set."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsGate:
+    """The access rule of ``GET /metrics`` on one listener.
+
+    Attributes:
+        access: Who may read.
+        token: The bearer token when ``access`` is :attr:`MetricsAccess.TOKEN`.
+    """
+
+    access: MetricsAccess
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_listener(cls, host: str, token: str | None) -> MetricsGate:
+        """The rule for a listener on ``host``, with the metrics ``token`` if one is set."""
+        if token:
+            return cls(MetricsAccess.TOKEN, token)
+        return cls(MetricsAccess.OPEN if is_loopback(host) else MetricsAccess.OFF)
+
+    def check(self, authorization: str | None) -> None:
+        """Let a request with this ``Authorization`` header read the metrics, or refuse it.
+
+        Raises:
+            AuthenticationError: ``metrics_disabled`` (HTTP 403) when the metrics are off;
+                ``invalid_token`` (HTTP 401) when the bearer token is missing or wrong. The
+                token is compared in constant time.
+        """
+        if self.access is MetricsAccess.OPEN:
+            return
+        if self.access is MetricsAccess.OFF or self.token is None:
+            raise AuthenticationError(
+                "Forbidden: GET /metrics is off on a server listening beyond localhost without "
+                "a metrics token (set --metrics-token or CHUCKY_METRICS_TOKEN, or serve the "
+                "metrics on a loopback address with --metrics-port)",
+                details={"reason": "metrics_disabled"},
+            )
+        scheme, _, presented = (authorization or "").strip().partition(" ")
+        expected = self.token.encode()
+        # compare_digest takes as long whatever prefix matches (its time depends only on the
+        # length of the presented value).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), expected
+        ):
+            raise AuthenticationError(
+                "Unauthorized: GET /metrics needs the metrics token as "
+                "Authorization: Bearer <token>",
+                details={"reason": "invalid_token"},
+            )

@@ -4,7 +4,9 @@
 * ``GET /usage`` -- the Bearer token's budget in the current window (``?token=`` also works).
 * ``POST /prompt`` -- one turn without a WebSocket: JSON ``{"result", "messages",
   "sessionId"}``, or with ``Accept: text/event-stream`` an ``event: message`` per frame.
-* ``GET /metrics`` -- Prometheus text format.
+* ``GET /metrics`` -- Prometheus text format, to whom its
+  :class:`~chucky.server.metrics.MetricsGate` lets in (a listener of its own with
+  ``--metrics-port``: there, the only route).
 
 ``POST /prompt`` runs through the very same :class:`~chucky.server.connection.Connection` as a
 WebSocket, over an in-process :class:`PromptSocket`: the token, its policy, budgets, limits,
@@ -42,7 +44,8 @@ from ..protocol.frames import ErrorFrame
 from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
-from .http import HttpRequest, HttpResponse, sse_event
+from .http import HttpRequest, HttpResponse, error_body, sse_event
+from .metrics import MetricsGate
 from .turn_runner import public_error
 
 if TYPE_CHECKING:
@@ -69,13 +72,18 @@ _NO_CLIENT_TOOLS = (
 def error_status(payload: dict[str, Any]) -> int:
     """The HTTP status of an ``error`` frame's payload."""
     code = payload.get("code")
+    reason = (payload.get("details") or {}).get("reason")
     if code == "SESSION_ERROR":
-        reason = (payload.get("details") or {}).get("reason")
         return http.HTTPStatus.CONFLICT if reason == "session_busy" else http.HTTPStatus.NOT_FOUND
+    if reason == "metrics_disabled":
+        return http.HTTPStatus.FORBIDDEN
     return _STATUS.get(str(code), http.HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def _error_headers(payload: dict[str, Any]) -> dict[str, str]:
+    if error_status(payload) == http.HTTPStatus.UNAUTHORIZED:
+        # RFC 9110 section 15.5.2: a 401 carries the challenge (RFC 6750 section 3).
+        return {"WWW-Authenticate": 'Bearer realm="chucky"'}
     retry = (payload.get("details") or {}).get("retryAfter")
     return {"Retry-After": str(retry)} if isinstance(retry, int) else {}
 
@@ -138,28 +146,42 @@ class PromptSocket:
             self._inbox.put_nowait(None)
 
 
-class Routes:
-    """The HTTP application of a :class:`~chucky.server.app.ChuckyServer`."""
+Handler = Callable[[HttpRequest, HttpResponse], Awaitable[int]]
 
-    def __init__(self, server: ChuckyServer) -> None:
+
+class Routes:
+    """The HTTP application of a :class:`~chucky.server.app.ChuckyServer`.
+
+    Args:
+        server: The server whose state the routes serve.
+        metrics: Who may read ``GET /metrics`` here; ``None``: not served here (404).
+        sessions: Whether to serve ``/healthz``, ``/usage`` and ``/prompt`` (the main
+            listener) or ``/metrics`` alone (a metrics listener).
+    """
+
+    def __init__(
+        self, server: ChuckyServer, *, metrics: MetricsGate | None, sessions: bool = True
+    ) -> None:
         self.server = server
+        self._metrics_gate = metrics
+        self._handlers: dict[tuple[str, str], Handler] = {}
+        if sessions:
+            self._handlers[("GET", "/healthz")] = self.healthz
+            self._handlers[("GET", "/usage")] = self.usage
+            self._handlers[("POST", "/prompt")] = self.prompt
+        if metrics is not None:
+            self._handlers[("GET", "/metrics")] = self.metrics
+        self._paths = {path: method for method, path in self._handlers}
+        self._websocket_here = sessions
 
     async def __call__(self, request: HttpRequest, response: HttpResponse) -> None:
         route = (request.method, request.path.rstrip("/") or "/")
-        handler = {
-            ("GET", "/healthz"): self.healthz,
-            ("GET", "/usage"): self.usage,
-            ("POST", "/prompt"): self.prompt,
-            ("GET", "/metrics"): self.metrics,
-        }.get(route)
+        handler = self._handlers.get(route)
         status = await self._dispatch(handler, request, response)
         self.server.metrics.http_request(route[1] if handler else "other", status)
 
     async def _dispatch(
-        self,
-        handler: Callable[[HttpRequest, HttpResponse], Awaitable[int]] | None,
-        request: HttpRequest,
-        response: HttpResponse,
+        self, handler: Handler | None, request: HttpRequest, response: HttpResponse
     ) -> int:
         if handler is not None:
             try:
@@ -170,19 +192,19 @@ class Routes:
                 await response.send_json(status, {"error": payload}, _error_headers(payload))
                 return status
         path = request.path
-        if path in ("/healthz", "/usage", "/prompt", "/metrics"):
+        allowed = self._paths.get(path.rstrip("/") or "/")
+        if allowed is not None:
             status = http.HTTPStatus.METHOD_NOT_ALLOWED
-            allow = {"Allow": "POST" if path == "/prompt" else "GET"}
-            await response.send_json(
-                status, {"error": f"{request.method} not allowed on {path}"}, allow
-            )
+            message = f"{request.method[:20]} not allowed on {path}"
+            await response.send_json(status, error_body(status, message), {"Allow": allowed})
             return status
-        if path in ("/ws", "/ws/"):
+        if self._websocket_here and path in ("/ws", "/ws/"):
             status = http.HTTPStatus.UPGRADE_REQUIRED
-            await response.send_json(status, {"error": "this endpoint speaks WebSocket"})
+            body = error_body(status, "this endpoint speaks WebSocket")
+            await response.send_json(status, body, {"Upgrade": "websocket"})
             return status
         status = http.HTTPStatus.NOT_FOUND
-        await response.send_json(status, {"error": f"no route for {path[:200]}"})
+        await response.send_json(status, error_body(status, f"no route for {path[:200]}"))
         return status
 
     async def healthz(self, request: HttpRequest, response: HttpResponse) -> int:
@@ -190,6 +212,8 @@ class Routes:
         return 200
 
     async def metrics(self, request: HttpRequest, response: HttpResponse) -> int:
+        assert self._metrics_gate is not None  # routed only with a gate
+        self._metrics_gate.check(request.headers.get("Authorization"))
         body, content_type = self.server.metrics.render()
         await response.send_text(200, body.decode(), content_type)
         return 200

@@ -29,6 +29,7 @@ __all__ = [
     "ModelView",
     "NodeRecord",
     "Project",
+    "ProjectDeletion",
     "RateDecision",
     "Reclaimed",
     "Reservation",
@@ -153,6 +154,22 @@ class Project:
     created_at: float
     secrets: tuple[str, ...]
     """Active (not revoked) secrets, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDeletion:
+    """What :meth:`Store.delete_project` removed."""
+
+    project_id: str
+    existed: bool
+    """Whether the project itself was in the database (a project configured with
+    ``--project`` never is: only its sessions and usage are)."""
+    secrets: int
+    """Secret rows, revoked ones included."""
+    sessions: int
+    """Sessions, each with its whole transcript."""
+    ledger_rows: int
+    """Usage rows (one per user, window instance and resource)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +339,9 @@ class Store(ABC):
 
     # -- projects ------------------------------------------------------------------------------
 
+    # Every secret given to a method below must be ``hk_live_`` + 32 hex digits
+    # (:func:`chucky.tokens.check_project_secret`): anything else is a ValidationError.
+
     @abstractmethod
     async def create_project(
         self, name: str, secret: str, now: float, *, project_id: str | None = None
@@ -329,14 +349,19 @@ class Store(ABC):
         """A new project with one secret (``project_id`` generated unless given).
 
         Raises:
-            ValidationError: ``project_id`` is taken (``reason`` ``invalid_options``).
+            ValidationError: ``project_id`` is taken, or ``secret`` is malformed (``reason``
+                ``invalid_options``).
         """
 
     @abstractmethod
     async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
-        """Make sure the project exists and accepts each of ``secrets`` (``--project ID:SECRET``).
+        """Make sure the project exists and accepts each of ``secrets``.
 
-        A secret revoked before is accepted again. Existing secrets stay.
+        A secret revoked before is accepted again. Existing secrets stay. (The server no
+        longer calls this for ``--project ID:SECRET``: configured projects are not written.)
+
+        Raises:
+            ValidationError: a malformed secret.
         """
 
     @abstractmethod
@@ -352,7 +377,7 @@ class Store(ABC):
         """Add a secret (rotation); the old ones keep working.
 
         Raises:
-            ValidationError: no such project.
+            ValidationError: no such project, or a malformed secret.
         """
 
     @abstractmethod
@@ -362,6 +387,17 @@ class Store(ABC):
         Raises:
             ValidationError: no such project, an empty prefix, or revoking would leave the
                 project with no active secret.
+        """
+
+    @abstractmethod
+    async def delete_project(self, project_id: str) -> ProjectDeletion:
+        """Remove the project and everything stored under its id, in one transaction: its
+        secrets, its sessions with their transcripts, its leases, its ledger rows and
+        reservations, its rate counters and its users' window anchors. Its sessions cannot be
+        resumed any more, and a project created later with the same id starts from nothing.
+
+        Raises:
+            ValidationError: nothing is stored under ``project_id``.
         """
 
     # -- sessions ------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
     ): "test_readme_demo_blocks",
     (
         "README.md",
-        "chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef &",
+        "CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve &",
     ): "test_readme_quickstart_blocks",
     ("README.md", "import asyncio"): "test_readme_quickstart_blocks",
     (
@@ -222,15 +222,26 @@ def _serve_args(args: list[str]) -> list[str]:
     return _resolve(out)
 
 
-def _docstring_serve(path: Path) -> list[str]:
-    """The ``chucky serve ...`` command an example's docstring tells the reader to run."""
+def _assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A shell command's leading ``NAME=value`` words (its own environment), and the rest."""
+    env: dict[str, str] = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        name, _, value = words[0].partition("=")
+        env[name] = value
+        words = words[1:]
+    return env, words
+
+
+def _docstring_serve(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The ``chucky serve ...`` command an example's docstring tells the reader to run: its
+    arguments, and the variables set on its line (``CHUCKY_PROJECTS=... chucky serve``)."""
     docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
     joined = re.sub(r"\\\n\s*", " ", docstring)
-    commands = [
-        shlex.split(line)[2:]
-        for line in joined.splitlines()
-        if line.strip().startswith("chucky serve ")
-    ]
+    commands = []
+    for line in joined.splitlines():
+        env, words = _assignments(shlex.split(line)) if "chucky serve" in line else ({}, [])
+        if words[:2] == ["chucky", "serve"]:
+            commands.append((words[2:], env))
     assert len(commands) == 1, (path.name, commands)
     return commands[0]
 
@@ -298,7 +309,8 @@ def _python(code_or_file: str | Path, url: str, *, env: Mapping[str, str] | None
 
 def _example(name: str, servers: Servers, env: Mapping[str, str] | None = None) -> str:
     path = EXAMPLES / name
-    served = servers.get(_docstring_serve(path), env)
+    args, line_env = _docstring_serve(path)
+    served = servers.get(args, {**line_env, **(env or {})} or None)
     return _python(path, served.url)
 
 
@@ -325,7 +337,7 @@ def _check_local_model_output(out: str) -> None:
 
 
 def test_quickstart_example(servers: Servers) -> None:
-    args = _docstring_serve(EXAMPLES / "quickstart.py")
+    args, _ = _docstring_serve(EXAMPLES / "quickstart.py")
     assert args[:2] == ["--config", "examples/scripted.toml"]  # the README's command
     _check_quickstart(_example("quickstart.py", servers))
 
@@ -390,6 +402,12 @@ class Shell:
         words = shlex.split(line)
         background = words[-1] == "&"
         words = words[:-1] if background else words
+        line_env, words = _assignments(words)
+        if line_env:
+            assert words[:2] == ["chucky", "serve"], line  # the only such line so far
+            assert background, line
+            self.serve(words[2:], line_env)
+            return
         if words[0] == "export":
             name, _, value = words[1].partition("=")
             self.env[name] = value
@@ -404,11 +422,12 @@ class Shell:
         else:  # pragma: no cover - a new kind of line: teach the shell
             raise AssertionError(f"cannot run {line!r}")
 
-    def serve(self, args: list[str]) -> None:
-        if self.servers is not None and not self.env:
+    def serve(self, args: list[str], line_env: Mapping[str, str] | None = None) -> None:
+        env = {**self.env, **(line_env or {})}
+        if self.servers is not None and not env:
             self.served.append(self.servers.get(args))
             return
-        served = start_serve(*_serve_args(args), data_dir=self.data_dir, env=self.env)
+        served = start_serve(*_serve_args(args), data_dir=self.data_dir, env=env)
         self._own.append(served)
         self.served.append(served)
 
@@ -461,7 +480,7 @@ def test_readme_demo_blocks(tmp_path: Path) -> None:
 @needs_model
 def test_readme_quickstart_blocks(servers: Servers, tmp_path: Path) -> None:
     commands = block(
-        "README.md", "chucky serve --project proj:hk_live_0123456789abcdef0123456789abcdef &"
+        "README.md", "CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve &"
     )
     shell = Shell(tmp_path, servers, {})
     shell.run(commands.code)  # chucky serve ... &; python examples/local_model.py
@@ -670,7 +689,7 @@ def test_readme_cli_synopsis() -> None:
             _check_flags(command, " ".join(words[2:]))
             seen.add(words[1])
     assert seen == {"demo", "serve", "token", "prompt"} | {
-        f"project {a}" for a in ("create", "list", "rotate", "revoke")
+        f"project {a}" for a in ("create", "list", "rotate", "revoke", "delete")
     }
 
 

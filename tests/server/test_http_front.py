@@ -471,7 +471,7 @@ async def test_body_over_the_cap_by_content_length(front: Front) -> None:
         status, headers, body = await read_response(reader)
         assert status == 413
         assert headers["connection"] == "close"
-        assert "too large" in json.loads(body)["error"]
+        assert "too large" in json.loads(body)["error"]["message"]
         await assert_closed(reader)
     assert front.state.requests == []
 
@@ -506,7 +506,7 @@ async def test_requests_after_the_server_stops_serving_get_503(front: Front) -> 
         status, headers, body = await read_response(reader)
         assert status == 503
         assert headers["connection"] == "close"
-        assert "shutting down" in json.loads(body)["error"]
+        assert "shutting down" in json.loads(body)["error"]["message"]
         await assert_closed(reader)
 
 
@@ -525,7 +525,7 @@ async def test_malformed_request_line(front: Front) -> None:
     status, headers, body = await request(front.port, b"GARBAGE\r\n\r\n")
     assert status == 400
     assert headers["connection"] == "close"
-    assert json.loads(body)["error"].startswith("bad request")
+    assert json.loads(body)["error"]["message"].startswith("bad request")
 
 
 async def test_malformed_header(front: Front) -> None:
@@ -540,7 +540,7 @@ async def test_header_block_over_the_cap_without_end(front: Front) -> None:
             writer.write(f"X-Filler-{i}: {'y' * 1000}\r\n".encode())
         status, _, body = await read_response(reader)
         assert status == 431
-        assert "too large" in json.loads(body)["error"]
+        assert "too large" in json.loads(body)["error"]["message"]
         await assert_closed(reader)
 
 
@@ -555,7 +555,9 @@ async def test_app_raising_gives_500(front: Front, caplog: pytest.LogCaptureFixt
             writer.write(get("/boom"))
             status, _, body = await read_response(reader)
             assert status == 500
-            assert json.loads(body) == {"error": "internal error"}
+            assert json.loads(body) == {
+                "error": {"message": "internal error", "code": "INTERNAL_ERROR"}
+            }
             writer.write(get("/hello"))  # the connection still serves
             status, _, _ = await read_response(reader)
             assert status == 200
@@ -586,7 +588,7 @@ async def test_app_raising_after_start_closes_the_stream(
 async def test_app_sending_nothing_gives_500(front: Front) -> None:
     status, _, body = await request(front.port, get("/silent"))
     assert status == 500
-    assert json.loads(body) == {"error": "internal error"}
+    assert json.loads(body) == {"error": {"message": "internal error", "code": "INTERNAL_ERROR"}}
 
 
 async def test_second_response_is_refused(front: Front) -> None:

@@ -187,14 +187,18 @@ async def test_authentication_failure_ignores_frames_sent_early(server: Scripted
 
 
 async def test_every_secret_of_a_rotated_project_is_accepted() -> None:
-    # Key rotation: a project with two secrets accepts tokens signed by either.
+    # Key rotation: a project with two secrets accepts tokens signed by either. (A project of
+    # the database: a configured one is rotated by configuring both secrets.)
     old, new = "hk_live_" + "1" * 32, "hk_live_" + "2" * 32
-    async with scripted_server(secret=new) as server:
-        await server.server.store.add_secret(server.project_id, old, 0.0)
-        token = create_token("u", server.project_id, old, create_budget(1.0, 1.0))
-        async with open_raw(server, token=token) as ws:
-            await init(ws)
-            assert (await turn(ws, "echo rotated"))[-1]["result"] == "rotated"
+    async with scripted_server() as server:
+        store = server.server.store
+        await store.create_project("rotated", new, 0.0, project_id="rotated")
+        await store.add_secret("rotated", old, 0.0)
+        for secret in (old, new):
+            token = create_token("u", "rotated", secret, create_budget(1.0, 1.0))
+            async with open_raw(server, token=token) as ws:
+                await init(ws)
+                assert (await turn(ws, "echo rotated"))[-1]["result"] == "rotated"
 
 
 # -- HTTP --------------------------------------------------------------------------------------

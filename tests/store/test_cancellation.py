@@ -53,7 +53,7 @@ async def test_a_cancelled_call_rolls_its_transaction_back(store: SqlStore) -> N
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await store.get_project("proj_x") is None
-    await store.create_project("x", "hk_live_1", NOW, project_id="proj_x")
+    await store.create_project("x", "hk_live_" + "1" * 32, NOW, project_id="proj_x")
 
 
 async def test_cancelling_calls_mid_flight_leaves_the_store_usable(

@@ -34,7 +34,7 @@ async def test_open_creates_the_schema_and_reopening_keeps_the_data(
     first = SqlStore(store_url)
     await first.open()
     await first.open()  # idempotent
-    project = await first.create_project("demo", "hk_live_1", NOW)
+    project = await first.create_project("demo", "hk_live_" + "1" * 32, NOW)
     await first.aclose()
     await first.aclose()  # idempotent
 
@@ -66,7 +66,7 @@ async def test_a_newer_schema_is_refused_and_left_untouched(
 ) -> None:
     store = SqlStore(store_url)
     await store.open()
-    await store.create_project("demo", "hk_live_1", NOW, project_id="proj_kept")
+    await store.create_project("demo", "hk_live_" + "1" * 32, NOW, project_id="proj_kept")
     await store.aclose()
     async with raw_engine.begin() as connection:
         await connection.execute(
@@ -99,7 +99,7 @@ async def test_missing_steps_are_applied_to_an_older_database(
 ) -> None:
     store = SqlStore(store_url)
     await store.open()
-    await store.create_project("demo", "hk_live_1", NOW, project_id="proj_kept")
+    await store.create_project("demo", "hk_live_" + "1" * 32, NOW, project_id="proj_kept")
     await store.aclose()
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _step_3))
     monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
@@ -137,7 +137,7 @@ async def test_two_nodes_opening_one_fresh_database_at_once_both_succeed(store_u
     stores = [SqlStore(store_url) for _ in range(3)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
-        await stores[0].create_project("demo", "hk_live_1", NOW, project_id="proj_a")
+        await stores[0].create_project("demo", "hk_live_" + "1" * 32, NOW, project_id="proj_a")
         assert [p.project_id for p in await stores[2].list_projects()] == ["proj_a"]
     finally:
         for store in stores:

@@ -127,6 +127,10 @@ class ServeProcess:
             self._lines.put(line)
         self._lines.put(None)
 
+    def line(self, timeout: float = PROCESS_TIMEOUT) -> str:
+        """The next line the process prints after its two announcement lines."""
+        return self._line(timeout)
+
     def _line(self, timeout: float) -> str:
         try:
             line = self._lines.get(timeout=timeout)

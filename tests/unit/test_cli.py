@@ -31,17 +31,65 @@ def test_token_needs_a_secret(
     assert "--secret" in capsys.readouterr().err
 
 
+S1, S2, S3 = ("hk_live_" + digit * 32 for digit in "123")
+
+
 def test_parse_projects_accepts_repeats_and_commas() -> None:
-    assert parse_projects(["a:s1", "b:s2,a:s3", " ", "a:s1"]) == {"a": ["s1", "s3"], "b": ["s2"]}
-    for bad in ["nosecret", ":s", "a:"]:
+    assert parse_projects([f"a:{S1}", f"b:{S2},a:{S3}", " ", f"a:{S1}"]) == {
+        "a": [S1, S3],
+        "b": [S2],
+    }
+    for bad in ["nosecret", f":{S1}", "a:"]:
         with pytest.raises(ValidationError, match="ID:SECRET"):
             parse_projects([bad])
 
 
 def test_config_from_env_merges_chucky_projects() -> None:
-    config = ServerConfig.from_env({"CHUCKY_PROJECTS": "a:s2,b:s3"}, projects={"a": ["s1"]}, port=0)
-    assert config.projects == {"a": ["s1", "s2"], "b": ["s3"]}
+    config = ServerConfig.from_env(
+        {"CHUCKY_PROJECTS": f"a:{S2},b:{S3}"}, projects={"a": [S1]}, port=0
+    )
+    assert config.projects == {"a": [S1, S2], "b": [S3]}
     assert config.port == 0
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["s1", S1 + "0", S1[:-1], S1.replace("1", "z"), "hk_live_x", S1.upper()],
+    ids=["short", "33-digits", "31-digits", "not-hex", "one-digit", "prefix-case"],
+)
+def test_a_malformed_secret_is_refused_wherever_it_comes_from(secret: str) -> None:
+    sources = [
+        lambda: parse_projects([f"proj:{secret}"]),
+        lambda: ServerConfig.from_env({"CHUCKY_PROJECTS": f"proj:{secret}"}),
+        lambda: ServerConfig(projects={"proj": [secret]}),
+    ]
+    for source in sources:
+        with pytest.raises(ValidationError) as caught:
+            source()
+        message = caught.value.message
+        assert message.startswith("invalid secret of project 'proj': expected hk_live_")
+        assert "\n" not in message
+        assert secret not in message
+
+
+def test_token_refuses_a_malformed_secret(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = SECRET + "0"  # 33 digits
+    assert cli.main(["token", "--project", "p", "--user", "u", "--secret", bad]) == 1
+    monkeypatch.setenv("CHUCKY_SECRET", bad)
+    assert cli.main(["token", "--project", "p", "--user", "u"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert (
+        lines
+        == [
+            "chucky token: ValidationError: invalid secret of project 'p': expected hk_live_ "
+            "followed by exactly 32 hex digits (33 characters after the prefix)"
+        ]
+        * 2
+    )
 
 
 async def test_prompt_command_streams_a_turn(

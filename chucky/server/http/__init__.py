@@ -15,7 +15,7 @@ Modules, from the outside in:
   lingering close).
 * ``response`` -- the response writer of one exchange (whole or streamed).
 * ``interface`` -- what an :data:`HttpApp` sees: :class:`HttpRequest`, :class:`HttpResponse`,
-  and :func:`sse_event`.
+  :func:`sse_event`, and :func:`error_body` (the one shape of error bodies).
 * ``exchanges`` -- :class:`HttpExchanges`, the registry a graceful shutdown drains.
 * ``limits`` -- the default size caps and open timeout.
 
@@ -25,7 +25,7 @@ Everything is logged to the ``chucky.server.http`` logger.
 from __future__ import annotations
 
 from .exchanges import HttpExchanges
-from .interface import HttpApp, HttpRequest, HttpResponse, sse_event
+from .interface import HttpApp, HttpRequest, HttpResponse, error_body, sse_event
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEAD_BYTES, DEFAULT_OPEN_TIMEOUT
 from .server import serve_http_and_ws
 from .sniffer import HeadKind, RequestHeadSniffer
@@ -40,6 +40,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "RequestHeadSniffer",
+    "error_body",
     "serve_http_and_ws",
     "sse_event",
 ]

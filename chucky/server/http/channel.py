@@ -34,7 +34,7 @@ from websockets.datastructures import Headers
 from ... import errors
 from ..._redact import redacting_logger
 from .exchanges import HttpFront
-from .interface import HttpRequest
+from .interface import HttpRequest, error_body
 from .response import H11Response
 
 __all__ = ["HttpChannel"]
@@ -327,11 +327,11 @@ class HttpChannel(asyncio.Protocol):
             logger.exception("HTTP app failed on %s %s", request.method, request.path)
             if response.started:
                 return False
-            await response.send_json(500, {"error": "internal error"})
+            await response.send_json(500, error_body(500, "internal error"))
         else:
             if not response.started:
                 logger.error("HTTP app sent no response to %s %s", request.method, request.path)
-                await response.send_json(500, {"error": "internal error"})
+                await response.send_json(500, error_body(500, "internal error"))
             else:
                 await response.end()
         return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
@@ -342,7 +342,7 @@ class HttpChannel(asyncio.Protocol):
             return
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = json.dumps({"error": message}).encode()
+        body = json.dumps(error_body(status, message), separators=(",", ":")).encode()
         head = self.response_head(
             status, "application/json", None, content_length=len(body), close=True
         )

@@ -13,7 +13,11 @@ Then, once and for all:
 ``WEBSOCKET``  (``GET`` with ``Upgrade: websocket``, RFC 6455 section 4.1)
     websockets gets ``connection_made`` and the buffered bytes, and every later protocol
     callback; from here on the connection is exactly a websockets connection, with the
-    caller's ``process_request``, ``open_timeout`` and handler.
+    caller's ``process_request``, ``open_timeout`` and handler. One difference: the upgrades
+    websockets refuses itself (a missing ``Sec-WebSocket-Key``, a server shutting down) are
+    answered with the JSON error body of every other answer
+    (:func:`~chucky.server.http.interface.error_body`), not websockets' plain text; a
+    response the caller's ``process_request`` makes with ``connection.respond`` stays as made.
 
 ``HTTP``  (anything else, including garbage and over-long heads)
     the transport is re-pointed at an :class:`~chucky.server.http.channel.HttpChannel`
@@ -33,14 +37,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.http11 import Response
 from websockets.server import ServerProtocol
+from websockets.typing import StatusLike
 
 from ..._redact import redacting_logger
 from .channel import HttpChannel
 from .exchanges import HttpFront
+from .interface import error_body
 from .sniffer import HeadKind, RequestHeadSniffer
 
 __all__ = ["SniffingConnection"]
@@ -65,11 +74,19 @@ class SniffingConnection(ServerConnection):
 
     def __init__(self, protocol: ServerProtocol, server: Server, **kwargs: Any) -> None:
         super().__init__(protocol, server, **kwargs)
+        # websockets builds its refusals with this method (while parsing the request, in
+        # accept(), and for a server closing mid-handshake) and offers no hook for all three.
+        protocol.reject = _json_reject(protocol.reject)  # type: ignore[method-assign,assignment]
         self._phase = _Phase.SNIFFING
         self._sniffer = RequestHeadSniffer(self._front.max_head_bytes)
         self._raw_transport: asyncio.Transport | None = None
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+
+    def respond(self, status: StatusLike, text: str) -> Response:
+        """A plain-text response for ``process_request`` to return, as websockets documents it
+        (the caller's own answer is left alone; only websockets' refusals become JSON)."""
+        return ServerProtocol.reject(self.protocol, status, text)
 
     def drop(self) -> None:
         """Abort the connection if it is still being sniffed."""
@@ -143,3 +160,23 @@ class SniffingConnection(ServerConnection):
     def resume_writing(self) -> None:
         if self._phase is _Phase.WEBSOCKET:
             super().resume_writing()
+
+
+def _json_reject(
+    reject: Callable[[StatusLike, str], Response],
+) -> Callable[[StatusLike, str], Response]:
+    """``ServerProtocol.reject`` answering with the JSON error body instead of plain text."""
+
+    def json_reject(status: StatusLike, text: str) -> Response:
+        response = reject(status, text)
+        body = json.dumps(
+            error_body(response.status_code, text.strip()), separators=(",", ":")
+        ).encode()
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(body))
+        response.body = body
+        return response
+
+    return json_reject

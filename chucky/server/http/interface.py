@@ -1,7 +1,8 @@
 """The plain-HTTP application interface: the request an app gets, the response it answers with.
 
 Also :func:`sse_event`, the text of one server-sent event, for apps that stream
-``text/event-stream``.
+``text/event-stream``, and :func:`error_body`, the one shape of every error body (docs/protocol.md
+section 9): ``{"error": {"message", "code", "details"?}}``, the payload of an ``error`` frame.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from websockets.datastructures import Headers
 
 from ... import errors
 
-__all__ = ["HttpApp", "HttpRequest", "HttpResponse", "sse_event"]
+__all__ = ["HttpApp", "HttpRequest", "HttpResponse", "error_body", "sse_event"]
 
 HttpApp = Callable[["HttpRequest", "HttpResponse"], Awaitable[None]]
 """The plain-HTTP application: called once per request; must answer through the response."""
@@ -136,3 +137,47 @@ def sse_event(data: str, event: str | None = "message", id: str | None = None) -
         lines.append(f"{name}: {value}")
     lines.extend(f"data: {line}" for line in re.split(r"\r\n|\r|\n", data))
     return "\n".join(lines) + "\n\n"
+
+
+# docs/protocol.md section 9: the code and fine reason of an error answered by status alone.
+_ERROR_BY_STATUS: Final[dict[int, tuple[str, str | None]]] = {
+    400: (errors.ErrorCode.VALIDATION_ERROR, "bad_request"),
+    401: (errors.ErrorCode.AUTHENTICATION_ERROR, "invalid_token"),
+    404: (errors.ErrorCode.VALIDATION_ERROR, "not_found"),
+    405: (errors.ErrorCode.VALIDATION_ERROR, "method_not_allowed"),
+    413: (errors.ErrorCode.VALIDATION_ERROR, "body_too_large"),
+    426: (errors.ErrorCode.VALIDATION_ERROR, "upgrade_required"),
+    431: (errors.ErrorCode.VALIDATION_ERROR, "head_too_large"),
+    503: (errors.ErrorCode.SESSION_ERROR, "server_shutdown"),
+}
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """The body of an HTTP error answer: ``{"error": {"message", "code", "details"?}}``.
+
+    Args:
+        status: The HTTP status; it gives the ``code`` and ``details.reason`` unless given.
+        message: What went wrong, for a person.
+        code: The protocol error code (docs/protocol.md section 8); by default the status's
+            (``VALIDATION_ERROR`` for a bad request, ``INTERNAL_ERROR`` for a 5xx ...).
+        reason: The fine code in ``details.reason``; by default the status's, if any (and
+            ``code`` is the status's).
+
+    Returns:
+        The JSON-ready body.
+    """
+    default_code, default_reason = _ERROR_BY_STATUS.get(
+        status,
+        (
+            errors.ErrorCode.INTERNAL_ERROR if status >= 500 else errors.ErrorCode.VALIDATION_ERROR,
+            None,
+        ),
+    )
+    if code is None or code == default_code:
+        code, reason = default_code, reason or default_reason
+    payload: dict[str, Any] = {"message": message, "code": code}
+    if reason is not None:
+        payload["details"] = {"reason": reason}
+    return {"error": payload}

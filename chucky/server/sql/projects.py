@@ -4,21 +4,46 @@ A project is one ``projects`` row; its secrets are ``project_secrets`` rows, old
 their surrogate key, a revoked one keeping its row with ``revoked_at`` set. Changes to a
 project's secrets lock its row first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write
 lock), so "never revoke the last active secret" holds against a concurrent revoke.
+
+Deleting a project removes every row keyed by its id, in one transaction: the project and its
+secrets, its sessions (their messages go with them), its leases, its ledger rows and
+reservations, its rate counters and its users' window anchors. Nothing of it is left to a
+project created later with the same id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
+from sqlalchemy import delete as sql_delete
 
 from ...errors import ValidationError
-from ..store import Project
+from ..store import Project, ProjectDeletion
 from .db import Db
 from .engines import Backend, insert_for
-from .schema import project_secrets, projects
+from .schema import (
+    budget_anchors,
+    leases,
+    ledger,
+    project_secrets,
+    projects,
+    rate_counters,
+    reservations,
+    sessions,
+)
 
-__all__ = ["accept_secrets", "create", "invalid", "load", "load_all", "lock", "revoke", "upsert"]
+__all__ = [
+    "accept_secrets",
+    "create",
+    "delete",
+    "invalid",
+    "load",
+    "load_all",
+    "lock",
+    "revoke",
+    "upsert",
+]
 
 
 def invalid(message: str) -> ValidationError:
@@ -155,3 +180,34 @@ async def load_all(connection: Db, project_id: str | None) -> list[Project]:
         )
         for row in rows
     ]
+
+
+async def delete(connection: Db, project_id: str) -> ProjectDeletion:
+    """Remove the project and everything keyed by its id (module docstring).
+
+    Raises:
+        ValidationError: nothing in the database belongs to ``project_id``.
+    """
+    existed = await lock(connection, project_id) is not None
+
+    async def remove(table: Table) -> int:
+        result = await connection.execute(sql_delete(table).where(table.c.project_id == project_id))
+        return int(result.rowcount)
+
+    secrets = await remove(project_secrets)
+    removed_sessions = await remove(sessions)  # their messages: ON DELETE CASCADE
+    usage = await remove(ledger)
+    others = 0
+    for table in (leases, reservations, rate_counters, budget_anchors):
+        others += await remove(table)
+    if existed:
+        await connection.execute(sql_delete(projects).where(projects.c.id == project_id))
+    if not (existed or removed_sessions or usage or others):
+        raise invalid(f"No project {project_id}")
+    return ProjectDeletion(
+        project_id=project_id,
+        existed=existed,
+        secrets=secrets,
+        sessions=removed_sessions,
+        ledger_rows=usage,
+    )

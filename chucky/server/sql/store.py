@@ -36,12 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._redact import redacting_logger
 from ...errors import InvalidStateError
+from ...tokens import check_project_secret
 from ..store import (
     Lease,
     LedgerKey,
     LedgerUsage,
     NodeRecord,
     Project,
+    ProjectDeletion,
     RateDecision,
     Reclaimed,
     Reservation,
@@ -320,11 +322,14 @@ class SqlStore(Store):
         self, name: str, secret: str, now: float, *, project_id: str | None = None
     ) -> Project:
         new_project_id = project_id or f"proj_{secrets_module.token_hex(6)}"
+        check_project_secret(secret, project_id=new_project_id)
         return await self._run(
             lambda c: project_rows.create(c, self._backend, new_project_id, name, secret, now)
         )
 
     async def upsert_project(self, project_id: str, secrets: list[str], now: float) -> Project:
+        for secret in secrets:
+            check_project_secret(secret, project_id=project_id)
         return await self._run(
             lambda c: project_rows.upsert(c, self._backend, project_id, secrets, now)
         )
@@ -337,6 +342,8 @@ class SqlStore(Store):
         return await self._run(lambda c: project_rows.load_all(c, None), write=False)
 
     async def add_secret(self, project_id: str, secret: str, now: float) -> Project:
+        check_project_secret(secret, project_id=project_id)
+
         async def work(connection: Db) -> Project:
             if await project_rows.lock(connection, project_id) is None:
                 raise project_rows.invalid(f"No project {project_id}")
@@ -351,6 +358,9 @@ class SqlStore(Store):
                 "Give the start of the secret to revoke (an empty prefix matches all)"
             )
         return await self._run(lambda c: project_rows.revoke(c, project_id, prefix, now))
+
+    async def delete_project(self, project_id: str) -> ProjectDeletion:
+        return await self._run(lambda c: project_rows.delete(c, project_id))
 
     # -- sessions ------------------------------------------------------------------------------
 
