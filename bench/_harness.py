@@ -137,15 +137,14 @@ async def chucky_server(
             "0",
             "--db",
             database_url or f"sqlite+aiosqlite:///{directory}/bench.db",
-            "--project",
-            f"{PROJECT_ID}:{SECRET}",
         ]
         if scripted:
             routing = Path(directory) / "scripted.toml"
             routing.write_text('[models."*"]\nprovider = "scripted"\n', encoding="utf-8")
             argv += ["--config", str(routing)]
         argv += extra_args
-        server_env = {**os.environ, **env} if env else None
+        # The project through the environment: --project would put its secret in ps.
+        server_env = {**os.environ, **(env or {}), "CHUCKY_PROJECTS": f"{PROJECT_ID}:{SECRET}"}
         async with child(*argv, env=server_env) as server:
             yield server
 

@@ -72,7 +72,26 @@ class CommandError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error on one line (the usage itself is one ``--help`` away)."""
+    """argparse, with a usage error on one line (the usage itself is one ``--help`` away).
+
+    It keeps what it was given, for the documentation tests: :attr:`arguments`, the actions
+    of its options, and :attr:`commands`, its subcommands' parsers by name.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # before: __init__ adds --help
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        subparsers = super().add_subparsers(**kwargs)
+        self.commands = subparsers.choices  # name -> parser, filled by add_parser
+        return subparsers
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .client import Chucky
-from .errors import ValidationError
+from .errors import ProviderError, ValidationError
 from .tokens import create_budget, create_token
 from .tools import Tool, text_result, tool
 
@@ -154,6 +154,12 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
         file=out,
     )
     path = Path(options.model_path) if options.model_path else default_model_path()
+    if not path.is_file():
+        # Said here, where the path is the user's own: a served turn never names a path.
+        raise ProviderError(
+            f"model file not found: {path}",
+            details={"kind": "model_missing", "retryable": False},
+        )
     # A 135M model loops on a phrase without a repetition penalty.
     provider = LlamaCppProvider(model_path=str(path), seed=options.seed, repeat_penalty=1.3)
     report = _Report(out)

@@ -85,18 +85,15 @@ def test_the_readme_names_the_providers_that_exist() -> None:
 
 
 def _all_flags() -> set[str]:
-    import argparse
-
     from chucky import cli
 
     flags: set[str] = set()
     parsers = [cli._parser()]
     while parsers:
         parser = parsers.pop()
-        for action in parser._actions:
+        for action in parser.arguments:
             flags.update(action.option_strings)
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
+        parsers.extend(parser.commands.values())
     return flags
 
 

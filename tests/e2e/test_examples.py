@@ -255,18 +255,17 @@ class Servers:
         self._shared: dict[tuple[str, ...], ServeProcess] = {}
 
     def get(self, args: list[str], env: Mapping[str, str] | None = None) -> ServeProcess:
-        """A server started with ``args`` (and its own SQLite file); shared by the callers
-        with the same ``args``, unless ``env`` adds variables."""
-        key = tuple(args)
-        if env is None and key in self._shared:
+        """A server started with ``args`` and ``env`` (and its own SQLite file); shared by
+        the callers with the same ``args`` and ``env``."""
+        key = (*args, *sorted(f"{k}={v}" for k, v in (env or {}).items()))
+        if key in self._shared:
             return self._shared[key]
         directory = self._data_dir / f"serve-{len(self._started) + 1}"
         directory.mkdir()
         database = f"sqlite+aiosqlite:///{directory / 'chucky.db'}"
         served = start_serve(*_serve_args(args), "--db", database, data_dir=directory, env=env)
         self._started.append(served)
-        if env is None:
-            self._shared[key] = served
+        self._shared[key] = served
         return served
 
     def close(self) -> None:
@@ -424,8 +423,8 @@ class Shell:
 
     def serve(self, args: list[str], line_env: Mapping[str, str] | None = None) -> None:
         env = {**self.env, **(line_env or {})}
-        if self.servers is not None and not env:
-            self.served.append(self.servers.get(args))
+        if self.servers is not None and set(env) <= {"CHUCKY_PROJECTS"}:
+            self.served.append(self.servers.get(args, env or None))
             return
         served = start_serve(*_serve_args(args), data_dir=self.data_dir, env=env)
         self._own.append(served)
@@ -483,13 +482,16 @@ def test_readme_quickstart_blocks(servers: Servers, tmp_path: Path) -> None:
         "README.md", "CHUCKY_PROJECTS=proj:hk_live_0123456789abcdef0123456789abcdef chucky serve &"
     )
     shell = Shell(tmp_path, servers, {})
-    shell.run(commands.code)  # chucky serve ... &; python examples/local_model.py
-    (out,) = shell.outputs
-    _check_local_model_output(out)
-    # The Python block, against the same server.
-    _check_local_model_output(
-        _python(block("README.md", "import asyncio").code, shell.served[0].url)
-    )
+    try:
+        shell.run(commands.code)  # CHUCKY_PROJECTS=... chucky serve &; python examples/...
+        (out,) = shell.outputs
+        _check_local_model_output(out)
+        # The Python block, against the same server.
+        _check_local_model_output(
+            _python(block("README.md", "import asyncio").code, shell.served[0].url)
+        )
+    finally:
+        shell.close()
 
 
 def test_readme_scripted_examples_block(servers: Servers, tmp_path: Path) -> None:
@@ -499,10 +501,13 @@ def test_readme_scripted_examples_block(servers: Servers, tmp_path: Path) -> Non
         "proj:hk_live_0123456789abcdef0123456789abcdef &",
     )
     shell = Shell(tmp_path, servers, {})
-    shell.run(commands.code)
-    quickstart, tour = shell.outputs
-    _check_quickstart(quickstart)
-    _check_sdk_tour(tour)
+    try:
+        shell.run(commands.code)
+        quickstart, tour = shell.outputs
+        _check_quickstart(quickstart)
+        _check_sdk_tour(tour)
+    finally:
+        shell.close()
 
 
 def test_readme_sqlite_block(tmp_path: Path) -> None:
@@ -667,7 +672,7 @@ def test_readme_cli_synopsis() -> None:
     from chucky import cli
 
     parser = cli._parser()
-    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    commands = parser.commands
     code = block(
         "README.md",
         "chucky demo [--prompt TEXT] [--max-tokens 96] [--seed 7] [--model-path any.gguf]",
@@ -682,7 +687,7 @@ def test_readme_cli_synopsis() -> None:
         if words[1] == "project":  # chucky project create ... / list | rotate ID | revoke ...
             for alternative in " ".join(words[2:]).split("|"):
                 action = alternative.split()[0]
-                sub = command._subparsers._group_actions[0].choices[action]
+                sub = command.commands[action]
                 _check_flags(sub, alternative)
                 seen.add(f"project {action}")
         else:
@@ -696,7 +701,7 @@ def test_readme_cli_synopsis() -> None:
 def _check_flags(parser: Any, usage: str) -> None:
     """Every ``--flag`` of ``usage`` exists in ``parser``; a documented number or choice in
     ``[--flag VALUE]`` is its default."""
-    options = {s: a for a in parser._actions for s in a.option_strings}
+    options = {s: a for a in parser.arguments for s in a.option_strings}
     for flag in re.findall(r"--[\w-]+", usage):
         assert flag in options, (flag, usage)
     for flag, value in re.findall(r"\[(--[\w-]+) ([^\]\s|]+)\]", usage):

@@ -316,9 +316,15 @@ async def test_context_overflow_is_a_provider_error() -> None:
     assert caught.value.details["retryable"] is False
 
 
-async def test_missing_model_file_is_a_provider_error(tmp_path: Path) -> None:
+async def test_missing_model_file_is_a_provider_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = LlamaCppProvider(model_path=str(tmp_path / "absent.gguf"))
     with pytest.raises(ProviderError) as caught:
         await _collect(missing, _request(max_tokens=4))
     assert caught.value.details["kind"] == "model_missing"
     assert caught.value.details["retryable"] is False
+    # The path reaches the operator's log, never the client's frame (issue 11).
+    assert str(tmp_path) not in caught.value.message
+    assert str(tmp_path) not in str(caught.value.to_payload())
+    assert any(str(tmp_path) in record.getMessage() for record in caplog.records)

@@ -310,8 +310,12 @@ def _load(
                 retryable=False,
             ) from exc
         if not Path(path).is_file():
+            # The path is the operator's business: logged, never sent to a client.
+            logger.error("local model file not found: %s", path)
             raise provider_error(
-                f"model file not found: {path}", kind="model_missing", retryable=False
+                "the local model's file is missing (the server's log names it)",
+                kind="model_missing",
+                retryable=False,
             )
         try:
             llama = llama_cpp.Llama(
@@ -340,12 +344,15 @@ def _load(
             eos, bos = llama.token_eos(), llama.token_bos()
             formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
-                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+                eos_token=_token_text(llama, eos),
+                bos_token=_token_text(llama, bos),
             )
         except Exception as exc:  # never let a llama_cpp exception escape
+            logger.error("cannot load local model %s", path, exc_info=exc)
             raise provider_error(
-                f"cannot load local model {path}: {exc}", kind="local_model_error", retryable=False
+                "the local model cannot be loaded (the server's log says why)",
+                kind="local_model_error",
+                retryable=False,
             ) from exc
         loaded = _LoadedModel(
             llama=llama,
@@ -355,6 +362,13 @@ def _load(
         )
         _MODELS[key] = loaded
         return loaded
+
+
+def _token_text(llama: Any, token: int) -> str:
+    """A special token's text (``<|im_end|>``), through the public ``detokenize``."""
+    if token == -1:
+        return ""
+    return bytes(llama.detokenize([token], special=True)).decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
