@@ -97,13 +97,17 @@ async def _check_invariants(
 
 
 async def _turn_length(ws: Any, script: str, logs: list[TurnLog]) -> float:
-    """The median duration of three clean turns of ``script`` (logged in ``logs``)."""
-    durations = []
+    """The median time of three clean turns of ``script`` (logged in ``logs``) from the send to
+    the end of their model output (the last ``assistant`` frame): the part of a turn a fault
+    can stop. The whole turn, as the client sees it, also holds the reading of every frame
+    after that (a ``stream`` turn's deltas), which would put most faults past the turn's work.
+    """
+    spans = []
     for _ in range(3):
-        started = time.monotonic()
-        logs.append(await drive_turn(ws, script, fault="none", delay=0))
-        durations.append(time.monotonic() - started)
-    return sorted(durations)[1]
+        log = await drive_turn(ws, script, fault="none", delay=0)
+        logs.append(log)
+        spans.append(log.model_done)
+    return sorted(spans)[1]
 
 
 def _database(engine: str, request: pytest.FixtureRequest) -> str | None:

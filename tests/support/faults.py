@@ -51,6 +51,19 @@ class TurnLog:
 
     frames: list[Frame] = field(default_factory=list)
     closed: bool = False
+    sent_at: float = 0.0
+    """``time.monotonic()`` when the turn was sent."""
+    arrived: list[float] = field(default_factory=list)
+    """``time.monotonic()`` when each frame arrived."""
+
+    @property
+    def model_done(self) -> float:
+        """Seconds from the send to the last ``assistant`` frame: the end of the turn's model
+        output, after which there is nothing left to stop (0 without one)."""
+        times = [
+            t for f, t in zip(self.frames, self.arrived, strict=True) if f["type"] == "assistant"
+        ]
+        return times[-1] - self.sent_at if times else 0.0
 
     @property
     def result(self) -> Frame | None:
@@ -83,6 +96,7 @@ async def drive_turn(
     """Send a turn, inject ``fault`` after ``delay`` seconds, and read until the turn's end
     (or the socket's). Tool calls are answered after ``tool_delay`` seconds."""
     log = TurnLog()
+    log.sent_at = time.monotonic()
     await send(ws, user_frame(script))
 
     async def inject() -> None:
@@ -113,6 +127,7 @@ async def drive_turn(
                     break
                 frame = json.loads(text)
                 log.frames.append(frame)
+                log.arrived.append(time.monotonic())
                 if frame.get("type") == "tool_call":
                     task = asyncio.create_task(answer(frame["payload"]))
                     answers.add(task)
