@@ -80,9 +80,13 @@ class Chucky:
             client's ``Chucky(url, token)`` order works too: a ``ws://``/``wss://`` string in
             the first position is taken as the URL.
         url: The server's WebSocket URL.
-        model, system_prompt, max_turns, **options: Default session options (every option of
-            docs/protocol.md section 5 in snake_case: ``include_partial_messages``, ``tools``,
-            ``mcp_servers``, ``max_budget_usd`` ...). Per-call values override them.
+        model: The default model name.
+        system_prompt: The default system prompt.
+        max_turns: The default limit on model calls per turn.
+        **options: Default session options (every option of docs/protocol.md section 5 in
+            snake_case: ``include_partial_messages``, ``tools``, ``mcp_servers``,
+            ``max_budget_usd`` ...). Per-call values of these and of the three above override
+            them.
         timeout: Seconds allowed to connect and complete the handshake.
         keepalive_interval: Seconds between keepalive pings; a server that answers nothing for
             about twice this long is declared gone (``None`` disables keepalive).

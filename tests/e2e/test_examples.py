@@ -1,9 +1,10 @@
 """The documented examples run as written, against ``chucky serve`` started as users start it.
 
-Every file of ``examples/`` and every fenced code block of ``README.md`` and ``docs/*.md`` is
-run here (issue 11, finding 14): :data:`EXAMPLE_TESTS` and :data:`BLOCK_TESTS` name the test
-that runs each, and a file or block that none runs fails :func:`test_every_example_is_run` and
-:func:`test_every_code_block_is_run`.
+Every file of ``examples/`` and every fenced code block of ``README.md`` and of the pages under
+``docs/`` is run here (issue 11, finding 14; a page's ``<!-- readme ## Heading -->`` shows a
+README section, whose blocks are the README's): :data:`EXAMPLE_TESTS` and :data:`BLOCK_TESTS`
+name the test that runs each, and a file or block that none runs fails
+:func:`test_every_example_is_run` and :func:`test_every_code_block_is_run`.
 
 - An example is run as a file (``python examples/NAME.py``) against the server its docstring
   tells the reader to start (``chucky serve ...``, on port 0 and a temporary database; the
@@ -56,7 +57,7 @@ from chucky.server.providers.scripted import ScriptedProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 DOC_URL = "ws://127.0.0.1:8765/ws"
 RUN_TIMEOUT = 180.0
 """A documented command's run (the local model's turns take seconds on a loaded machine)."""
@@ -98,7 +99,7 @@ class Block:
 
 
 def code_blocks() -> list[Block]:
-    """Every fenced code block of README.md and docs/*.md (indented ones dedented)."""
+    """Every fenced code block of README.md and docs/**/*.md (indented ones dedented)."""
     blocks = []
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
