@@ -25,6 +25,7 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from .client import Chucky, PromptResult, Session, SessionState, StreamEvent
+from .client.sync import SyncChucky, SyncSession
 from .errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -116,6 +117,8 @@ __all__ = [
     "SessionState",
     "StreamEvent",
     "StreamEventMessage",
+    "SyncChucky",
+    "SyncSession",
     "SystemMessage",
     "TextBlock",
     "ThinkingBlock",

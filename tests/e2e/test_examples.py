@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 DOC_URL = "ws://127.0.0.1:8765/ws"
+DOC_SECRET = "hk_live_0123456789abcdef0123456789abcdef"
 RUN_TIMEOUT = 180.0
 """A documented command's run (the local model's turns take seconds on a loaded machine)."""
 
@@ -141,6 +142,10 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
         "proj:hk_live_0123456789abcdef0123456789abcdef &",
     ): "test_readme_scripted_examples_block",
     ("README.md", "import pydantic"): "test_readme_structured_output_block",
+    (
+        "README.md",
+        "from chucky import SyncChucky, create_budget, create_token, tool",
+    ): "test_readme_sync_client_block",
     ("README.md", "from typing import Literal"): "test_readme_tools_block",
     (
         "README.md",
@@ -509,6 +514,19 @@ def test_readme_scripted_examples_block(servers: Servers, tmp_path: Path) -> Non
         _check_sdk_tour(tour)
     finally:
         shell.close()
+
+
+def test_readme_sync_client_block(servers: Servers) -> None:
+    served = servers.get(["--config", "examples/scripted.toml", "--project", f"proj:{DOC_SECRET}"])
+    code = block("README.md", "from chucky import SyncChucky, create_budget, create_token, tool")
+    out = _python(code.code, served.url)
+    # What the text under the block says it prints.
+    assert out.splitlines() == [
+        "echo: What is 2 + 2?",
+        "[Using tool: get_time]",
+        "tool get_time returned: 12:00",
+        "Hello, I am Alice",
+    ]
 
 
 def test_readme_sqlite_block(tmp_path: Path) -> None:
