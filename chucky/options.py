@@ -210,7 +210,7 @@ class SessionOptions(_Options):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     tool_choice: dict[str, Any] | list[dict[str, Any]] | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: list[Any] | None = None
     """A message history that seeds the session's transcript (our extension key, see
     :mod:`chucky.history`); validated by the server when it opens the session."""
 
