@@ -141,3 +141,16 @@ async def test_client_clear_session(server: ScriptedServer) -> None:
             with pytest.raises(SessionError) as raised:
                 await second.clear_session(busy_id)
             assert raised.value.reason == "session_busy"
+
+
+async def test_a_history_is_appended_to_a_resumed_session(server: ScriptedServer) -> None:
+    async with open_session(server, user="alice") as (ws, info):
+        check_result(await run_turn(ws, "echo opening"))
+        session_id = info["sessionId"]
+    added = [{"role": "user", "content": "later"}, {"role": "assistant", "content": "ok"}]
+    async with open_session(server, user="alice", sessionId=session_id, messages=added) as (
+        ws,
+        info,
+    ):
+        assert info["messageCount"] == 4
+        assert check_result(await run_turn(ws, "recall"))["result"] == "echo opening"
