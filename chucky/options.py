@@ -207,7 +207,12 @@ class SessionOptions(_Options):
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     tool_choice: dict[str, Any] | list[dict[str, Any]] | None = None
+    messages: list[Any] | None = None
+    """A message history that seeds the session's transcript (our extension key, see
+    :mod:`chucky.history`); validated by the server when it opens the session."""
 
     _unknown_keys: tuple[str, ...] = PrivateAttr(default=())
 
@@ -240,7 +245,16 @@ class SessionOptions(_Options):
 
     def inference_params(self) -> dict[str, Any]:
         """The inference parameters that are set (``max_tokens`` excepted), snake_case."""
-        names = ("temperature", "top_p", "top_k", "stop", "seed", "max_thinking_tokens")
+        names = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "stop",
+            "seed",
+            "frequency_penalty",
+            "presence_penalty",
+            "max_thinking_tokens",
+        )
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to_wire(self) -> dict[str, Any]:

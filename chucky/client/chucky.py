@@ -19,7 +19,10 @@ from ..messages import (
     SDKMessage,
     StreamEventMessage,
 )
+from . import conversation
+from .clearing import clear_session_request
 from .connection import ConnectionSettings
+from .conversation import ConverseChunk, ConverseInput, OnToolCall
 from .results import PromptResult, StreamEvent
 from .session import Content, Session, check_turn_timeout
 from .settings import (
@@ -293,3 +296,114 @@ class Chucky:
 
     def __repr__(self) -> str:
         return f"Chucky(url={self.url!r})"
+
+    # Conversations (chucky.client.conversation) -----------------------------------------------
+
+    async def converse(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> AsyncGenerator[ConverseChunk, None]:
+        """Run one turn, yielding typed chunks: ``text`` fragments as they stream,
+        ``tool_call`` for each tool call, then ``done`` -- or ``error`` if the turn failed.
+
+        Args:
+            messages: A user message, or a message history (:class:`~chucky.history.Message`
+                models or role dicts) ending with the user's message; the messages before it
+                seed the new session's transcript (system messages join the system prompt).
+            on_tool_call: Called (sync or async) with each :class:`ToolCallChunk` before it
+                is yielded; it observes, the tool handlers still answer.
+            turn_timeout: Seconds the turn may take (``None``: the client's).
+            **options: Session options (``session_id``, ``model``, ``temperature``,
+                ``frequency_penalty`` ...), overriding the client's. Text streams in
+                fragments unless ``include_partial_messages=False``.
+
+        Raises:
+            ValidationError: a malformed history, or one not ending with a user message.
+            ConnectionError, TimeoutError: as :meth:`stream`. Errors the server answers
+                come as an ``error`` chunk.
+        """
+        async for chunk in conversation.converse(
+            self, messages, on_tool_call=on_tool_call, turn_timeout=turn_timeout, options=options
+        ):
+            yield chunk
+
+    async def stream_text(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> AsyncGenerator[str, None]:
+        """Run one turn, yielding the reply's text in fragments as the model streams it.
+
+        Takes what :meth:`converse` takes.
+
+        Raises:
+            ChuckyError: the typed error the turn failed with (an error ``result`` raises a
+                :class:`~chucky.errors.ChuckyError` whose ``details["reason"]`` is its
+                subtype).
+        """
+        async for chunk in conversation.converse(
+            self, messages, on_tool_call=on_tool_call, turn_timeout=turn_timeout, options=options
+        ):
+            if chunk.type == "text":
+                yield chunk.text
+            elif chunk.type == "error":
+                raise chunk.error
+
+    async def chat(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> str:
+        """Run one turn and return the reply's final text.
+
+        Takes what :meth:`converse` takes.
+
+        Raises:
+            ChuckyError: as :meth:`stream_text`.
+        """
+        async with contextlib.aclosing(
+            conversation.converse(
+                self,
+                messages,
+                on_tool_call=on_tool_call,
+                turn_timeout=turn_timeout,
+                options=options,
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                if chunk.type == "done":
+                    return chunk.text
+                if chunk.type == "error":
+                    raise chunk.error
+        raise ConnectionError("the turn ended without a result")  # pragma: no cover
+
+    async def clear_session(self, session_id: str) -> bool:
+        """Delete one of this user's sessions and its messages on the server
+        (``POST /sessions/clear``, a chucky server's route). Idempotent: resuming it
+        afterwards raises :class:`~chucky.errors.SessionNotFoundError`.
+
+        Returns:
+            Whether a session was deleted (``False``: the user has none with that id).
+
+        Raises:
+            SessionError: ``session_busy``: the session is open on a connection (close it
+                first: sessions of this client with that id are closed before the request).
+            AuthenticationError: the token was refused.
+            ConnectionError, TimeoutError: the server could not be reached in ``timeout``.
+        """
+        for session in list(self._sessions):
+            if session.session_id == session_id:
+                await session.close()
+        return await clear_session_request(
+            self._settings.url, self._settings.token, session_id, deadline=self._settings.timeout
+        )

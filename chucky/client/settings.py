@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 import pydantic
 
 from ..errors import ValidationError
+from ..history import HistoryMessage, to_wire_history
 from ..options import SessionOptions, SystemPromptPreset
 from ..protocol.client import EXTENSIONS
 from ..tools import McpSdkServerConfig, McpServer, Tool, ToolRegistry
@@ -68,7 +69,11 @@ class BaseSessionArgs(TypedDict, total=False):
     top_k: int
     stop: str | Sequence[str]
     seed: int
+    frequency_penalty: float
+    presence_penalty: float
     tool_choice: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]]
+    history: Sequence[HistoryMessage]
+    """Messages that seed a new session's transcript (``init`` key ``messages``)."""
 
 
 class SessionArgs(BaseSessionArgs, total=False):
@@ -121,6 +126,8 @@ def resolve(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> Sessio
     mcp_servers = args.pop("mcp_servers", None)
     if "resume" in args:
         args.setdefault("session_id", args.pop("resume"))
+    if "history" in args:
+        args["messages"] = to_wire_history(args.pop("history")) or None
     if "output_format" in args:
         args["output_format"] = _output_format(args["output_format"])
     registry = ToolRegistry.build(tools, mcp_servers)

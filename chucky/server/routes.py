@@ -4,6 +4,8 @@
 * ``GET /usage`` -- the Bearer token's budget in the current window (``?token=`` also works).
 * ``POST /prompt`` -- one turn without a WebSocket: JSON ``{"result", "messages",
   "sessionId"}``, or with ``Accept: text/event-stream`` an ``event: message`` per frame.
+* ``POST /sessions/clear`` -- delete one of the Bearer token's user's sessions
+  (:mod:`chucky.server.clearing`).
 * ``GET /metrics`` -- Prometheus text format, to whom its
   :class:`~chucky.server.metrics.MetricsGate` lets in (a listener of its own with
   ``--metrics-port``: there, the only route).
@@ -44,6 +46,7 @@ from ..protocol.frames import ErrorFrame
 from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget
+from .clearing import clear_session
 from .http import HttpRequest, HttpResponse, error_body, sse_event
 from .metrics import MetricsGate
 from .turn_runner import public_error
@@ -169,6 +172,7 @@ class Routes:
             self._handlers[("GET", "/healthz")] = self.healthz
             self._handlers[("GET", "/usage")] = self.usage
             self._handlers[("POST", "/prompt")] = self.prompt
+            self._handlers[("POST", "/sessions/clear")] = self.clear_session
         if metrics is not None:
             self._handlers[("GET", "/metrics")] = self.metrics
         self._paths = {path: method for method, path in self._handlers}
@@ -227,6 +231,19 @@ class Routes:
             node_id=self.server.node_id,
         )
         await response.send_json(200, await budget.report(time.time()))
+        return 200
+
+    async def clear_session(self, request: HttpRequest, response: HttpResponse) -> int:
+        claims = await authenticate(_request_token(request), self.server.secrets_of)
+        body = request.json()
+        session_id = body.get("sessionId") if isinstance(body, dict) else None
+        if not isinstance(session_id, str) or not session_id:
+            raise ValidationError(
+                "Invalid request: the body must be a JSON object with a 'sessionId' string",
+                details={"reason": "invalid_frame"},
+            )
+        deleted = await clear_session(self.server, claims, session_id)
+        await response.send_json(200, {"sessionId": session_id, "deleted": deleted})
         return 200
 
     async def prompt(self, request: HttpRequest, response: HttpResponse) -> int:

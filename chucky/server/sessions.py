@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._redact import redacting_logger
 from ..errors import ConcurrencyLimitError, SessionError, SessionNotFoundError, ValidationError
-from ..options import SessionOptions
+from ..history import seed_transcript
+from ..options import SessionOptions, SystemPromptPreset
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES
 from ..tokens import TokenClaims
 from .catalog import ToolCatalog
@@ -88,6 +89,9 @@ async def open_session(
     store, config = server.store, server.config
     project, user = claims.iss, claims.sub
     now = time.time()
+    history: list[tuple[str, Any]] = []
+    if requested.messages:
+        requested, history = _with_history(requested)
     policy = Policy.from_claims(claims)
     options = policy.apply(requested, default_model=config.default_model)
     catalog = policy.filter_catalog(ToolCatalog.from_options(options))
@@ -118,6 +122,8 @@ async def open_session(
         elif options.resume_session_at:
             # Cut under the lease: a session live on another socket stays untouched.
             record.replace_transcript(_cut(record.transcript, options))
+        for role, content in history:
+            record.append(role, content)
         if options.model:
             # The session's model is the init's; a prompt's per-turn model never sticks to it.
             record.model = options.model
@@ -204,6 +210,25 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
             if not server.releasing(claims) or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(0.02)
+
+
+def _with_history(requested: SessionOptions) -> tuple[SessionOptions, list[tuple[str, Any]]]:
+    """The options with the history's system messages in the system prompt (after the
+    ``systemPrompt`` given), and the transcript messages the history adds.
+
+    Raises:
+        ValidationError: ``invalid_options``: the history is malformed.
+    """
+    system, history = seed_transcript(requested.messages or [])
+    if system is None:
+        return requested, history
+    prompt = requested.system_prompt
+    if isinstance(prompt, SystemPromptPreset):
+        append = "\n\n".join(part for part in (prompt.append, system) if part)
+        prompt = prompt.model_copy(update={"append": append})
+    else:
+        prompt = "\n\n".join(part for part in (prompt, system) if part)
+    return requested.model_copy(update={"system_prompt": prompt}), history
 
 
 def _cut(transcript: list[dict[str, Any]], options: SessionOptions) -> list[dict[str, Any]]:

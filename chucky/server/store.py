@@ -436,6 +436,19 @@ class Store(ABC):
         model, spend, state and activity time. Sets ``persisted`` and clears ``rewritten``."""
 
     @abstractmethod
+    async def delete_session(
+        self, session_id: str, project_id: str, user_id: str, now: float
+    ) -> bool:
+        """Delete the session and its transcript, if it belongs to (project, user), in one
+        transaction; its ledger rows stay (the spend happened). Returns whether it existed:
+        a session of someone else is left alone and answered as one that does not exist.
+
+        Raises:
+            SessionError: ``session_busy``: a lease on the session has not expired (it is
+                open on a connection).
+        """
+
+    @abstractmethod
     async def write_turn(self, write: TurnWrite) -> TurnWritten:
         """One step of a turn in one transaction, all or nothing (see :class:`TurnWrite`).
 

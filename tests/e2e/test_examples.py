@@ -147,6 +147,7 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
         "from chucky import SyncChucky, create_budget, create_token, tool",
     ): "test_readme_sync_client_block",
     ("README.md", "from typing import Literal"): "test_readme_tools_block",
+    ("README.md", "history = ["): "test_readme_conversations_block",
     (
         "README.md",
         "chucky demo [--prompt TEXT] [--max-tokens 96] [--seed 7] [--model-path any.gguf]",
@@ -661,6 +662,21 @@ async def test_readme_tools_block() -> None:
         script = 'call mcp__people__greet {"name": "Ada", "style": "rude"}'
         result = await client.prompt(script, mcp_servers=[mcp_server])
         assert "Invalid arguments for tool 'greet'" in str(result.result)
+
+
+async def test_readme_conversations_block() -> None:
+    from chucky.testing import scripted_server
+
+    async with scripted_server() as server, server.client() as client:
+        code = block("README.md", "history = [").code
+        namespace = await _run_fragment(code, {"client": client})
+        assert namespace["first"] == "echo my first question"
+        assert namespace["pieces"] == ["00 ", "01 ", "02 "]
+        # Cleared: it cannot be resumed.
+        from chucky import SessionNotFoundError
+
+        with pytest.raises(SessionNotFoundError):
+            await client.chat("recall", session_id=namespace["session_id"])
 
 
 def test_readme_testing_kit_in_a_fresh_project(tmp_path: Path) -> None:

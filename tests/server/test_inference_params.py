@@ -56,6 +56,11 @@ async def test_client_keywords_reach_the_provider(tmp_path: Path) -> None:
             "stop": ["END"],
             "seed": 42,
         }
+        await client.prompt("echo hi", frequency_penalty=0.5, presence_penalty=-0.25)
+        assert dict(provider.requests[-1].params) == {
+            "frequency_penalty": 0.5,
+            "presence_penalty": -0.25,
+        }
         # The server's max_tokens is a cap: a client cannot raise it.
         await client.prompt("echo hi", max_tokens=100_000)
         assert provider.requests[-1].max_tokens == 1000

@@ -319,6 +319,8 @@ async def test_tool_use_folds_input_and_request_carries_options() -> None:
         temperature=0.2,
         top_p=0.9,
         top_k=5,
+        frequency_penalty=0.5,
+        presence_penalty=0.5,
         unknown_param="ignored",
     )
     accumulator = fold(await collect(provider.stream(request)))
@@ -347,6 +349,8 @@ async def test_tool_use_folds_input_and_request_carries_options() -> None:
     assert sent["top_p"] == 0.9
     assert sent["top_k"] == 5
     assert "unknown_param" not in sent and "stop" not in sent
+    # The Messages API has no penalties: they are not sent.
+    assert "frequency_penalty" not in sent and "presence_penalty" not in sent
     await provider.aclose()
 
 

@@ -200,6 +200,19 @@ def test_params_known_only() -> None:
     assert chat_params(alias)["stop"] == ["a"]
 
 
+def test_penalties_are_chat_params() -> None:
+    req = request(
+        [{"role": "user", "content": "x"}],
+        max_tokens=5,
+        params={"frequency_penalty": 0.5, "presence_penalty": -1.0},
+    )
+    assert chat_params(req) == {
+        "max_tokens": 5,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1.0,
+    }
+
+
 @pytest.mark.parametrize(
     ("reason", "calls", "expected"),
     [

@@ -171,8 +171,8 @@ class OpenAIProvider(Provider):
 
         Args:
             request: The model call. ``params`` keys other than ``temperature``, ``top_p``,
-                ``stop`` (or ``stop_sequences``), ``seed`` and ``tool_choice`` (Anthropic or
-                OpenAI forms, see
+                ``frequency_penalty``, ``presence_penalty``, ``stop`` (or ``stop_sequences``),
+                ``seed`` and ``tool_choice`` (Anthropic or OpenAI forms, see
                 :func:`~chucky.server.providers.openai_translate.chat_tool_choice`) are ignored.
 
         Yields:
@@ -211,6 +211,8 @@ class OpenAIProvider(Provider):
                 max_tokens=params["max_tokens"],
                 temperature=params.get("temperature", openai.omit),
                 top_p=params.get("top_p", openai.omit),
+                frequency_penalty=params.get("frequency_penalty", openai.omit),
+                presence_penalty=params.get("presence_penalty", openai.omit),
                 stop=params.get("stop", openai.omit),
                 seed=params.get("seed", openai.omit),
             )

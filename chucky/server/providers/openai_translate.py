@@ -299,7 +299,7 @@ def chat_params(request: ModelRequest) -> dict[str, Any]:
     """
     params = request.params
     out: dict[str, Any] = {"max_tokens": max(1, request.max_tokens)}
-    for key in ("temperature", "top_p"):
+    for key in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
         value = _number(params.get(key))
         if value is not None:
             out[key] = value

@@ -15,12 +15,12 @@ from typing import Any, Final
 from sqlalchemy import select
 from sqlalchemy.engine import Row
 
-from ...errors import SessionNotFoundError
+from ...errors import SessionError, SessionNotFoundError
 from ..store import SessionRecord
 from .db import Db, Sql
 from .schema import messages, sessions
 
-__all__ = ["decode_content", "encode_content", "insert", "latest", "load", "save"]
+__all__ = ["decode_content", "delete", "encode_content", "insert", "latest", "load", "save"]
 
 
 def encode_content(content: Any) -> str:
@@ -126,6 +126,38 @@ async def save(db: Db, record: SessionRecord) -> None:
         await _insert_messages(db, record, 0)
     else:
         await _insert_messages(db, record, record.persisted)
+
+
+_OWNED: Final = Sql(
+    "SELECT id FROM sessions WHERE id = :id AND project_id = :project_id AND user_id = :user_id"
+)
+_LEASED: Final = Sql(
+    "SELECT node_id FROM leases WHERE session_id = :session_id AND expires_at > :now LIMIT 1"
+)
+_DELETE_LEASES: Final = Sql("DELETE FROM leases WHERE session_id = :session_id")
+_DELETE_SESSION: Final = Sql("DELETE FROM sessions WHERE id = :id")
+
+
+async def delete(db: Db, session_id: str, project_id: str, user_id: str, now: float) -> bool:
+    """Delete the owner's session and its messages; ``False`` if there was none to delete.
+
+    Raises:
+        SessionError: ``session_busy``: a lease on the session has not expired.
+    """
+    owned = await db.first(_OWNED, {"id": session_id, "project_id": project_id, "user_id": user_id})
+    if owned is None:
+        return False
+    if await db.first(_LEASED, {"session_id": session_id, "now": now}) is not None:
+        raise SessionError(
+            f"Session {session_id} is busy: it is open on a connection",
+            details={"reason": "session_busy"},
+            session_id=session_id,
+        )
+    await db.run(_DELETE_LEASES, {"session_id": session_id})
+    # The messages go explicitly: SQLite enforces ON DELETE CASCADE only with foreign keys on.
+    await db.run(_FORGET_MESSAGES, {"session_id": session_id})
+    await db.run(_DELETE_SESSION, {"id": session_id})
+    return True
 
 
 async def _insert_messages(db: Db, record: SessionRecord, start: int) -> None:

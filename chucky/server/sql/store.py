@@ -401,6 +401,13 @@ class SqlStore(Store):
         record.persisted = len(record.transcript)
         record.rewritten = False
 
+    async def delete_session(
+        self, session_id: str, project_id: str, user_id: str, now: float
+    ) -> bool:
+        return await self._run(
+            lambda c: session_rows.delete(c, session_id, project_id, user_id, now)
+        )
+
     async def write_turn(self, write: TurnWrite) -> TurnWritten:
         session = write.session
 
