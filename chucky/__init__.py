@@ -25,6 +25,13 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from .client import Chucky, PromptResult, Session, SessionState, StreamEvent
+from .client.hooks import (
+    HookMatcher,
+    PermissionResultAllow,
+    PermissionResultDeny,
+    ToolPermissionContext,
+)
+from .client.oneshot import query
 from .errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -38,6 +45,7 @@ from .errors import (
     RateLimitError,
     SessionError,
     SessionNotFoundError,
+    StructuredOutputTruncatedError,
     TimeoutError,
     ValidationError,
 )
@@ -99,10 +107,13 @@ __all__ = [
     "DocumentBlock",
     "ErrorMessage",
     "HandshakeError",
+    "HookMatcher",
     "ImageBlock",
     "InvalidStateError",
     "McpSdkServerConfig",
     "McpServer",
+    "PermissionResultAllow",
+    "PermissionResultDeny",
     "PromptResult",
     "ProtocolError",
     "ProviderError",
@@ -116,6 +127,7 @@ __all__ = [
     "SessionState",
     "StreamEvent",
     "StreamEventMessage",
+    "StructuredOutputTruncatedError",
     "SystemMessage",
     "TextBlock",
     "ThinkingBlock",
@@ -124,6 +136,7 @@ __all__ = [
     "TokenClaims",
     "TokenPermissions",
     "Tool",
+    "ToolPermissionContext",
     "ToolResult",
     "ToolResultBlock",
     "ToolUseBlock",
@@ -141,6 +154,7 @@ __all__ = [
     "get_result_text",
     "image_result",
     "is_token_expired",
+    "query",
     "text_result",
     "tool",
     "verify_claims",
