@@ -85,8 +85,8 @@ class HookMatcher:
 
     Args:
         matcher: A regular expression the tool's name must match in full (``"greet"``,
-            ``"mcp__people__.*"``, ``"add|sub"``); the name the model called
-            (``mcp__<server>__<tool>``) and the bare tool name are both tried. ``None`` (or
+            ``"add|sub"``) -- the name of the ``tool_call`` frame (the bare tool name;
+            for an ``mcp__<server>__<tool>`` name, its bare part is tried too). ``None`` (or
             ``"*"``) matches every tool. Ignored for ``Stop``.
         hooks: The callbacks, run in order.
         timeout: Seconds each callback may take (``None``: no limit).
