@@ -25,6 +25,13 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from .client import Chucky, PromptResult, Session, SessionState, StreamEvent
+from .client.hooks import (
+    HookMatcher,
+    PermissionResultAllow,
+    PermissionResultDeny,
+    ToolPermissionContext,
+)
+from .client.oneshot import query
 from .client.sync import SyncChucky, SyncSession
 from .errors import (
     AuthenticationError,
@@ -39,6 +46,7 @@ from .errors import (
     RateLimitError,
     SessionError,
     SessionNotFoundError,
+    StructuredOutputTruncatedError,
     TimeoutError,
     ValidationError,
 )
@@ -100,10 +108,13 @@ __all__ = [
     "DocumentBlock",
     "ErrorMessage",
     "HandshakeError",
+    "HookMatcher",
     "ImageBlock",
     "InvalidStateError",
     "McpSdkServerConfig",
     "McpServer",
+    "PermissionResultAllow",
+    "PermissionResultDeny",
     "PromptResult",
     "ProtocolError",
     "ProviderError",
@@ -117,6 +128,7 @@ __all__ = [
     "SessionState",
     "StreamEvent",
     "StreamEventMessage",
+    "StructuredOutputTruncatedError",
     "SyncChucky",
     "SyncSession",
     "SystemMessage",
@@ -127,6 +139,7 @@ __all__ = [
     "TokenClaims",
     "TokenPermissions",
     "Tool",
+    "ToolPermissionContext",
     "ToolResult",
     "ToolResultBlock",
     "ToolUseBlock",
@@ -144,6 +157,7 @@ __all__ = [
     "get_result_text",
     "image_result",
     "is_token_expired",
+    "query",
     "text_result",
     "tool",
     "verify_claims",

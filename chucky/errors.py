@@ -15,6 +15,7 @@ too, so ``except TimeoutError`` and ``except ConnectionError`` keep working::
           ├── SessionError                SESSION_ERROR          session busy / not yours
           │    └── SessionNotFoundError                          unknown session id
           ├── ValidationError (+ValueError) VALIDATION_ERROR     malformed frame, options or tool
+          │    └── StructuredOutputTruncatedError                output cut by max_tokens
           ├── ProviderError               PROVIDER_ERROR         the model provider failed
           ├── ProtocolError                                      the peer broke the protocol
           ├── InvalidStateError                                  local misuse (send when closed)
@@ -33,7 +34,10 @@ import builtins
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+if TYPE_CHECKING:
+    from .messages import Usage
 
 __all__ = [
     "AuthenticationError",
@@ -49,6 +53,7 @@ __all__ = [
     "RateLimitError",
     "SessionError",
     "SessionNotFoundError",
+    "StructuredOutputTruncatedError",
     "TimeoutError",
     "ValidationError",
     "error_from_payload",
@@ -170,6 +175,29 @@ class ValidationError(ChuckyError, ValueError):
     """A frame, an option or a tool definition is invalid."""
 
     default_code = ErrorCode.VALIDATION_ERROR
+
+
+class StructuredOutputTruncatedError(ValidationError):
+    """A turn with ``output_format`` ended without structured output because the model's
+    answer was cut by the token limit (``max_tokens``, or what the budget allowed).
+
+    Attributes:
+        usage: The turn's token usage (a :class:`~chucky.messages.Usage`).
+        details: ``reason`` (``max_tokens``), ``subtype`` (the result's), ``result`` (the
+            :class:`~chucky.client.results.PromptResult`).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        usage: Usage | None = None,
+        code: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details, session_id=session_id)
+        self.usage = usage
 
 
 class ProviderError(ChuckyError):

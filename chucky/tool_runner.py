@@ -36,12 +36,16 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chucky.errors import ValidationError
+from chucky.messages import ResultMessage
 from chucky.tools import ToolRegistry, ToolResult, error_result
 
 from ._redact import redacting_logger
+
+if TYPE_CHECKING:
+    from .client.hooks import ToolHooks
 
 __all__ = ["CallState", "ToolRunner"]
 
@@ -76,6 +80,9 @@ class ToolRunner:
         send_result: Sends a ``tool_result`` frame; called once per call with its ``callId``.
         timeout: Seconds a handler may run before its call is answered with a timeout error;
             ``None`` for no limit.
+        hooks: ``can_use_tool`` and the ``PreToolUse`` / ``PostToolUse`` / ``Stop`` hooks run
+            around each call (:mod:`chucky.client.hooks`).
+        session_id: Tells the hooks the session's id.
     """
 
     def __init__(
@@ -84,9 +91,13 @@ class ToolRunner:
         send_result: SendResult,
         *,
         timeout: float | None = 60.0,
+        hooks: ToolHooks | None = None,
+        session_id: Callable[[], str | None] | None = None,
     ) -> None:
         self.registry = registry
         self.timeout = timeout
+        self.hooks = hooks if hooks else None
+        self._session_id = session_id or (lambda: None)
         self._send_result = send_result
         # Every call in flight, by its task. Looked up by callId with a scan: a handful of
         # calls are in flight at most, and a server that repeats a callId gets both cancelled.
@@ -128,7 +139,16 @@ class ToolRunner:
         self._calls.pop(task, None)
 
     async def _run(self, call: _Call, arguments: Any) -> None:
-        result = await self.execute(call.tool_name, arguments)
+        if self.hooks is None:
+            result = await self.execute(call.tool_name, arguments)
+        else:
+            result = await self.hooks.run_tool(
+                call.tool_name,
+                call.call_id,
+                arguments,
+                self.execute,
+                session_id=self._session_id(),
+            )
         if call.state is not CallState.RUNNING:
             # Cancelled, but the handler swallowed the CancelledError and returned.
             logger.debug("Discarding the result of cancelled tool call %s", call.call_id)
@@ -235,6 +255,11 @@ class ToolRunner:
     def _failed(self, name: str, exc: BaseException) -> ToolResult:
         logger.warning("Tool %r raised %s", name, type(exc).__name__, exc_info=exc)
         return error_result(f"Tool {name!r} failed: {type(exc).__name__}: {exc}")
+
+    async def turn_ended(self, result: ResultMessage) -> None:
+        """Run the ``Stop`` hooks (if any) for a turn that ended with ``result``; never raises."""
+        if self.hooks is not None and self.hooks.has_stop:
+            await self.hooks.run_stop(result, session_id=self._session_id())
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight (calls submitted meanwhile are waited for too)."""

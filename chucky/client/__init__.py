@@ -2,20 +2,62 @@
 face :class:`SyncChucky`, :class:`SyncSession`."""
 
 from .chucky import Chucky
+from .events import (
+    StructuredOutputDone,
+    TextDelta,
+    TextDone,
+    ToolCallArgumentsDone,
+    ToolCallStarted,
+    ToolResultEvent,
+    TurnAccumulator,
+    TurnEvent,
+    TurnResult,
+)
+from .hooks import (
+    CanUseTool,
+    HookCallback,
+    HookContext,
+    HookMatcher,
+    PermissionResult,
+    PermissionResultAllow,
+    PermissionResultDeny,
+    ToolPermissionContext,
+)
+from .oneshot import query
 from .results import PromptResult, StreamEvent
 from .session import Session, SessionState
 from .settings import DEFAULT_MODEL, DEFAULT_URL, SessionArgs
+from .stream import TurnStream
 from .sync import SyncChucky, SyncSession
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_URL",
+    "CanUseTool",
     "Chucky",
+    "HookCallback",
+    "HookContext",
+    "HookMatcher",
+    "PermissionResult",
+    "PermissionResultAllow",
+    "PermissionResultDeny",
     "PromptResult",
     "Session",
     "SessionArgs",
     "SessionState",
     "StreamEvent",
+    "StructuredOutputDone",
     "SyncChucky",
     "SyncSession",
+    "TextDelta",
+    "TextDone",
+    "ToolCallArgumentsDone",
+    "ToolCallStarted",
+    "ToolPermissionContext",
+    "ToolResultEvent",
+    "TurnAccumulator",
+    "TurnEvent",
+    "TurnResult",
+    "TurnStream",
+    "query",
 ]

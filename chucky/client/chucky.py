@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Unpack
-
-import pydantic
 
 from .._redact import redacting_logger
 from ..errors import ConnectionError, ValidationError
@@ -23,7 +21,9 @@ from . import conversation
 from .clearing import clear_session_request
 from .connection import ConnectionSettings
 from .conversation import ConverseChunk, ConverseInput, OnToolCall
+from .hooks import CanUseTool, HookMatcher, ToolHooks
 from .results import PromptResult, StreamEvent
+from .results import structured_result as _prompt_result
 from .session import Content, Session, check_turn_timeout
 from .settings import (
     DEFAULT_MODEL,
@@ -33,6 +33,7 @@ from .settings import (
     check_args,
     resolve,
 )
+from .stream import TurnStream
 
 __all__ = ["Chucky"]
 
@@ -44,35 +45,6 @@ def _bare(name: str) -> str:
     if name.startswith("mcp__"):
         return name.rsplit("__", 1)[-1]
     return name
-
-
-def _prompt_result(
-    msg: ResultMessage, messages: list[SDKMessage], output_format: Any
-) -> PromptResult:
-    raw = msg.structured_output
-    if not (
-        isinstance(output_format, type)
-        and issubclass(output_format, pydantic.BaseModel)
-        and not msg.is_error
-        and raw is not None
-    ):
-        return PromptResult(msg, messages)
-    try:
-        value = output_format.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(root)"
-        raise ValidationError(
-            f"structured output does not validate as {output_format.__name__}: "
-            f"{where}: {first['msg']}",
-            details={
-                "reason": "invalid_structured_output",
-                "structured_output": raw,
-                "result": PromptResult(msg, messages),
-            },
-            session_id=msg.session_id,
-        ) from exc
-    return PromptResult(msg, messages, structured_output=value)
 
 
 class Chucky:
@@ -103,6 +75,10 @@ class Chucky:
             ``turn_timeout``). Per-call ``turn_timeout`` arguments override it. By default a
             turn has no deadline (the server's own model deadlines still end it).
         max_queue: Messages buffered per session before reading from the socket pauses.
+        can_use_tool: Asked before each client tool call runs: allow, deny (the model sees the
+            message as an error result) or allow with changed input (:mod:`chucky.client.hooks`).
+        hooks: ``{"PreToolUse" | "PostToolUse" | "Stop": [HookMatcher(...)]}``, run around
+            the client's tool calls and at the end of each turn (:mod:`chucky.client.hooks`).
         debug: Log frames at DEBUG level on the ``chucky.client`` logger.
     """
 
@@ -120,6 +96,8 @@ class Chucky:
         idle_timeout: float | None = None,
         turn_timeout: float | None = None,
         max_queue: int = 1024,
+        can_use_tool: CanUseTool | None = None,
+        hooks: Mapping[str, Sequence[HookMatcher]] | None = None,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
     ) -> None:
@@ -145,6 +123,7 @@ class Chucky:
             keepalive_interval=keepalive_interval,
             tool_timeout=tool_timeout,
             max_queue=max_queue,
+            hooks=ToolHooks(can_use_tool=can_use_tool, hooks=hooks),
         )
         self._idle_timeout = idle_timeout
         self._turn_timeout = check_turn_timeout(turn_timeout)
@@ -276,6 +255,37 @@ class Chucky:
                     yield StreamEvent("error", msg, msg, error=msg.exception)
         finally:
             await session.close()
+
+    def stream_events(
+        self,
+        message: Content,
+        *,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> TurnStream:
+        """One turn in a fresh session, as a :class:`~chucky.client.stream.TurnStream` of
+        typed events: ``async with client.stream_events("...") as stream:``.
+
+        The turn is sent when the block is entered. Iterate the stream for typed events
+        (:mod:`chucky.client.events`), or read ``stream.text_stream``, ``await
+        stream.until_done()``, ``await stream.get_final_result()``. Leaving the block before
+        the turn's end interrupts the turn and closes the session.
+
+        Args:
+            message: The user's message.
+            turn_timeout: Seconds the turn may take (``None``: the client's ``turn_timeout``).
+            **options: Session options, overriding the client's.
+
+        Raises:
+            ValidationError: invalid options.
+        """
+        output_format = options.get("output_format", self._defaults.get("output_format"))
+        return TurnStream(
+            self.create_session(**options),
+            message,
+            output_format=output_format,
+            turn_timeout=turn_timeout,
+        )
 
     async def close(self) -> None:
         """Close every session this client opened. Idempotent."""

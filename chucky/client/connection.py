@@ -69,6 +69,7 @@ from ..protocol.client import (
 )
 from ..tool_runner import ToolRunner
 from ..tools import ToolRegistry, ToolResult
+from .hooks import ToolHooks
 from .inbox import Inbox
 
 __all__ = ["ClientConnection", "ConnectionSettings"]
@@ -82,7 +83,15 @@ MAX_INBOUND_FRAME: Final = 16 * 1024 * 1024
 class ConnectionSettings:
     """Transport settings shared by every session of a client."""
 
-    __slots__ = ("keepalive_interval", "max_queue", "timeout", "token", "tool_timeout", "url")
+    __slots__ = (
+        "hooks",
+        "keepalive_interval",
+        "max_queue",
+        "timeout",
+        "token",
+        "tool_timeout",
+        "url",
+    )
 
     def __init__(
         self,
@@ -93,7 +102,9 @@ class ConnectionSettings:
         keepalive_interval: float | None,
         tool_timeout: float | None,
         max_queue: int,
+        hooks: ToolHooks | None = None,
     ) -> None:
+        self.hooks = hooks
         self.url = url
         self.token = token
         self.timeout = timeout
@@ -174,7 +185,13 @@ class ClientConnection:
         self._ready: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self._runner = ToolRunner(registry, self._send_tool_result, timeout=settings.tool_timeout)
+        self._runner = ToolRunner(
+            registry,
+            self._send_tool_result,
+            timeout=settings.tool_timeout,
+            hooks=settings.hooks,
+            session_id=lambda: self.proto.session_id,
+        )
         self._inbound = 0  # frames received; the keepalive compares counts
         self._last_error: ChuckyError | None = None
         self._closed = False
@@ -289,6 +306,7 @@ class ClientConnection:
                     if isinstance(event, ResultMessage):
                         # The turn is over: the server waits for none of its calls any more.
                         self._runner.cancel_all(reason="turn_ended")
+                        await self._runner.turn_ended(event)  # Stop hooks, before the app sees it
                     if not inbox.try_put(event):
                         await inbox.put(event)  # full: wait (backpressure)
                 elif isinstance(event, ToolCall):

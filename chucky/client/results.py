@@ -6,10 +6,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ChuckyError
+import pydantic
+
+from ..errors import ChuckyError, StructuredOutputTruncatedError, ValidationError
 from ..messages import ResultMessage, SDKMessage, Usage
 
-__all__ = ["PromptResult", "StreamEvent"]
+__all__ = ["PromptResult", "StreamEvent", "structured_result"]
 
 StreamEventType = Literal["message", "tool_use", "result", "error", "done"]
 
@@ -133,3 +135,54 @@ class PromptResult(Mapping[str, Any]):
             f"PromptResult(subtype={self.subtype!r}, result={self.result!r}, "
             f"session_id={self.session_id!r}, total_cost_usd={self.total_cost_usd!r})"
         )
+
+
+def structured_result(
+    msg: ResultMessage, messages: Sequence[SDKMessage], output_format: Any
+) -> PromptResult:
+    """The :class:`PromptResult` of a turn, its structured output validated as
+    ``output_format`` when that is a pydantic model class.
+
+    Raises:
+        StructuredOutputTruncatedError: ``output_format`` was given and the answer was cut by
+            the token limit before any structured output (carries the usage).
+        ValidationError: the structured output does not validate as ``output_format``;
+            ``details["structured_output"]`` holds the raw value, ``details["result"]`` the
+            :class:`PromptResult`.
+    """
+    raw = msg.structured_output
+    if output_format is not None and raw is None and msg.stop_reason == "max_tokens":
+        raise StructuredOutputTruncatedError(
+            "the structured output was cut by the token limit (max_tokens): "
+            f"{msg.usage.output_tokens} output tokens",
+            usage=msg.usage,
+            details={
+                "reason": "max_tokens",
+                "subtype": msg.subtype,
+                "result": PromptResult(msg, messages),
+            },
+            session_id=msg.session_id,
+        )
+    if not (
+        isinstance(output_format, type)
+        and issubclass(output_format, pydantic.BaseModel)
+        and not msg.is_error
+        and raw is not None
+    ):
+        return PromptResult(msg, messages)
+    try:
+        value = output_format.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise ValidationError(
+            f"structured output does not validate as {output_format.__name__}: "
+            f"{where}: {first['msg']}",
+            details={
+                "reason": "invalid_structured_output",
+                "structured_output": raw,
+                "result": PromptResult(msg, messages),
+            },
+            session_id=msg.session_id,
+        ) from exc
+    return PromptResult(msg, messages, structured_output=value)

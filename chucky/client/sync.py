@@ -16,12 +16,13 @@ iterator, an async context manager a context manager, a returned ``Session`` a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
 from ..messages import SDKMessage
 from .chucky import Chucky
+from .hooks import CanUseTool, HookMatcher
 from .portal import LoopPortal, SyncIterator, delegate, register_wrapper
 from .results import PromptResult, StreamEvent
 from .session import Content, Session, SessionState
@@ -143,6 +144,8 @@ class SyncChucky:
         idle_timeout: float | None = None,
         turn_timeout: float | None = None,
         max_queue: int = 1024,
+        can_use_tool: CanUseTool | None = None,
+        hooks: Mapping[str, Sequence[HookMatcher]] | None = None,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
     ) -> None:
@@ -158,6 +161,8 @@ class SyncChucky:
             idle_timeout=idle_timeout,
             turn_timeout=turn_timeout,
             max_queue=max_queue,
+            can_use_tool=can_use_tool,
+            hooks=hooks,
             debug=debug,
             **options,
         )

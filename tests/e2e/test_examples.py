@@ -150,6 +150,14 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
     ("README.md", "history = ["): "test_readme_conversations_block",
     (
         "README.md",
+        'async with client.stream_events("stream 3", include_partial_messages=True) as stream:',
+    ): "test_readme_stream_events_block",
+    (
+        "README.md",
+        "from chucky import HookMatcher, PermissionResultAllow, PermissionResultDeny",
+    ): "test_readme_hooks_block",
+    (
+        "README.md",
         "chucky demo [--prompt TEXT] [--max-tokens 96] [--seed 7] [--model-path any.gguf]",
     ): "test_readme_cli_synopsis",
     (
@@ -677,6 +685,53 @@ async def test_readme_conversations_block() -> None:
 
         with pytest.raises(SessionNotFoundError):
             await client.chat("recall", session_id=namespace["session_id"])
+
+
+async def test_readme_stream_events_block(capsys: pytest.CaptureFixture[str]) -> None:
+    from chucky.testing import scripted_server
+
+    code = block(
+        "README.md",
+        'async with client.stream_events("stream 3", include_partial_messages=True) as stream:',
+    ).code
+    async with scripted_server() as server, server.client() as client:
+        namespace = await _run_fragment(code, {"client": client})
+    assert namespace["fragments"] == ["00 ", "01 ", "02 "]
+    assert capsys.readouterr().out == "['00 ', '01 ', '02 '] 00 01 02 \n"
+
+
+async def test_readme_hooks_block(capsys: pytest.CaptureFixture[str]) -> None:
+    from chucky.testing import scripted_server
+
+    namespace: dict[str, Any] = {}
+    exec(block("README.md", "from typing import Literal").code, namespace)
+    exec(
+        block(
+            "README.md",
+            "from chucky import HookMatcher, PermissionResultAllow, PermissionResultDeny",
+        ).code,
+        namespace,
+    )
+    async with scripted_server() as server:
+        client = Chucky(
+            server.token(),
+            server.url,
+            can_use_tool=namespace["only_polite"],
+            hooks=namespace["hooks"],
+        )
+        async with client:
+            script = 'call mcp__people__greet {"name": "Ada", "style": "rude"}'
+            result = await client.prompt(script, mcp_servers=[namespace["server"]])
+            assert result.result == "tool greet returned: be polite"
+            script = 'call mcp__people__greet {"name": "Ada", "style": "formal"}'
+            result = await client.prompt(script, mcp_servers=[namespace["server"]])
+            assert result.result == "tool greet returned: Good day, Ada."
+    assert capsys.readouterr().out.splitlines() == [
+        "PreToolUse greet",
+        "Stop None",
+        "PreToolUse greet",
+        "Stop None",
+    ]
 
 
 def test_readme_testing_kit_in_a_fresh_project(tmp_path: Path) -> None:
