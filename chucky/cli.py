@@ -527,6 +527,8 @@ def _chat(args: argparse.Namespace) -> int:
         raise CommandError("--token needs --url (without --url, an embedded server)", EXIT_USAGE)
     if args.url is not None and not token:
         raise CommandError("--url needs --token (or CHUCKY_TOKEN)", EXIT_USAGE)
+    if not sys.stdin.isatty():
+        raise CommandError("needs a terminal (from a script, run turns with chucky prompt)")
     try:
         from .chat import ChatOptions, run_chat
 

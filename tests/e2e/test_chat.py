@@ -7,6 +7,7 @@ Ctrl-D leaving with status 0.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -206,8 +207,6 @@ def test_a_refused_token_is_one_line_and_status_1(served: ServeProcess, tmp_path
     ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
-    import subprocess
-
     done = subprocess.run(
         [sys.executable, "-m", "chucky.cli", "chat", *args],
         capture_output=True,
@@ -230,3 +229,63 @@ def test_parse_command() -> None:
 
 def test_printable_drops_escape_sequences() -> None:
     assert printable("a\x1b[2Jb\x07c\nd\te") == "a[2Jbc\nd\te"
+
+
+def _run_cli(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=chucky_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        timeout=PROCESS_TIMEOUT,
+        check=False,
+    )
+
+
+def _run_in_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Run ``python ARGS`` in a pseudo-terminal to its end: its exit status and output."""
+    child = pexpect.spawn(
+        sys.executable,
+        list(args),
+        env=chucky_env(tmp_path, {"PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"}),
+        encoding="utf-8",
+        timeout=EXPECT_TIMEOUT,
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus is not None, child.signalstatus
+    return child.exitstatus, _plain(child.before)
+
+
+def test_without_prompt_toolkit_one_line_says_what_to_install(tmp_path: Path) -> None:
+    status, out = _run_in_terminal(
+        tmp_path,
+        "-c",
+        "import sys; sys.modules['prompt_toolkit'] = None\n"
+        "from chucky.cli import main\n"
+        "sys.exit(main(['chat', '--url', 'ws://127.0.0.1:9/ws', '--token', 't']))",
+    )
+    assert status == 1
+    assert out.startswith("chucky chat: needs pip install 'chucky[chat]' (")
+    assert len(out.splitlines()) == 1, out
+
+
+def test_embedded_without_the_model_file_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    status, out = _run_in_terminal(
+        tmp_path, "-m", "chucky.cli", "chat", "--model-path", str(missing)
+    )
+    assert status == 1
+    assert out == f"chucky chat: ProviderError: model file not found: {missing}\r\n"
+
+
+def test_without_a_terminal_one_line_and_status_1(tmp_path: Path) -> None:
+    done = _run_cli(
+        tmp_path,
+        "import sys\nfrom chucky.cli import main\nsys.exit(main(['chat']))",
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "chucky chat: needs a terminal (from a script, run turns with chucky prompt)\n"
+    )
