@@ -6,6 +6,7 @@ Ctrl-D leaving with status 0.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from support.fake_server import Peer, fake_server
 from support.serve import PROCESS_TIMEOUT, ServeProcess, chucky_env, serve_process, token_for
 from support.timing import ticks
 
@@ -289,3 +291,41 @@ def test_without_a_terminal_one_line_and_status_1(tmp_path: Path) -> None:
     assert done.stderr == (
         "chucky chat: needs a terminal (from a script, run turns with chucky prompt)\n"
     )
+
+
+async def test_a_second_ctrl_c_stops_waiting_for_a_server_that_does_not_end_the_turn(
+    tmp_path: Path,
+) -> None:
+    interrupts: list[dict[str, object]] = []
+
+    async def deaf_to_interrupts(peer: Peer) -> None:
+        await peer.handshake()
+        await peer.recv_type("user")
+        await peer.assistant("working on it")
+        interrupts.append(await peer.recv(within=EXPECT_TIMEOUT))
+        await peer.recv(within=EXPECT_TIMEOUT)  # nothing more: it waits for the client to go
+
+    async with fake_server(deaf_to_interrupts) as server:
+        env = chucky_env(tmp_path, {"PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"})
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "chucky.cli", "chat", "--url", server.url, "--token", "a.b.c"],
+            env=env,
+            encoding="utf-8",
+            timeout=EXPECT_TIMEOUT,
+        )
+        try:
+            await asyncio.to_thread(child.expect_exact, PROMPT)
+            child.send("hello\r")
+            await asyncio.to_thread(child.expect_exact, "working on it")
+            child.sendintr()
+            await asyncio.to_thread(child.expect_exact, "[interrupting: Ctrl-C again")
+            child.sendintr()
+            out = await asyncio.to_thread(_next_prompt, child)
+            assert "[stopped waiting for the turn]" in out
+            assert interrupts == [{"type": "control", "payload": {"action": "interrupt"}}]
+            child.sendcontrol("d")
+            await asyncio.to_thread(child.expect, pexpect.EOF)
+        finally:
+            child.close(force=True)
+        assert child.exitstatus == 0
