@@ -12,6 +12,8 @@
 * ``chucky token --project ID --user USER [--secret S] [--ai-dollars 1] ...`` prints a token
   (the secret is read from the database unless given).
 * ``chucky prompt --url URL --token T "message"`` runs one turn and prints the result.
+* ``chucky chat [--url URL --token T]`` is an interactive chat (:mod:`chucky.chat`); with no
+  ``--url``, against an embedded server on the local model.
 
 Every command that uses the database takes ``--db URL`` (also ``CHUCKY_DB``); without it, a
 SQLite file in the user's data directory.
@@ -503,7 +505,38 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("--token", help="the end-user token (or CHUCKY_TOKEN)")
     prompt.add_argument("--model", default="claude-sonnet-5-5")
     prompt.set_defaults(run=lambda args: asyncio.run(_prompt(args)))
+
+    chat = _command_parser(
+        commands,
+        "chat",
+        "chat with an agent in the terminal (without --url: the embedded local model); "
+        "Ctrl-C interrupts a turn, Ctrl-D exits, /help lists the commands",
+    )
+    chat.add_argument("--url", help="a server's WebSocket URL (default: an embedded server)")
+    chat.add_argument("--token", help="the end-user token, with --url (or CHUCKY_TOKEN)")
+    chat.add_argument("--model", help="the model (default: claude-sonnet-5-5; embedded: local)")
+    chat.add_argument("--system-prompt", metavar="TEXT")
+    chat.add_argument("--model-path", metavar="GGUF", help="embedded: another local model file")
+    chat.set_defaults(run=_chat)
     return parser
+
+
+def _chat(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("CHUCKY_TOKEN")
+    if args.url is None and args.token:
+        raise CommandError("--token needs --url (without --url, an embedded server)", EXIT_USAGE)
+    if args.url is not None and not token:
+        raise CommandError("--url needs --token (or CHUCKY_TOKEN)", EXIT_USAGE)
+    if not sys.stdin.isatty():
+        raise CommandError("needs a terminal (from a script, run turns with chucky prompt)")
+    try:
+        from .chat import ChatOptions, run_chat
+
+        options = ChatOptions(args.url, token, args.model, args.system_prompt, args.model_path)
+        return asyncio.run(run_chat(options))
+    except ImportError as exc:
+        extra = "chat" if exc.name and exc.name.startswith("prompt_toolkit") else "local"
+        raise CommandError(f"needs pip install 'chucky[{extra}]' ({exc})") from exc
 
 
 def _seconds(text: str) -> float:

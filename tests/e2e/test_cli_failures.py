@@ -307,7 +307,7 @@ def test_a_usage_error_is_one_line_and_exit_2(
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["demo"], ["serve"], ["project"], ["project", "create"], ["token"], ["prompt"]],
+    [[], ["demo"], ["serve"], ["project"], ["project", "create"], ["token"], ["prompt"], ["chat"]],
 )
 def test_help_is_plain_text(tmp_path: Path, command: list[str]) -> None:
     run = run_chucky(*command, "--help", data_dir=tmp_path)

@@ -128,6 +128,10 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
     ("README.md", "chucky demo"): "test_readme_demo_blocks",
     (
         "README.md",
+        'chucky chat --url ws://127.0.0.1:8765/ws --token "$TOKEN"',
+    ): "test_readme_chat_block",
+    (
+        "README.md",
         "chucky demo: an agent session on this machine (embedded server, local model, no key, "
         "no network)",
     ): "test_readme_demo_blocks",
@@ -755,6 +759,36 @@ def test_readme_testing_kit_in_a_fresh_project(tmp_path: Path) -> None:
     assert "warning" not in run.stdout.lower(), run.stdout
 
 
+def test_readme_chat_block(servers: Servers, tmp_path: Path) -> None:
+    import pexpect
+
+    secret = "hk_live_0123456789abcdef0123456789abcdef"
+    served = servers.get(["--config", "examples/scripted.toml", "--project", f"proj:{secret}"])
+    (line,) = block(
+        "README.md", 'chucky chat --url ws://127.0.0.1:8765/ws --token "$TOKEN"'
+    ).code.split("\n", 1)[:1]
+    assert line.startswith("chucky chat ")
+    command = f"{shlex.quote(sys.executable)} -m chucky.cli{line.removeprefix('chucky')}"
+    env = {"TOKEN": token_for("chat-user", "proj", secret), "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(
+        "bash",
+        ["-c", command.replace(DOC_URL, served.url)],
+        env=chucky_env(tmp_path, {**env, "TERM": "xterm"}),
+        encoding="utf-8",
+        timeout=RUN_TIMEOUT,
+    )
+    try:
+        child.expect_exact("you>")
+        child.send("echo hello from the README\r")
+        child.expect_exact("hello from the README\r\n")  # the answer (the input has no \r\n)
+        child.expect_exact("you>")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
 # -- other blocks ----------------------------------------------------------------------------------
 
 
@@ -783,7 +817,7 @@ def test_readme_cli_synopsis() -> None:
         else:
             _check_flags(command, " ".join(words[2:]))
             seen.add(words[1])
-    assert seen == {"demo", "serve", "token", "prompt"} | {
+    assert seen == {"demo", "serve", "token", "prompt", "chat"} | {
         f"project {a}" for a in ("create", "list", "rotate", "revoke", "delete")
     }
 
