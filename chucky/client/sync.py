@@ -22,8 +22,9 @@ from typing import Any, Unpack
 
 from ..messages import SDKMessage
 from .chucky import Chucky
+from .conversation import ConverseChunk, ConverseInput, OnToolCall
 from .hooks import CanUseTool, HookMatcher
-from .portal import LoopPortal, SyncIterator, delegate, register_wrapper
+from .portal import LoopPortal, SyncIterator, SyncProxy, delegate, register_wrapper
 from .results import PromptResult, StreamEvent
 from .session import Content, Session, SessionState
 from .settings import DEFAULT_MODEL, BaseSessionArgs, SessionArgs
@@ -238,6 +239,76 @@ class SyncChucky:
         """
         events = self._client.stream(message, turn_timeout=turn_timeout, **options)
         return SyncIterator(events, self._portal)
+
+    def chat(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> str:
+        """The reply's final text; see :meth:`Chucky.chat <chucky.client.chucky.Chucky.chat>`
+        (same arguments and errors)."""
+        reply: str = self._portal.call(
+            self._client.chat,
+            messages,
+            on_tool_call=on_tool_call,
+            turn_timeout=turn_timeout,
+            **options,
+        )
+        return reply
+
+    def stream_text(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> SyncIterator[str]:
+        """The reply's text in fragments; see :meth:`Chucky.stream_text
+        <chucky.client.chucky.Chucky.stream_text>`."""
+        fragments = self._client.stream_text(
+            messages, on_tool_call=on_tool_call, turn_timeout=turn_timeout, **options
+        )
+        return SyncIterator(fragments, self._portal)
+
+    def converse(
+        self,
+        messages: ConverseInput,
+        *,
+        on_tool_call: OnToolCall | None = None,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> SyncIterator[ConverseChunk]:
+        """Typed chunks of one turn; see :meth:`Chucky.converse
+        <chucky.client.chucky.Chucky.converse>`."""
+        chunks = self._client.converse(
+            messages, on_tool_call=on_tool_call, turn_timeout=turn_timeout, **options
+        )
+        return SyncIterator(chunks, self._portal)
+
+    def stream_events(
+        self,
+        message: Content,
+        *,
+        turn_timeout: float | None = None,
+        **options: Unpack[SessionArgs],
+    ) -> SyncProxy:
+        """One turn as typed events, in a ``with`` block: ``with client.stream_events("...")
+        as stream:``; iterate it, or read ``stream.text_stream``, ``stream.until_done()``,
+        ``stream.get_final_result()`` (all blocking). See :meth:`Chucky.stream_events
+        <chucky.client.chucky.Chucky.stream_events>`; leaving the block early interrupts the
+        turn."""
+        stream = self._client.stream_events(message, turn_timeout=turn_timeout, **options)
+        return SyncProxy(stream, self._portal)
+
+    def clear_session(self, session_id: str) -> bool:
+        """Delete a session and its messages; see :meth:`Chucky.clear_session
+        <chucky.client.chucky.Chucky.clear_session>`."""
+        deleted: bool = self._portal.call(self._client.clear_session, session_id)
+        return deleted
 
     def close(self) -> None:
         """Close every session, then stop the client's loop and join its threads (a sync tool

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from support.timing import ticks
 
+import chucky.client.events
 from chucky import (
     AuthenticationError,
     Chucky,
     InvalidStateError,
     ResultMessage,
     Session,
+    SessionNotFoundError,
     SyncChucky,
     SyncSession,
     create_budget,
@@ -344,10 +346,10 @@ class _Stream:
         return f"{self.n} numbers"
 
 
-def test_methods_added_to_chucky_get_a_sync_face(
+def test_methods_added_to_chucky_get_a_sync_face(  # the ones without a sync method of their own
     threaded_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def chat(self: Chucky, message: str) -> str:
+    async def reply(self: Chucky, message: str) -> str:
         return (await self.prompt(message)).result or ""
 
     async def text_stream(self: Chucky, n: int) -> AsyncIterator[str]:
@@ -355,25 +357,25 @@ def test_methods_added_to_chucky_get_a_sync_face(
             if event.type == "message":
                 yield str(event.data)
 
-    def stream_events(self: Chucky, n: int) -> _Stream:
+    def event_stream(self: Chucky, n: int) -> _Stream:
         return _Stream(n)
 
     async def open_session(self: Chucky) -> Session:
         return self.create_session()
 
     for name, method in [
-        ("chat", chat),
+        ("reply", reply),
         ("text_stream", text_stream),
-        ("stream_events", stream_events),
+        ("event_stream", event_stream),
         ("open_session", open_session),
     ]:
         monkeypatch.setattr(Chucky, name, method, raising=False)
 
     with sync_client(threaded_server) as client:
         sync: Any = client
-        assert sync.chat("echo hi") == "hi"
+        assert sync.reply("echo hi") == "hi"
         assert list(sync.text_stream(3)) == ["00 ", "01 ", "02 "]
-        with sync.stream_events(3) as stream:
+        with sync.event_stream(3) as stream:
             assert isinstance(stream, SyncProxy)
             assert list(stream) == [0, 1, 2]
             assert list(stream.text_stream) == ["0", "1", "2"]
@@ -395,3 +397,46 @@ def test_to_sync_leaves_plain_values_alone() -> None:
         assert isinstance(to_sync(_Stream(1)._numbers(), portal), SyncIterator)
     finally:
         portal.close()
+
+
+# -- the other client styles, without await (issue 12) ---------------------------------------
+
+
+def test_chat_text_and_chunks_without_await(threaded_server: ScriptedServer) -> None:
+    with sync_client(threaded_server) as client:
+        assert isinstance(client, SyncChucky)
+        assert client.chat("echo hi") == "hi"
+        history = [
+            {"role": "user", "content": "echo first question"},
+            {"role": "assistant", "content": "first question"},
+            {"role": "user", "content": "recall"},
+        ]
+        assert client.chat(history) == "echo first question"
+        assert list(client.stream_text("stream 3")) == ["00 ", "01 ", "02 "]
+        seen: list[str] = []
+        chunks = list(client.converse("call t {}", on_tool_call=lambda c: seen.append(c.name)))
+        assert [c.type for c in chunks][-1] == "done"
+        assert seen == ["t"]
+        session_id = chunks[-1].session_id
+        assert client.clear_session(session_id) is True
+        with pytest.raises(SessionNotFoundError):
+            client.chat("recall", session_id=session_id)
+
+
+def test_the_stream_object_in_a_with_block(threaded_server: ScriptedServer) -> None:
+    with sync_client(threaded_server) as client:
+        with client.stream_events("stream 3", include_partial_messages=True) as stream:
+            events = list(stream)
+        assert [e.text for e in events if isinstance(e, chucky.client.events.TextDelta)] == [
+            "00 ",
+            "01 ",
+            "02 ",
+        ]
+        assert isinstance(events[-1], chucky.client.events.TurnResult)
+        with client.stream_events("stream 3", include_partial_messages=True) as stream:
+            assert list(stream.text_stream) == ["00 ", "01 ", "02 "]
+            assert stream.get_final_result().result == "00 01 02 "
+        # Left early: the turn is interrupted, the client goes on.
+        with client.stream_events("sleep 30; echo late") as stream:
+            pass
+        assert client.chat("echo after") == "after"

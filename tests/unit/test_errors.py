@@ -65,6 +65,7 @@ def test_every_public_class_is_listed() -> None:
         "SessionError",
         "SessionNotFoundError",
         "ValidationError",
+        "StructuredOutputTruncatedError",
         "ProviderError",
         "ProtocolError",
         "InvalidStateError",
