@@ -9,7 +9,8 @@ Example::
     import asyncio
     from chucky import Chucky, create_budget, create_token
 
-    token = create_token(user_id="user-123", project_id="proj", secret="hk_live_...",
+    token = create_token(user_id="user-123", project_id="proj",
+                         secret="hk_live_0123456789abcdef0123456789abcdef",
                          budget=create_budget(ai_dollars=1.00, compute_hours=1, window="day"))
 
     async def main() -> None:

@@ -231,3 +231,32 @@ def test_links_leaving_the_docs_become_text_in_every_page() -> None:
     pages = {"benchmarks.md": markdown, "protocol.md": ""}
     page = readme.render("benchmarks.md", markdown, _README, pages)
     assert page == "See `bench/README.md` and [here](protocol.md#2-handshake)."
+
+
+def test_the_package_docstring_example_runs() -> None:
+    """The example of ``chucky``'s docstring (the API reference's first page) runs as written
+    against a scripted server on the project and secret it names."""
+    import asyncio
+    import textwrap
+
+    import chucky
+    from chucky.testing import scripted_server
+
+    doc = chucky.__doc__ or ""
+    code = textwrap.dedent(doc.split("Example::", 1)[1])
+    secret = re.search(r'secret="(hk_live_[0-9a-f]{32})"', code)
+    assert secret, "the example's secret has the documented form"
+
+    async def run() -> str:
+        async with scripted_server(project_id="proj", secret=secret[1]) as server:
+            program = code.replace("ws://127.0.0.1:8765/ws", server.url).replace(
+                "asyncio.run(main())", ""
+            )
+            namespace: dict[str, object] = {}
+            exec(program, namespace)
+            main = namespace["main"]
+            assert callable(main)
+            await main()
+            return server.url
+
+    asyncio.run(run())
