@@ -27,10 +27,13 @@ complete (:func:`parse_reply`). A reply that is neither -- a tool call cut by ``
 a reply cut before its first key was complete -- is dropped: the message has no content block
 and ``stop_reason: "max_tokens"``. Half a tool call is never shown as text.
 
-Batched prompt evaluation is off by default (``n_batch=1``): the prebuilt ``llama-cpp-python``
-0.3.36 wheel crashes the process in batched decode on some AVX-512/AMX CPUs; a process crash
-takes the whole server down, while one token at a time costs ~10 ms per prompt token with the
-default 135M model. Pass a larger ``n_batch`` where the build is known to work.
+Batched prompt evaluation is off by default (``n_batch=1``): ``llama-cpp-python`` 0.3.36 built
+with ``-march=native`` on a CPU that advertises AMX crashes the process in batched decode where
+AMX cannot run. On the 2-vCPU Firecracker guest of the project's CI the fault is a general
+protection fault on ``ldtilecfg`` in ggml's ``ggml_backend_amx_mul_mat`` (one token at a time
+is a matrix-vector product and never reaches it; ``use_extra_bufts=False`` does not avoid it).
+A process crash takes the whole server down, while one token at a time costs ~5-10 ms per prompt
+token with the default 135M model. Pass a larger ``n_batch`` where the build is known to work.
 """
 
 from __future__ import annotations
