@@ -75,3 +75,19 @@ def _no_token_in_logs() -> Iterator[None]:
     finally:
         root.removeHandler(catcher)
     assert not catcher.leaks, f"a token or secret reached a log record: {catcher.leaks[:3]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _batched_decode_verdict() -> None:
+    """Find out once, before any test starts a process on the local model, whether batched
+    prompt evaluation works here (a child process probes it, chucky caches the verdict): the
+    processes the tests start then read it from the cache instead of each warning about it on
+    stderr, which the CLI tests read line by line."""
+    try:
+        from chucky.server.providers.llamacpp import default_model_path
+        from chucky.server.providers.llamacpp_probe import batched_decode_works
+
+        path = default_model_path()
+    except Exception:  # no local model here: nothing will probe
+        return
+    batched_decode_works(str(path))

@@ -27,13 +27,15 @@ complete (:func:`parse_reply`). A reply that is neither -- a tool call cut by ``
 a reply cut before its first key was complete -- is dropped: the message has no content block
 and ``stop_reason: "max_tokens"``. Half a tool call is never shown as text.
 
-Batched prompt evaluation is off by default (``n_batch=1``): ``llama-cpp-python`` 0.3.36 built
-with ``-march=native`` on a CPU that advertises AMX crashes the process in batched decode where
-AMX cannot run. On the 2-vCPU Firecracker guest of the project's CI the fault is a general
+Batched prompt evaluation (``n_batch=512``) is used where it works: ``llama-cpp-python`` 0.3.36
+built with ``-march=native`` on a CPU that advertises AMX crashes the process in batched decode
+where AMX cannot run. On the 2-vCPU Firecracker guest of the project's CI the fault is a general
 protection fault on ``ldtilecfg`` in ggml's ``ggml_backend_amx_mul_mat`` (one token at a time
 is a matrix-vector product and never reaches it; ``use_extra_bufts=False`` does not avoid it).
-A process crash takes the whole server down, while one token at a time costs ~5-10 ms per prompt
-token with the default 135M model. Pass a larger ``n_batch`` where the build is known to work.
+A process crash takes the whole server down, so unless ``n_batch`` is given, the first load asks
+a child process whether batched evaluation survives (:mod:`.llamacpp_probe`, cached per build,
+CPU and model) and falls back to one token at a time (~5-10 ms per prompt token with the
+default 135M model) only where it does not, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import asyncio
 import atexit
 import importlib.util
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -57,6 +60,7 @@ from ..._redact import redacting_logger
 from ..ids import prefixed_id
 from .base import ModelRequest, Provider, ToolSpec, provider_error, tool_choice_for
 from .json_stream import ReplyTextDecoder
+from .llamacpp_probe import BATCHED_N_BATCH, batched_decode_works
 from .openai_translate import ToolNameMap, chat_messages, chat_params
 
 __all__ = [
@@ -473,7 +477,9 @@ class LlamaCppProvider(Provider):
         chat_format: ``None`` (the model's own chat template), ``"chatml"`` or the name of a
             template in the GGUF metadata (``"chat_template.<name>"``).
         seed: The sampling seed used when a request gives none (``None``: random).
-        n_batch: Prompt tokens evaluated per batch (see the module docstring for why it is 1).
+        n_batch: Prompt tokens evaluated per batch. ``None`` (the default): 512 where a probe
+            in a child process shows batched evaluation works with this build on this machine
+            (:mod:`.llamacpp_probe`, its verdict cached), else 1, with a warning saying why.
         repeat_penalty: llama.cpp's penalty on recently sampled tokens (``None``: its default,
             1.0, none); 1.1-1.3 keeps a small model from looping on a phrase.
     """
@@ -488,7 +494,7 @@ class LlamaCppProvider(Provider):
         n_threads: int | None = None,
         chat_format: str | None = None,
         seed: int | None = None,
-        n_batch: int = 1,
+        n_batch: int | None = None,
         repeat_penalty: float | None = None,
     ) -> None:
         self._model_path = model_path
@@ -497,19 +503,37 @@ class LlamaCppProvider(Provider):
         self._n_threads = n_threads
         self._chat_format = chat_format
         self._seed = seed
-        self._n_batch = max(1, n_batch)
+        self._n_batch = None if n_batch is None else max(1, n_batch)
         self._loaded: _LoadedModel | None = None
         self._active: set[threading.Event] = set()
 
     def _path(self) -> str:
         return str(Path(self._model_path) if self._model_path else default_model_path())
 
+    @property
+    def n_batch(self) -> int | None:
+        """The batch size of prompt evaluation (``None`` until chosen at the first load)."""
+        return self._n_batch
+
     async def _model(self) -> _LoadedModel:
         if self._loaded is None:
-            self._loaded = await asyncio.to_thread(
-                _load, self._path(), self._n_ctx, self._n_threads, self._n_batch, self._chat_format
-            )
+            self._loaded = await asyncio.to_thread(self._load_now)
         return self._loaded
+
+    def _load_now(self) -> _LoadedModel:
+        path = self._path()
+        if self._n_batch is None and Path(path).is_file():
+            verdict = batched_decode_works(path)
+            self._n_batch = BATCHED_N_BATCH if verdict.ok else 1
+            if not verdict.ok:
+                # A warning when found out, then (the verdict cached) a line at INFO.
+                logger.log(
+                    logging.WARNING if verdict.probed else logging.INFO,
+                    "batched prompt evaluation does not work with this llama.cpp build on this "
+                    "machine (%s): prompts are evaluated one token at a time (n_batch=1)",
+                    verdict.why,
+                )
+        return _load(path, self._n_ctx, self._n_threads, self._n_batch or 1, self._chat_format)
 
     async def load(self) -> None:
         """Load the model now (in a worker thread) instead of at the first request.
