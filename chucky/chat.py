@@ -386,7 +386,7 @@ async def _embedded(options: ChatOptions, out: TextIO) -> AsyncIterator[tuple[st
     from .server.app import ChuckyServer
     from .server.config import ServerConfig
     from .server.providers.llamacpp import LlamaCppProvider, default_model_path
-    from .server.routing import ModelRouter
+    from .server.routing import LOCAL_REPEAT_PENALTY, ModelRouter
     from .tokens import create_budget, create_token
 
     path = Path(options.model_path) if options.model_path else default_model_path()
@@ -396,7 +396,7 @@ async def _embedded(options: ChatOptions, out: TextIO) -> AsyncIterator[tuple[st
             details={"kind": "model_missing", "retryable": False},
         )
     # A 135M model loops on a phrase without a repetition penalty.
-    provider = LlamaCppProvider(model_path=str(path), repeat_penalty=1.3)
+    provider = LlamaCppProvider(model_path=str(path), repeat_penalty=LOCAL_REPEAT_PENALTY)
     secret = f"hk_live_{secrets.token_hex(16)}"
     with tempfile.TemporaryDirectory(prefix="chucky-chat-") as data:
         config = ServerConfig(

@@ -144,7 +144,7 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
     from .server.app import ChuckyServer
     from .server.config import ServerConfig
     from .server.providers.llamacpp import LlamaCppProvider, default_model_path
-    from .server.routing import ModelRouter
+    from .server.routing import LOCAL_REPEAT_PENALTY, ModelRouter
 
     options = options or DemoOptions()
     out = out or sys.stdout
@@ -161,7 +161,9 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
             details={"kind": "model_missing", "retryable": False},
         )
     # A 135M model loops on a phrase without a repetition penalty.
-    provider = LlamaCppProvider(model_path=str(path), seed=options.seed, repeat_penalty=1.3)
+    provider = LlamaCppProvider(
+        model_path=str(path), seed=options.seed, repeat_penalty=LOCAL_REPEAT_PENALTY
+    )
     report = _Report(out)
     secret = f"hk_live_{secrets.token_hex(16)}"
     with tempfile.TemporaryDirectory(prefix="chucky-demo-") as data:

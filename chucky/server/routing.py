@@ -228,10 +228,16 @@ def _is_pattern(name: str) -> bool:
     return "*" in name or "?" in name
 
 
+LOCAL_REPEAT_PENALTY: Final = 1.3
+"""The embedded model's ``repeat_penalty`` where chucky picks it (``chucky serve`` without
+``--config``, ``chucky demo``, ``chucky chat``): without one, SmolLM2-135M loops on a phrase."""
+
+
 def default_routing(environ: Mapping[str, str] | None = None) -> RoutingConfig:
     """The routing of ``chucky serve`` without ``--config``.
 
-    ``local`` is the embedded model (provider ``llamacpp``, its default GGUF file, free).
+    ``local`` is the embedded model (provider ``llamacpp``, its default GGUF file, free,
+    ``repeat_penalty`` :data:`LOCAL_REPEAT_PENALTY`).
     Without ``ANTHROPIC_API_KEY`` every other name falls back to it too: a fresh machine needs
     no key and no network, and the model actually used (``local``) is what the session reports.
     With the key, ``claude-*`` names and ``sonnet``/``opus``/``haiku`` (:data:`CLAUDE_ALIASES`)
@@ -242,7 +248,9 @@ def default_routing(environ: Mapping[str, str] | None = None) -> RoutingConfig:
     """
     env = os.environ if environ is None else environ
     models: dict[str, Any] = {"local": {"provider": "local"}}
-    providers: dict[str, Any] = {"local": {"type": "llamacpp"}}
+    providers: dict[str, Any] = {
+        "local": {"type": "llamacpp", "repeat_penalty": LOCAL_REPEAT_PENALTY}
+    }
     data: dict[str, Any] = {"models": models, "providers": providers}
     if env.get("ANTHROPIC_API_KEY"):
         providers["anthropic"] = {"api_key_env": "ANTHROPIC_API_KEY"}

@@ -117,10 +117,16 @@ def test_unknown_models_are_free_except_claude_which_costs_the_ceiling() -> None
 def test_default_routing_without_a_key_serves_everything_locally() -> None:
     config = default_routing({})
     router = ModelRouter.from_config(config)
-    assert config.providers["local"] == {"type": "llamacpp"}
+    assert config.providers["local"] == {"type": "llamacpp", "repeat_penalty": 1.3}
     for model in ("claude-sonnet-4-5-20250929", "sonnet", "gpt-4o", "local"):
         route = router.resolve(model)
         assert (route.name, route.price.output) == ("local", 0)
+    # The penalty that keeps SmolLM2 from looping, as chucky demo and chucky chat use it.
+    from chucky.server.providers.llamacpp import LlamaCppProvider
+
+    provider = router.resolve("local").provider
+    assert isinstance(provider, LlamaCppProvider)
+    assert provider.repeat_penalty == 1.3
 
 
 async def test_default_routing_with_a_key_sends_claude_names_to_anthropic(

@@ -511,6 +511,11 @@ class LlamaCppProvider(Provider):
         return str(Path(self._model_path) if self._model_path else default_model_path())
 
     @property
+    def repeat_penalty(self) -> float | None:
+        """llama.cpp's penalty on recently sampled tokens (``None``: its default, none)."""
+        return self._repeat_penalty
+
+    @property
     def n_batch(self) -> int | None:
         """The batch size of prompt evaluation (``None`` until chosen at the first load)."""
         return self._n_batch
