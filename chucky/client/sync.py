@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Self, Unpack
 
 from ..messages import SDKMessage
 from .chucky import Chucky
@@ -32,7 +32,37 @@ from .settings import DEFAULT_MODEL, BaseSessionArgs, SessionArgs
 __all__ = ["SyncChucky", "SyncSession"]
 
 
-class SyncSession:
+class _SyncFace:
+    """What both sync faces share: the async object's other public attributes made blocking
+    generically (:func:`~chucky.client.portal.delegate`), and ``with`` closing it."""
+
+    _portal: LoopPortal
+
+    def _target(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        # The async object's other methods (chat, converse, query, ...), made sync generically.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return delegate(getattr(self._target(), name), self._portal)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyncSession(_SyncFace):
     """The blocking face of a :class:`~chucky.client.session.Session`: one conversation over
     one WebSocket. Get it from :meth:`SyncChucky.create_session` or
     :meth:`SyncChucky.resume_session`; ``with session:`` closes it on exit.
@@ -94,21 +124,8 @@ class SyncSession:
         if not self._portal.closed:
             self._portal.call(self._session.close)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return delegate(getattr(self._session, name), self._portal)
-
-    def __enter__(self) -> SyncSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _target(self) -> Session:
+        return self._session
 
     def __repr__(self) -> str:
         return f"Sync{self._session!r}"
@@ -117,7 +134,7 @@ class SyncSession:
 register_wrapper(Session, SyncSession)
 
 
-class SyncChucky:
+class SyncChucky(_SyncFace):
     """A blocking client of a Chucky server: :class:`~chucky.client.chucky.Chucky`'s API
     without ``await``.
 
@@ -316,22 +333,8 @@ class SyncChucky:
         :class:`~chucky.errors.InvalidStateError`."""
         self._portal.close(self._client.close)
 
-    def __getattr__(self, name: str) -> Any:
-        # The async client's other methods (chat, converse, query, ...), made sync generically.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return delegate(getattr(self._client, name), self._portal)
-
-    def __enter__(self) -> SyncChucky:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _target(self) -> Chucky:
+        return self._client
 
     def __repr__(self) -> str:
         return f"SyncChucky(url={self.url!r})"
