@@ -13,6 +13,7 @@ model made; ``on_tool_call`` observes it too), then ``done`` (the whole turn: it
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -22,10 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import ChuckyError, ValidationError
 from ..history import HistoryMessage, to_wire_history
 from ..messages import (
-    AssistantMessage,
-    ErrorMessage,
     ResultMessage,
-    StreamEventMessage,
 )
 from .settings import SessionArgs
 
@@ -113,10 +111,6 @@ OnToolCall = Callable[[ToolCallChunk], Awaitable[None] | None]
 """A callback observing each tool call (sync or async); what it returns is ignored."""
 
 
-def _bare(name: str) -> str:
-    return name.rsplit("__", 1)[-1] if name.startswith("mcp__") else name
-
-
 def split_input(value: ConverseInput) -> tuple[Any, list[dict[str, Any]]]:
     """The turn's content and the history before it.
 
@@ -160,38 +154,30 @@ async def converse(
     if history:
         options["history"] = history
     options.setdefault("include_partial_messages", True)
-    session = client.create_session(**options)
-    try:
-        await session.send(content, turn_timeout=turn_timeout)
-        delta_seen = False
-        async for msg in session.stream():
-            if isinstance(msg, StreamEventMessage):
-                delta = msg.text_delta
-                if delta:
-                    delta_seen = True
-                    yield TextChunk(text=delta)
-            elif isinstance(msg, AssistantMessage):
-                text = msg.text
-                if text and not delta_seen:
-                    yield TextChunk(text=text)
-                delta_seen = False
-                for block in msg.tool_uses:
-                    call = ToolCallChunk(id=block.id, name=_bare(block.name), input=block.input)
-                    if on_tool_call is not None:
-                        outcome = on_tool_call(call)
-                        if inspect.isawaitable(outcome):
-                            await outcome
-                    yield call
-            elif isinstance(msg, ResultMessage):
+    # The events of Chucky.stream (one place reads a turn's frames), as typed chunks.
+    events = client.stream(content, turn_timeout=turn_timeout, **options)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event.type == "message":
+                yield TextChunk(text=event.data)
+            elif event.type == "tool_use":
+                assert event.id is not None and event.name is not None
+                call = ToolCallChunk(id=event.id, name=event.name, input=event.input or {})
+                if on_tool_call is not None:
+                    outcome = on_tool_call(call)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                yield call
+            elif event.type == "result":
+                msg = event.data
                 if msg.is_error:
                     error = _result_error(msg)
                     yield ErrorChunk(message=error.message, error=error, result=msg)
                 else:
                     yield DoneChunk(session_id=msg.session_id, text=msg.result or "", result=msg)
                 return
-            elif isinstance(msg, ErrorMessage):
-                exc = msg.exception
+            elif event.type == "error":
+                exc = event.error
+                assert exc is not None
                 yield ErrorChunk(message=exc.message, error=exc)
                 return
-    finally:
-        await session.close()
