@@ -427,8 +427,13 @@ class ClientConnection:
         await self._runner.aclose()
         tasks = [t for t in (self._keepalive, self._reader) if t is not None]
         if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
+            try:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+            finally:
+                # A close handshake cut short (cancelled: a sync client's loop shutting down)
+                # must not leave the socket open; after a completed close this does nothing.
+                ws.transport.abort()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
