@@ -151,6 +151,9 @@ def _serve(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         shutdown_grace=args.shutdown_grace,
         write_timeout=args.write_timeout,
+        reconnect_grace=args.reconnect_grace,
+        replay_frames=args.replay_frames,
+        replay_bytes=args.replay_bytes,
         sqlite_synchronous=args.sqlite_synchronous,
         max_queued_turns=args.max_queued_turns,
         max_queued_bytes=args.max_queued_bytes,
@@ -442,6 +445,28 @@ def _parser() -> argparse.ArgumentParser:
         help="a client that does not read a frame for this long is disconnected",
     )
     serve.add_argument(
+        "--reconnect-grace",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a session whose client can resume it (the seq extension) waits, "
+        "its turn running on, for the client to come back after its socket dropped",
+    )
+    serve.add_argument(
+        "--replay-frames",
+        type=_positive_int,
+        default=4096,
+        metavar="N",
+        help="frames of a session kept for a resuming client to receive again",
+    )
+    serve.add_argument(
+        "--replay-bytes",
+        type=_positive_int,
+        default=4 * 1024 * 1024,
+        metavar="N",
+        help="characters of frames of a session kept for a resuming client",
+    )
+    serve.add_argument(
         "--sqlite-synchronous",
         choices=("normal", "full"),
         default="normal",
@@ -547,6 +572,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A whole number > 0 (argparse reports a bad one as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0: {text!r}")
     return value
 
 

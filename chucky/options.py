@@ -200,6 +200,8 @@ class SessionOptions(_Options):
     setting_sources: list[str] | None = None
     job_id: str | None = None
     chucky_extensions: list[str] | None = None
+    last_seq: int | None = Field(default=None, ge=0)
+    """The ``seq`` extension's resume (docs/protocol.md section 10): the last frame received."""
     # Inference parameters: our extension keys (the hosted service ignores them).
     temperature: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)

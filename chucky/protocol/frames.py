@@ -150,7 +150,17 @@ class UserTurnBody(_Strict):
     content: TurnContent
 
 
-class UserFrame(_Strict):
+TURN_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,100}$"
+"""What a ``turnId`` may be (docs/protocol.md section 10)."""
+
+
+class _TurnFrame(_Strict):
+    # Our extension (section 10, ``seq``): the client's id of the turn; a turn re-sent with an
+    # id the session has runs once.
+    turn_id: str | None = Field(default=None, alias="turnId", pattern=TURN_ID_PATTERN)
+
+
+class UserFrame(_TurnFrame):
     """T's turn form: ``{"type": "user", "message": {"role": "user", "content": ...}}``."""
 
     type: Literal["user"]
@@ -165,7 +175,7 @@ class PromptPayload(BaseModel):
     options: Any = None
 
 
-class PromptFrame(_Strict):
+class PromptFrame(_TurnFrame):
     """P's turn form: ``{"type": "prompt", "payload": {"message": ..., "options": {...}}}``."""
 
     type: Literal["prompt"]
@@ -179,7 +189,7 @@ class SdkMessagePayload(BaseModel):
     content: TurnContent | None = None
 
 
-class SdkMessageFrame(_Strict):
+class SdkMessageFrame(_TurnFrame):
     """The legacy documented turn form."""
 
     type: Literal["sdk_message"]
@@ -202,7 +212,8 @@ class ToolResultFrame(_Strict):
 
 
 class ClientControlBody(_Strict):
-    action: Literal["close", "end_input", "interrupt"]
+    # ``ack``: our extension (section 10, ``seq``).
+    action: Literal["close", "end_input", "interrupt", "ack"]
     data: Any = None
 
 

@@ -38,7 +38,11 @@ Rules implemented here, by docs/protocol.md section:
   quietly (the client may have sent it before it heard of the abandonment); a ``tool_result``
   for a call never made is rejected.
 * 10 extensions: what the client announces in ``chuckyExtensions`` (``tool_cancel``: the server
-  tells it when a call is abandoned, :meth:`tool_cancel`).
+  tells it when a call is abandoned, :meth:`tool_cancel`; ``seq``: every frame sent after
+  ``init`` is numbered by :meth:`stamp`, the client's ``ack`` is :class:`AckReceived`). A turn
+  frame's ``turnId`` is remembered (bounded): a turn re-sent with the id of a turn this machine
+  has queued, run or answered is :class:`TurnDuplicate`, never run twice. A second
+  ``tool_result`` for a call already answered is dropped quietly, like a late one.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ __all__ = [
     "DEFAULT_MAX_INVALID_FRAMES",
     "DEFAULT_MAX_QUEUED_BYTES",
     "DEFAULT_MAX_QUEUED_TURNS",
+    "AckReceived",
     "ControlReceived",
     "FrameRejected",
     "InitReceived",
@@ -93,6 +98,7 @@ __all__ = [
     "ServerProtocol",
     "ServerState",
     "ToolResultReceived",
+    "TurnDuplicate",
     "TurnReceived",
     "TurnRejected",
 ]
@@ -103,7 +109,8 @@ DEFAULT_MAX_QUEUED_TURNS: Final = 16
 DEFAULT_MAX_QUEUED_BYTES: Final = 8 * 1024 * 1024
 """Bytes of turn frames that may wait behind the running one (one turn always may)."""
 
-_ABANDONED_KEPT: Final = 1024  # abandoned call ids remembered, to drop their late results
+_ABANDONED_KEPT: Final = 1024  # abandoned/answered call ids remembered, to drop late results
+_TURN_IDS_KEPT: Final = 1024  # turn ids remembered, so that a re-sent turn runs once
 
 
 class ServerState(enum.Enum):
@@ -137,6 +144,21 @@ class TurnReceived:
     def options(self) -> SessionOptions | None:
         options: SessionOptions | None = self.turn.options
         return options
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDuplicate:
+    """A turn frame whose ``turnId`` names a turn this connection already has (queued, running
+    or answered): dropped, not run twice (docs/protocol.md section 10)."""
+
+    turn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """``control`` ``ack`` (the ``seq`` extension): the client has every frame up to ``seq``."""
+
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +208,8 @@ class FrameRejected:
 ServerEvent = (
     InitReceived
     | TurnReceived
+    | TurnDuplicate
+    | AckReceived
     | TurnRejected
     | ToolResultReceived
     | ControlReceived
@@ -205,8 +229,12 @@ class ServerProtocol:
         max_queued_turns: int = DEFAULT_MAX_QUEUED_TURNS,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         reject_when_busy: bool = False,
+        allow_seq: bool = True,
     ) -> None:
         self.state = ServerState.AWAITING_INIT
+        self.allow_seq = allow_seq
+        self.seq = 0
+        """The ``seq`` of the last frame numbered (:meth:`stamp`)."""
         self.max_invalid_frames = max_invalid_frames
         self.max_queued_turns = max_queued_turns
         self.max_queued_bytes = max_queued_bytes
@@ -218,8 +246,26 @@ class ServerProtocol:
         """Turns not answered yet, oldest first (the one being served is the first)."""
         self._pending_calls: dict[str, Turn] = {}
         self._abandoned: dict[str, None] = {}  # insertion-ordered, bounded
+        self._turn_ids: dict[str, None] = {}  # insertion-ordered, bounded
 
     # -- outgoing ------------------------------------------------------------------------------
+
+    @property
+    def sequenced(self) -> bool:
+        """Whether frames are numbered: the client announced ``seq`` and the server allows it."""
+        return self.allow_seq and "seq" in self.extensions
+
+    def stamp(self, text: str) -> tuple[int, str]:
+        """``text`` (a frame built here) with the next ``"seq"`` as its first key."""
+        self.seq = seq = self.seq + 1
+        return seq, f'{{"seq":{seq},{text[1:]}'
+
+    @staticmethod
+    def resumed(session_id: str, last_seq: int, replayed: int) -> str:
+        """``control`` ``resumed``: a new socket took the session over; ``replayed`` frames
+        after ``last_seq`` follow (sent without a ``seq`` of its own)."""
+        data = {"sessionId": session_id, "lastSeq": last_seq, "replayed": replayed}
+        return encode({"type": "control", "payload": {"action": "resumed", "data": data}})
 
     @staticmethod
     def ready() -> str:
@@ -278,9 +324,7 @@ class ServerProtocol:
         turn = self._pending_calls.pop(call_id, None)
         if turn is None:
             return False
-        self._abandoned[call_id] = None
-        if len(self._abandoned) > _ABANDONED_KEPT:
-            del self._abandoned[next(iter(self._abandoned))]
+        self._remember_call(call_id)
         if turn.live:
             turn.process(ToolResultIn(call_id))
         return True
@@ -376,6 +420,8 @@ class ServerProtocol:
             action = frame.payload.action
             if action == "interrupt":
                 return [self.interrupt()]
+            if action == "ack":
+                return self._ack(frame.payload.data)
             if action == "close":
                 self.state = ServerState.CLOSED
             elif action == "end_input" and self.state is not ServerState.CLOSED:
@@ -394,19 +440,31 @@ class ServerProtocol:
             "Invalid frame", details={"reason": "invalid_frame"}
         )
 
+    def _ack(self, data: Any) -> list[ServerEvent]:
+        seq = data.get("seq") if isinstance(data, dict) else None
+        if not self.sequenced or isinstance(seq, bool) or not isinstance(seq, int):
+            return []  # ignored (section 10)
+        return [AckReceived(seq)]
+
     def _tool_result(self, frame: ToolResultFrame) -> list[ServerEvent]:
         call_id = frame.payload.call_id
         turn = self._pending_calls.pop(call_id, None)
         if turn is None:
-            if self._abandoned.pop(call_id, 0) is None:
-                return []  # answered after we gave up on it: nobody waits for it
+            if call_id in self._abandoned:
+                return []  # answered after we gave up on it, or answered twice: nobody waits
             raise FrameError(
                 f"Invalid tool_result: no pending tool call with callId {clip(call_id)}",
                 details={"reason": "invalid_frame", "type": "tool_result"},
             )
+        self._remember_call(call_id)  # a second result for it is dropped (a resent tool_call)
         if turn.live:
             turn.process(ToolResultIn(call_id))
         return [ToolResultReceived(call_id, frame.payload.result)]
+
+    def _remember_call(self, call_id: str) -> None:
+        self._abandoned[call_id] = None
+        if len(self._abandoned) > _ABANDONED_KEPT:
+            del self._abandoned[next(iter(self._abandoned))]
 
     def _turn(
         self, frame: UserFrame | PromptFrame | SdkMessageFrame, size: int
@@ -416,6 +474,9 @@ class ServerProtocol:
                 "Invalid turn: the client sent end_input, no more turns are accepted",
                 details={"reason": "invalid_frame", "type": frame.type},
             )
+        turn_id = frame.turn_id
+        if turn_id is not None and turn_id in self._turn_ids:
+            return [TurnDuplicate(turn_id)]
         refusal = self._refusal(size)
         if refusal is not None:
             return [TurnRejected(refusal)]
@@ -424,10 +485,19 @@ class ServerProtocol:
         if self.state is ServerState.AWAITING_INIT:
             self.state = ServerState.OPEN
             events.append(InitReceived(options or SessionOptions(), implicit=True))
-        turn = Turn(content, options, size)
+        turn = Turn(content, options, size, turn_id=turn_id)
+        if turn_id is not None:
+            self.remember_turn(turn_id)
         self.turns.append(turn)
         events.append(TurnReceived(turn, frame.type))
         return events
+
+    def remember_turn(self, turn_id: str) -> None:
+        """A turn with this id is the session's: a turn frame re-sent with it is a
+        :class:`TurnDuplicate`."""
+        self._turn_ids[turn_id] = None
+        if len(self._turn_ids) > _TURN_IDS_KEPT:
+            del self._turn_ids[next(iter(self._turn_ids))]
 
     def _refusal(self, size: int) -> ChuckyError | None:
         """The error for a turn of ``size`` characters that cannot be queued, else ``None``."""

@@ -58,6 +58,7 @@ a state here: it runs, shielded, between ENDING and ``Ended`` whatever the way i
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ __all__ = [
     "TRANSITIONS",
     "AbandonCalls",
     "Admitted",
+    "Answered",
     "CancelWork",
     "ClientGone",
     "ComputeExhausted",
@@ -209,6 +211,14 @@ class LoopCancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """The turn ran before (the session has its ``turnId``, docs/protocol.md section 10): it is
+    answered with ``frames`` -- its messages and its end, from the store -- not run again."""
+
+    frames: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """The end frame was sent, or could not be (the client is gone)."""
 
@@ -229,6 +239,7 @@ TurnEvent = (
     | LoopEnded
     | LoopFailed
     | LoopCancelled
+    | Answered
     | Ended
 )
 
@@ -259,6 +270,7 @@ class TurnEnd:
 
     ``deliver`` is false when the client is gone: the turn is settled, nothing is sent.
     ``ran`` is false when the turn never started its work (nothing stored, nothing charged).
+    ``frames``: a turn that ran before is answered with these frames (:class:`Answered`).
     """
 
     subtype: str | None = None
@@ -266,6 +278,7 @@ class TurnEnd:
     error: ChuckyError | None = None
     deliver: bool = True
     ran: bool = True
+    frames: tuple[str, ...] = ()
 
     @property
     def is_result(self) -> bool:
@@ -288,6 +301,7 @@ TRANSITIONS: Final[Mapping[tuple[TurnState, type[Any]], TurnState]] = {
     (_Q, Interrupt): _E,
     (_Q, ClientGone): _D,
     (_Q, Drain): _E,
+    (_Q, Answered): _E,
     (_A, Admitted): _R,
     (_A, Refused): _E,
     (_A, Interrupt): _S,
@@ -354,11 +368,14 @@ class Turn:
         content: The user's message (a string or content blocks).
         options: Per-turn options (P's ``prompt`` form), or ``None``.
         size: Bytes of the frame that carried it (counted against the queue's limit).
+        turn_id: The client's id of the turn (``turnId``, the ``seq`` extension of
+            docs/protocol.md section 10), or ``None``.
     """
 
     content: Any
     options: Any = None
     size: int = 0
+    turn_id: str | None = None
     state: TurnState = TurnState.QUEUED
     stop_reason: StopReason | None = None
     end: TurnEnd | None = None
@@ -404,6 +421,8 @@ class Turn:
             self._stop(StopReason.COMPUTE_EXHAUSTED, actions)
         elif isinstance(event, DrainExpired):
             self._stop(StopReason.SHUTDOWN, actions)
+        elif isinstance(event, Answered):
+            self.end = TurnEnd(frames=event.frames, deliver=self._deliver, ran=False)
         elif isinstance(event, Drain) and state is TurnState.QUEUED:
             self.end = TurnEnd(error=shutdown_refusal(), ran=False)
         elif isinstance(event, Refused):
@@ -444,6 +463,4 @@ class Turn:
 
 
 def _undeliverable(end: TurnEnd) -> TurnEnd:
-    return TurnEnd(
-        subtype=end.subtype, errors=end.errors, error=end.error, deliver=False, ran=end.ran
-    )
+    return dataclasses.replace(end, deliver=False)

@@ -280,20 +280,24 @@ class TurnAccount:
         )
         self._forget(settlements)
 
-    def close(self, *, ran: bool = True) -> Awaitable[None]:
+    def close(
+        self, *, ran: bool = True, end: tuple[str, dict[str, Any]] | None = None
+    ) -> Awaitable[None]:
         """Settle everything still open and save the session (idempotent; shielded: await it
         from a cancelled task and it still completes).
 
         Compute is charged at the wall-clock time since the first grant (nothing when the turn
         was refused before it ran: ``ran`` false), AI reservations at the cost of their call
-        (0 for a call reserved but never made).
+        (0 for a call reserved but never made). ``end``, ``(turn_id, frame)``: the turn's end,
+        saved with it for a client that re-sends the turn
+        (:meth:`~chucky.server.store.SessionRecord.record_turn`).
         """
         if self._closed is None:
-            self._closed = asyncio.ensure_future(self._close(ran))
+            self._closed = asyncio.ensure_future(self._close(ran, end))
             self._track(self._closed)
         return asyncio.shield(self._closed)
 
-    async def _close(self, ran: bool) -> None:
+    async def _close(self, ran: bool, end: tuple[str, dict[str, Any]] | None) -> None:
         # Operations still in flight (a reservation whose caller was cancelled) end first:
         # what they reserve is settled below.
         while self._inflight:
@@ -312,6 +316,8 @@ class TurnAccount:
         session.state = "idle"
         session.last_activity_at = self._wall_clock()
         async with self._writes:
+            if end is not None:
+                session.record_turn(*end)
             save = True
             for attempt, delay in enumerate(_SETTLE_ATTEMPTS):
                 await asyncio.sleep(delay)

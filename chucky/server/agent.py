@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .._redact import redacting_logger
 from ..errors import ProviderError
@@ -49,32 +48,28 @@ from ..messages import (
     UserMessage,
     WireModel,
 )
-from ..protocol.frames import MAX_SERVER_FRAME_BYTES, ToolResultPayload
+from ..protocol.frames import ToolResultPayload
 from ..protocol.turns import ModelCallReserved, ModelOutput, TurnEvent
 from .account import TurnAccount
 from .budget import CallGrant, CallPlan
 from .call_deadline import CallDeadline
-from .catalog import ClientTool, ToolCatalog, mcp_content_to_blocks
+from .catalog import ClientTool, ToolCatalog
 from .config import DEFAULT_FIRST_EVENT_TIMEOUT, DEFAULT_MODEL_TIMEOUT
 from .pricing import microdollars_to_usd, usd_to_microdollars
 from .providers.base import MessageAccumulator, ModelRequest
 from .routing import Route
 from .store import SessionRecord, new_id
 from .structured import repair_request, schema_instruction, validate_output
+from .turn_frames import INTERRUPTED, error_payload, fit_echo, outcome, result_blocks
 
 __all__ = [
     "AgentTurn",
     "TurnIO",
     "TurnOutcome",
     "TurnSettings",
-    "empty_result",
-    "error_payload",
 ]
 
 logger = redacting_logger("chucky.server.agent")
-
-# Room left for the envelope when a tool-result echo is truncated to fit one frame.
-_ECHO_BUDGET = MAX_SERVER_FRAME_BYTES - 64 * 1024
 
 
 class TurnIO(Protocol):
@@ -141,6 +136,7 @@ class AgentTurn:
         io: TurnIO,
         account: TurnAccount,
         fallback: Route | None = None,
+        turn_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -152,6 +148,9 @@ class AgentTurn:
         self.io = io
         self.account = account
         self.fallback = fallback
+        self.turn_id = turn_id
+        """The client's id of the turn: its user message's ``uuid`` (docs/protocol.md
+        section 10)."""
         self._streamed = False
         self._clock = clock
         self._wall_clock = wall_clock
@@ -228,7 +227,7 @@ class AgentTurn:
         plan: CallPlan | None = None
         # Stored before it is announced: a turn the client saw start is never lost (a turn
         # refused at its start takes it back).
-        session.append("user", self.content)
+        session.append("user", self.content, self.turn_id)
         if settings.max_turns > 0:
             try:
                 planned = self._plan(self._request(session.model_messages()))
@@ -453,8 +452,8 @@ class AgentTurn:
             # resolves to an error result, so no tool_use is left without its tool_result.
             tool_uses = [b for b in content if b.get("type") == "tool_use"]
             if tool_uses:
-                unanswered = [_INTERRUPTED] * len(tool_uses)
-                session.append("user", _result_blocks(tool_uses, unanswered))
+                unanswered = [INTERRUPTED] * len(tool_uses)
+                session.append("user", result_blocks(tool_uses, unanswered))
             raise
         return content
 
@@ -474,19 +473,17 @@ class AgentTurn:
             # result, so the transcript never holds a tool_use without its tool_result.
             for call in calls:
                 call.cancel()
-            self.session.append(
-                "user", _result_blocks(tool_uses, [_outcome(call) for call in calls])
-            )
+            self.session.append("user", result_blocks(tool_uses, [outcome(call) for call in calls]))
             await asyncio.gather(*calls, return_exceptions=True)
             raise
-        blocks = _result_blocks(tool_uses, results)
+        blocks = result_blocks(tool_uses, results)
         message_uuid = new_id()
         self.session.append("user", blocks, message_uuid)
         await self.io.send_message(
             UserMessage(
                 uuid=message_uuid,
                 session_id=self.session.session_id,
-                message=UserBody(content=_fit_echo(blocks)),
+                message=UserBody(content=fit_echo(blocks)),
             )
         )
 
@@ -502,99 +499,3 @@ class AgentTurn:
                 "which this server does not support"
             )
         return await self.io.call_tool(tool, str(block.get("id")), block.get("input", {}))
-
-
-def error_payload(text: str) -> ToolResultPayload:
-    """A tool result that failed, holding ``text`` for the model to read."""
-    return ToolResultPayload(content=[{"type": "text", "text": text}], isError=True)
-
-
-_INTERRUPTED: Final = error_payload("Tool call interrupted before it returned a result")
-
-
-def _outcome(call: asyncio.Future[ToolResultPayload]) -> ToolResultPayload:
-    """A call's result if it has one; else an error result."""
-    if not call.done() or call.cancelled() or call.exception() is not None:
-        return _INTERRUPTED
-    return call.result()
-
-
-def _result_blocks(
-    tool_uses: list[dict[str, Any]], results: list[ToolResultPayload]
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "tool_result",
-            "tool_use_id": block["id"],
-            "content": mcp_content_to_blocks(result.content),
-            "is_error": bool(result.is_error),
-        }
-        for block, result in zip(tool_uses, results, strict=True)
-    ]
-
-
-def _json_size(value: Any) -> int:
-    """Bytes of ``value`` in a frame (UTF-8 JSON, escapes included, as the connection sends)."""
-    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace"))
-
-
-def _cut_text(text: str, limit: int) -> str:
-    """A prefix of ``text`` whose JSON string form takes at most ``limit`` bytes."""
-    cut = text
-    while cut and (size := _json_size(cut)) > limit:
-        # Shrink in proportion; escapes (``\"``, ``\u0001``) make bytes != characters.
-        cut = cut[: min(len(cut) - 1, len(cut) * limit // size)]
-    return cut
-
-
-def _fit_echo(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The tool-result echo, with oversized text cut so the frame stays under 1 MiB.
-
-    Only the echo is cut; the transcript keeps the full results. Images are left out of an
-    oversized echo; text items share the room, each cut one ending with a marker.
-    """
-    if _json_size(blocks) <= _ECHO_BUDGET:
-        return blocks
-    room = _ECHO_BUDGET
-    while True:
-        fitted = _cut_echo(blocks, room)
-        if _json_size(fitted) <= _ECHO_BUDGET or room == 0:
-            return fitted
-        room //= 2  # the envelope of many blocks took more than its reserve
-
-
-def _cut_echo(blocks: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
-    left = sum(len(block["content"]) for block in blocks)
-    fitted: list[dict[str, Any]] = []
-    for block in blocks:
-        items = []
-        for item in block["content"]:
-            share = max(0, room) // max(1, left)  # small items leave their room to later ones
-            if item.get("type") == "text" and _json_size(item["text"]) > share:
-                text = _cut_text(item["text"], max(0, share - 64))
-                dropped = _json_size(item["text"]) - _json_size(text)
-                item = {"type": "text", "text": f"{text}\n[truncated: {dropped} more bytes]"}
-            elif item.get("type") == "image":
-                item = {"type": "text", "text": "[image omitted from echo]"}
-            room -= _json_size(item)
-            left -= 1
-            items.append(item)
-        fitted.append({**block, "content": items})
-    return fitted
-
-
-def empty_result(session_id: str, subtype: str, errors: tuple[str, ...]) -> ResultMessage:
-    """The ``result`` of a turn that ended before its loop started (interrupted while queued
-    or admitted): no model call, no cost."""
-    return ResultMessage(
-        subtype=subtype,
-        uuid=new_id(),
-        session_id=session_id,
-        is_error=subtype != "success",
-        num_turns=0,
-        duration_ms=0,
-        duration_api_ms=0,
-        total_cost_usd=0.0,
-        usage=Usage(),
-        errors=list(errors) or None,
-    )

@@ -359,17 +359,43 @@ class ChuckyServer:
     def _is_dead(self, node: NodeRecord) -> bool:
         return node.node_id != self.node_id and is_dead(node.pid, node.process_start)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down."""
+        return self._closed
+
     def holds_live(self, session_id: str) -> bool:
-        """Whether a socket of this node that is not closing serves ``session_id``."""
+        """Whether a socket of this node that is not closing serves ``session_id`` (or the
+        session waits, detached, for its client to resume it)."""
         return any(
-            c.session is not None and c.session.session_id == session_id and not c.closing
+            c.session is not None
+            and c.session.session_id == session_id
+            and (c.detached or not c.closing)
             for c in self._connections
         )
+
+    def holder_of(self, session_id: str, claims: TokenClaims) -> Connection | None:
+        """The connection of this node that serves ``session_id`` for this user (attached to
+        a socket or detached), if it has not ended."""
+        for c in self._connections:
+            if (
+                c.session is not None
+                and c.session.session_id == session_id
+                and (c.claims.iss, c.claims.sub) == (claims.iss, claims.sub)
+                and not c.ended.is_set()
+            ):
+                return c
+        return None
+
+    def forget(self, connection: Connection) -> None:
+        """``connection`` ended: its session is settled and released."""
+        self._connections.discard(connection)
 
     def releasing(self, claims: TokenClaims) -> bool:
         """Whether a socket of this node of the same user is closing with a lease still held."""
         return any(
             c.closing
+            and not c.detached
             and c.opened is not None
             and (c.claims.iss, c.claims.sub) == (claims.iss, claims.sub)
             for c in self._connections
@@ -454,7 +480,10 @@ class ChuckyServer:
             logger.exception("connection handler failed")
             raise
         finally:
-            self._connections.discard(connection)
+            # The connection leaves _connections when it ends (forget): a session detached
+            # for its client to resume it outlives this socket.
+            if connection.ended.is_set():
+                self._connections.discard(connection)
             self.metrics.connection_closed()
 
 

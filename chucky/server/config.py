@@ -121,6 +121,12 @@ class ServerConfig:
             on the main one); ``metrics_host`` defaults to ``127.0.0.1`` and needs
             ``metrics_port`` (0 picks a free port). A ``metrics_host`` that is not a loopback
             address needs a ``metrics_token``.
+        reconnect_grace: seconds a session whose client announced ``seq`` stays on the
+            server, detached, after its socket dropped (its running turn goes on), waiting for
+            the client to resume it with ``lastSeq`` (docs/protocol.md section 10); 0 ends it
+            at once, as without ``seq``.
+        replay_frames, replay_bytes: the bound of a session's replay buffer (the last frames
+            sent, for a resume), in frames and in characters.
 
     Raises:
         ValidationError: a malformed project secret, an invalid metrics token, a
@@ -161,6 +167,9 @@ class ServerConfig:
     metrics_token: str | None = field(default=None, repr=False)
     metrics_host: str | None = None
     metrics_port: int | None = None
+    reconnect_grace: float = 30.0
+    replay_frames: int = 4096
+    replay_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for project_id, secrets in self.projects.items():

@@ -15,6 +15,19 @@ The protocol (:mod:`chucky.protocol.server`) and each turn's state machine
 
 Every send has a deadline (``write_timeout``): a client that stops reading is cut off, its
 turn ends as a disconnect (settled, nothing delivered), and nothing waits on it for longer.
+
+**Sessions that survive the network** (the ``seq`` extension, docs/protocol.md section 10).
+When the client announced ``seq``, every frame is numbered and kept in a bounded replay buffer
+(:class:`~chucky.protocol.replay.ReplayBuffer`) as it is sent, under one write lock, so the
+order of the numbers is the order on the wire. A socket that drops then does not end the
+session: the connection *detaches* -- the reader is gone, the turn worker goes on, its frames
+go to the buffer only -- and waits ``reconnect_grace`` seconds for a new socket to take it over
+(:meth:`Connection.attach`, called by that socket's own connection when its ``init`` names the
+session with ``lastSeq``). The new socket gets ``resumed``, the frames after ``lastSeq``, the
+pending tool calls again, and then its reader serves the session. Nobody within the grace:
+the session ends as a dropped socket does without ``seq``. One connection object therefore
+outlives its first socket; :meth:`Connection.serve_socket` is what each socket's handler runs,
+and only the handler of the socket in service acts when its socket ends.
 """
 
 from __future__ import annotations
@@ -32,7 +45,9 @@ from ..errors import ChuckyError, SessionNotFoundError
 from ..messages import WireModel
 from ..options import SessionOptions
 from ..protocol.frames import ToolResultPayload, close_reason
+from ..protocol.replay import ReplayBuffer
 from ..protocol.server import (
+    AckReceived,
     ControlReceived,
     FrameRejected,
     InitReceived,
@@ -42,17 +57,20 @@ from ..protocol.server import (
     ServerProtocol,
     ServerState,
     ToolResultReceived,
+    TurnDuplicate,
     TurnReceived,
     TurnRejected,
 )
-from ..protocol.turns import AbandonCalls, CancelWork, Ended, Turn, TurnAction, TurnState
+from ..protocol.turns import AbandonCalls, Answered, CancelWork, Ended, Turn, TurnAction, TurnState
 from ..tokens import TokenClaims
-from .agent import TurnSettings, error_payload
+from .agent import TurnSettings
 from .budget import UserBudget
 from .catalog import ClientTool, ToolCatalog
+from .resume import StoredTurns, replay_unavailable
 from .routing import Route
 from .sessions import OpenSession, open_session
 from .store import SessionRecord
+from .turn_frames import error_payload
 from .turn_runner import ClientGoneError, TurnRunner, deliver, public_error
 
 if TYPE_CHECKING:
@@ -98,6 +116,7 @@ class Connection:
             max_queued_turns=config.max_queued_turns,
             max_queued_bytes=config.max_queued_bytes,
             reject_when_busy=config.busy_policy == "reject",
+            allow_seq=config.reconnect_grace > 0,
         )
         self.opened: OpenSession | None = None
         self.session: SessionRecord | None = None
@@ -112,6 +131,18 @@ class Connection:
         self._write_timeout: float | None = config.write_timeout
         self._closing = False  # no more frames are read, no more turns start
         self._gone = False  # nothing can be written to the client any more
+        # The seq extension (docs/protocol.md section 10).
+        self.replay = ReplayBuffer(config.replay_frames, config.replay_bytes)
+        self._write_lock = asyncio.Lock()
+        self._call_frames: dict[str, tuple[int, str]] = {}  # pending call -> (seq, frame)
+        self._attached = asyncio.Event()  # a new socket took the detached session over
+        self.detached = False
+        """The socket dropped; the session waits for its client to resume it."""
+        self.ended = asyncio.Event()
+        """The session is over on this connection: settled, saved, its lease released."""
+        self._successor: Connection | None = None  # the session this socket resumed
+        self._stored: StoredTurns | None = None  # turns re-sent after replay_unavailable
+        self._superseded = False  # resumed elsewhere without replay: end after the turn
 
     @property
     def closing(self) -> bool:
@@ -127,13 +158,30 @@ class Connection:
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send_text(self, text: str) -> None:
-        """Send one frame within the write deadline.
+    async def _send_text(self, text: str) -> int | None:
+        """Send one frame within the write deadline; returns its ``seq`` (``None`` when the
+        client did not announce the extension).
 
         Raises:
             ClientGoneError: the socket is closed, or the client did not take the frame in time
-                (the connection is then aborted).
+                (the connection is then aborted). Never with ``seq``: a frame for a socket that
+                is gone waits in the replay buffer for the client to resume.
         """
+        if self.proto.sequenced:
+            return await self._send_sequenced(text)
+        await self._write(text)
+        return None
+
+    async def _send_sequenced(self, text: str) -> int:
+        async with self._write_lock:
+            seq, text = self.proto.stamp(text)
+            self.replay.append(seq, text)
+            if not (self._gone or self.detached):
+                with contextlib.suppress(ClientGoneError):
+                    await self._write(text)
+            return seq
+
+    async def _write(self, text: str) -> None:
         if self._gone:
             raise ClientGoneError("the client is gone")
         self._last_sent = time.monotonic()
@@ -148,6 +196,11 @@ class Connection:
         except ConnectionClosed as exc:
             self._gone = True
             raise ClientGoneError("the connection is closed") from exc
+
+    async def _send_raw(self, text: str) -> None:
+        """A frame without a ``seq`` (``ready``, ``resumed``, ``replay_unavailable``), or one
+        numbered already (a replayed frame)."""
+        await self._write(text)
 
     def _abort(self, why: str) -> None:
         """Cut the connection now: a client that does not read cannot receive a close frame.
@@ -172,6 +225,11 @@ class Connection:
         error = public_error(error)
         self.server.metrics.error_sent(error.code or "INTERNAL_ERROR")
         await self._send_text(self.proto.error(error))
+
+    async def send_frame(self, text: str) -> None:
+        """Send a frame built already (the turn runner's host: a turn answered from the
+        store)."""
+        await self._send_text(text)
 
     async def _send_quietly(self, text: str) -> None:
         with contextlib.suppress(ClientGoneError):
@@ -232,7 +290,10 @@ class Connection:
         metrics = self.server.metrics
         timeout = self.config.tool_timeout
         try:
-            await self._send_text(self.proto.tool_call(turn, call_id, tool.name, arguments))
+            frame = self.proto.tool_call(turn, call_id, tool.name, arguments)
+            seq = await self._send_text(frame)
+            if seq is not None:  # sent again to a client that resumes (section 10)
+                self._call_frames[call_id] = (seq, frame)
             async with asyncio.timeout(timeout):
                 result = await future
             metrics.tool_called("error" if result.is_error else "ok")
@@ -246,27 +307,87 @@ class Connection:
             )
         finally:
             self._tool_waiters.pop(call_id, None)
+            self._call_frames.pop(call_id, None)
             self.proto.abandon(call_id)
 
     # -- the reader ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the connection: ``ready``, then frames until the socket closes."""
+        """Serve the connection: ``ready``, then frames until the socket closes (and, if it
+        dropped with the ``seq`` extension on, until the session is resumed elsewhere or its
+        grace ran out)."""
         self._worker = asyncio.create_task(self._serve_turns(), name="chucky-turn-worker")
+        ws = self.ws
+        dropped = True
         try:
             await self._send_text(self.proto.ready())
-            await self._read_loop()
-        except (ConnectionClosed, ClientGoneError):
+            await self._read_loop(ws)
+        except ConnectionClosed as exc:
+            dropped = exc.rcvd is None  # no close frame from the client: the link broke
+        except ClientGoneError:
             pass
         finally:
-            # Shielded: the turn in flight is settled and the lease released even if this
-            # handler is cancelled.
-            ending = asyncio.ensure_future(self._end())
-            self.server.track(ending)
-            await asyncio.shield(ending)
+            await self._socket_ended(ws, dropped)
+        successor = self._successor
+        if successor is not None:  # this socket resumed a detached session: serve it
+            await successor.serve_socket(ws)
+
+    async def serve_socket(self, ws: FrameSocket) -> None:
+        """Read ``ws``, which :meth:`attach` made this session's socket, until it ends."""
+        dropped = True
+        try:
+            await self._read_loop(ws)
+        except ConnectionClosed as exc:
+            dropped = exc.rcvd is None
+        except ClientGoneError:
+            pass
+        finally:
+            await self._socket_ended(ws, dropped)
+
+    async def _socket_ended(self, ws: FrameSocket, dropped: bool) -> None:
+        # Shielded: the turn in flight is settled and the lease released even if this
+        # handler is cancelled.
+        ending = asyncio.ensure_future(self._after_socket(ws, dropped))
+        self.server.track(ending)
+        await asyncio.shield(ending)
+
+    async def _after_socket(self, ws: FrameSocket, dropped: bool) -> None:
+        """``ws`` ended: end the session, or, if the link broke (``dropped``: no close frame
+        from the client), detach it for its grace (section 10)."""
+        if ws is not self.ws or self.ended.is_set():
+            return  # another socket took the session over: its handler is in charge now
+        grace = self.config.reconnect_grace
+        if dropped and self._may_detach() and not self._superseded:
+            self.detached = True
+            self._attached.clear()
+            logger.info(
+                "session %s: the socket dropped; kept %g s for its client to resume it",
+                self.session.session_id if self.session else "-",
+                grace,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._attached.wait()
+            if self._attached.is_set() and not (self._closing or self._superseded):
+                return  # resumed: the new socket's handler serves the session now
+        if self._superseded and self._worker is not None:
+            self._closing = True  # no queued turn starts; the running one ends on its own
+            self._wake.set()
+            await asyncio.wait({self._worker})
+        await self._end()
+
+    def _may_detach(self) -> bool:
+        return (
+            self.proto.sequenced
+            and self.opened is not None
+            and not self._closing
+            and not self.server.closing
+            and self.proto.state is ServerState.OPEN
+        )
 
     async def _end(self) -> None:
         self._closing = True
+        self.detached = False
         for _, actions in self.proto.connection_lost():
             self.execute(actions)  # every pending tool call of a live turn is abandoned
         self._wake.set()
@@ -274,14 +395,18 @@ class Connection:
             await asyncio.wait({self._worker})
         for task in list(self._tasks):
             task.cancel()
-        await self._release()
+        try:
+            await self._release()
+        finally:
+            self.ended.set()
+            self.server.forget(self)
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, ws: FrameSocket) -> None:
         idle_timeout = self.config.idle_timeout
-        while not self._closing:
+        while not self._closing and ws is self.ws:
             try:
                 async with asyncio.timeout(idle_timeout):
-                    text = await self.ws.recv()
+                    text = await ws.recv()
             except TimeoutError:
                 if self.proto.current() is not None:
                     continue
@@ -292,7 +417,7 @@ class Connection:
                 return
             for event in self.proto.receive(text):
                 await self._dispatch(event)
-                if self.closing:
+                if self.closing or ws is not self.ws:
                     return
 
     async def _dispatch(self, event: ServerEvent) -> None:
@@ -301,7 +426,15 @@ class Connection:
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, TurnReceived):
+            if self._stored is not None and event.turn.turn_id is not None:
+                frames = self._stored.answer(event.turn.turn_id)
+                if frames is not None:  # it ran already: answered from the store
+                    self.execute(event.turn.process(Answered(frames)))
             self._wake.set()
+        elif isinstance(event, TurnDuplicate):
+            logger.debug("turn %s is already the session's: not run twice", event.turn_id)
+        elif isinstance(event, AckReceived):
+            self.replay.ack(event.seq)
         elif isinstance(event, InterruptReceived):
             self.execute(list(event.actions))
             self._wake.set()
@@ -335,15 +468,102 @@ class Connection:
     # -- sessions ------------------------------------------------------------------------------
 
     async def _open_session(self, requested: SessionOptions) -> None:
+        lease_wait = None
+        if requested.last_seq is not None and requested.session_id and self.proto.sequenced:
+            if await self._resume(requested.session_id, requested.last_seq):
+                return
+            # Not replayed: the session opens from the store; its turn may still be running
+            # on another node, whose lease it waits for (section 10).
+            lease_wait = self.config.reconnect_grace
         try:
-            opened = await open_session(self.server, self.claims, requested)
+            opened = await open_session(self.server, self.claims, requested, lease_wait=lease_wait)
         except ChuckyError as exc:
             await self._fail(exc)
             return
+        if lease_wait is not None:
+            self._stored = StoredTurns(opened.record)
         self.opened = opened
         self.session, self.options, self.catalog = opened.record, opened.options, opened.catalog
         self._wake.set()
-        await self._send_text(self.proto.session_info(opened.info()))
+        info = opened.info()
+        if self.proto.sequenced:  # what is kept for a resume (section 10)
+            config = self.config
+            info["resume"] = {
+                "graceSeconds": config.reconnect_grace,
+                "replayFrames": config.replay_frames,
+                "replayBytes": config.replay_bytes,
+            }
+        await self._send_text(self.proto.session_info(info))
+
+    async def _resume(self, session_id: str, last_seq: int) -> bool:
+        """A client resumes ``session_id`` after ``last_seq``: hand this socket to the
+        connection of this node that holds the session, which replays what the client missed.
+        ``False``: not possible; ``replay_unavailable`` was sent, and the holder (if any) has
+        ended, its turns done."""
+        holder = self.server.holder_of(session_id, self.claims)
+        if holder is not None:
+            if await holder.attach(self.ws, last_seq):
+                self._successor = holder
+                self._closing = True  # this socket's reader stops: the holder's takes over
+                return True
+            holder.supersede()
+        with contextlib.suppress(ClientGoneError):
+            await self._send_raw(self.proto.error(replay_unavailable(last_seq)))
+        if holder is not None:  # its running turn ends on its own, then it lets go
+            limit = self.config.reconnect_grace + (self.config.model_timeout or 600.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await holder.ended.wait()
+        return False
+
+    async def attach(self, ws: FrameSocket, last_seq: int) -> bool:
+        """Make ``ws`` this session's socket: ``resumed``, the frames after ``last_seq``, then
+        the pending tool calls the client had received, again (section 10). ``False`` when the
+        frames after ``last_seq`` are no longer all held, or the session is ending."""
+        if self._closing or self.ended.is_set() or self.session is None:
+            return False
+        async with self._write_lock:
+            frames = self.replay.since(last_seq)
+            if frames is None:
+                return False
+            previous, self.ws = self.ws, ws
+            self._gone = False
+            self.detached = False
+            self._attached.set()
+            if previous is not ws:  # a socket the server has not seen die (half-open): cut it
+                transport = getattr(previous, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            logger.info(
+                "session %s resumed after seq %d: %d frames replayed",
+                self.session.session_id,
+                last_seq,
+                len(frames),
+            )
+            try:
+                await self._write(
+                    self.proto.resumed(self.session.session_id, last_seq, len(frames))
+                )
+                for _, text in frames:
+                    await self._write(text)
+                for call_id, (seq, frame) in list(self._call_frames.items()):
+                    if seq <= last_seq:  # received, and its result may have been lost
+                        again, text = self.proto.stamp(frame)
+                        self.replay.append(again, text)
+                        self._call_frames[call_id] = (again, frame)
+                        await self._write(text)
+            except ClientGoneError:
+                pass  # this socket dropped too: its reader finds out, and the session detaches
+        return True
+
+    def supersede(self) -> None:
+        """The client resumed the session elsewhere without replay: serve no more of it. The
+        running turn ends on its own (its end is stored); queued turns never start (the
+        client re-sends them); then the session is released."""
+        self._superseded = True
+        self._attached.set()
+        if not self.detached:
+            self._abort("the session was resumed on another socket")
 
     async def _release(self) -> None:
         opened = self.opened
@@ -471,6 +691,7 @@ class Connection:
                 self._abort("the server is shutting down")
                 await asyncio.wait({worker}, timeout=left())
         self._closing = True
+        self._attached.set()  # a session waiting, detached, for its client: end it now
         self._write_timeout = left()
         with contextlib.suppress(ClientGoneError):
             await self._send_text(self.proto.close())

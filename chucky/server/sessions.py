@@ -76,9 +76,17 @@ def _not_found(session_id: str) -> SessionNotFoundError:
 
 
 async def open_session(
-    server: ChuckyServer, claims: TokenClaims, requested: SessionOptions
+    server: ChuckyServer,
+    claims: TokenClaims,
+    requested: SessionOptions,
+    *,
+    lease_wait: float | None = None,
 ) -> OpenSession:
     """Open the session an ``init`` asks for.
+
+    ``lease_wait``: seconds a session busy on another node (or detached on this one) is
+    waited for, beyond the usual :data:`RELEASE_WAIT` -- a client resuming a session without
+    replay waits for its turn to end there (docs/protocol.md section 10).
 
     Raises:
         SessionNotFoundError: an unknown session id, or one that belongs to someone else.
@@ -106,7 +114,7 @@ async def open_session(
     fork = record is not None and bool(options.fork_session)
     # The lease comes first: a user at a limit must not leave a new session behind each try.
     session_id = record.session_id if record is not None and not fork else new_id()
-    lease = await _acquire(server, claims, session_id)
+    lease = await _acquire(server, claims, session_id, wait=lease_wait)
     try:
         if record is not None and not fork:
             # Read it again under the lease: the socket that held it may have written more.
@@ -164,7 +172,9 @@ def _check_frame_room(options: SessionOptions, catalog: ToolCatalog) -> None:
         )
 
 
-async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -> Lease:
+async def _acquire(
+    server: ChuckyServer, claims: TokenClaims, session_id: str, *, wait: float | None = None
+) -> Lease:
     """Take the session's lease.
 
     A lease held by a process of this host that is provably gone (killed: its leases were not
@@ -174,10 +184,11 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
     A socket that has just closed releases its lease a moment after the client saw the close,
     so a client that reconnects at once would find its own session busy, or its last slot
     taken. Such a conflict is retried for up to :data:`RELEASE_WAIT` seconds, unless the holder
-    is a live socket of this node (then the answer is known at once).
+    is a live socket of this node (then the answer is known at once); with ``wait``, for up to
+    that many seconds more whoever holds it.
     """
     config = server.config
-    deadline = time.monotonic() + RELEASE_WAIT
+    deadline = time.monotonic() + RELEASE_WAIT + (wait or 0.0)
     reclaimed = False
     while True:
         try:
@@ -192,7 +203,7 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
                 project_limit=config.max_sessions_per_project,
             )
         except SessionError as exc:
-            if exc.reason != "session_busy" or server.holds_live(session_id):
+            if exc.reason != "session_busy" or (wait is None and server.holds_live(session_id)):
                 raise
             if not reclaimed:
                 # Then at once again: the holder may have been a dead process of this host
@@ -209,7 +220,7 @@ async def _acquire(server: ChuckyServer, claims: TokenClaims, session_id: str) -
                 continue
             if not server.releasing(claims) or time.monotonic() >= deadline:
                 raise
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02 if wait is None else 0.2)
 
 
 def _with_history(requested: SessionOptions) -> tuple[SessionOptions, list[tuple[str, Any]]]:

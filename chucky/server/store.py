@@ -22,6 +22,7 @@ from ..errors import ChuckyError
 from .ids import new_id
 
 __all__ = [
+    "TURNS_KEPT",
     "Lease",
     "LedgerKey",
     "LedgerUsage",
@@ -92,6 +93,13 @@ class SessionRecord:
         persisted: How many messages of ``transcript`` the store holds (the store sets it).
         rewritten: The transcript was replaced since the last save (the store rewrites it).
         state: ``idle`` or ``running`` (recorded; informative).
+        turns: The ends of the session's last :data:`TURNS_KEPT` turns that had a client turn
+            id (``turnId``, docs/protocol.md section 10), oldest first: ``{turn_id:
+            {"position": i, "count": n, "end": frame}}`` -- its user message is
+            ``transcript[i]``, it added ``n`` messages, and ``frame`` is its end as sent (a
+            ``result`` message or an ``error`` frame). Change it only through
+            :meth:`record_turn`.
+        turns_changed: ``turns`` changed since the last save (the store writes it).
     """
 
     session_id: str
@@ -105,6 +113,8 @@ class SessionRecord:
     state: str = "idle"
     persisted: int = 0
     rewritten: bool = False
+    turns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    turns_changed: bool = False
     # The transcript as providers take it, kept alongside so a model call does not copy the
     # whole history (every call of a long session used to).
     _model_view: ModelView = field(default_factory=ModelView, init=False, repr=False, compare=False)
@@ -137,12 +147,33 @@ class SessionRecord:
         self.rewritten = True
         self._rebuild_view()
 
+    def record_turn(self, turn_id: str, end: dict[str, Any]) -> None:
+        """Keep the end of the turn whose user message has the ``uuid`` ``turn_id`` (it
+        added every message from there on), for a client that re-sends the turn."""
+        transcript = self.transcript
+        position = next(
+            (i for i in range(len(transcript) - 1, -1, -1) if transcript[i]["uuid"] == turn_id),
+            None,
+        )
+        if position is None:
+            return  # its user message was taken back (refused): it never ran
+        turns = self.turns
+        turns.pop(turn_id, None)
+        turns[turn_id] = {"position": position, "count": len(transcript) - position, "end": end}
+        while len(turns) > TURNS_KEPT:
+            del turns[next(iter(turns))]
+        self.turns_changed = True
+
     def model_messages(self) -> list[dict[str, Any]]:
         """The transcript as a provider takes it (``role`` and ``content`` only).
 
         The same list on every call: providers read it and must not change it.
         """
         return self._model_view
+
+
+TURNS_KEPT = 16
+"""Turn ends a session keeps for clients that re-send a turn (:meth:`SessionRecord.record_turn`)."""
 
 
 @dataclass(frozen=True, slots=True)

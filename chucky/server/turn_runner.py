@@ -48,11 +48,12 @@ from ..protocol.turns import (
 )
 from ..tokens import TokenClaims
 from .account import TurnAccount
-from .agent import AgentTurn, TurnSettings, empty_result
+from .agent import AgentTurn, TurnSettings
 from .budget import UserBudget
 from .catalog import ClientTool, ToolCatalog
 from .routing import Route
 from .store import SessionRecord, StoreError, new_id
+from .turn_frames import empty_result
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
@@ -81,6 +82,9 @@ class TurnHost(Protocol):
 
     async def send_error(self, error: ChuckyError) -> None:
         """Send an ``error`` frame (raises :class:`ClientGoneError`)."""
+
+    async def send_frame(self, text: str) -> None:
+        """Send a frame built already (raises :class:`ClientGoneError`)."""
 
     async def call_tool(
         self, turn: Turn, tool: ClientTool, call_id: str, arguments: Any
@@ -172,10 +176,24 @@ class TurnRunner:
             await asyncio.wait({self.work})
             for event in self._outcome():
                 host.execute(turn.process(event))
-            await self.account.close(ran=turn.end is None or turn.end.ran)
+            ran = turn.end is None or turn.end.ran
+            result = self._result()
+            end = None
+            if ran and turn.turn_id is not None:  # kept for a client that re-sends the turn
+                end = (turn.turn_id, _end_frame(turn, result))
+            await self.account.close(ran=ran, end=end)
         self.work = None  # the task and its exception go now, with the frames they hold
         self._count()
-        await deliver(host, turn, self.agent, self.session)
+        await deliver(host, turn, self.agent, self.session, result)
+
+    def _result(self) -> ResultMessage | None:
+        """The turn's ``result``, built once (delivered, and kept with its turn id)."""
+        end = self.turn.end
+        if end is None or end.subtype is None or end.error is not None:
+            return None
+        if self.agent is not None:
+            return self.agent.result(end.subtype, errors=end.errors)
+        return empty_result(self.session.session_id, end.subtype, end.errors)
 
     async def _work(self) -> Any:
         host, turn = self.host, self.turn
@@ -191,6 +209,7 @@ class TurnRunner:
             io=_AgentIO(host, turn),
             account=self.account,
             fallback=fallback,
+            turn_id=turn.turn_id,
         )
         await agent.start(turns_per_minute=host.server.config.turns_per_minute)
         host.execute(turn.process(Admitted()))
@@ -286,23 +305,38 @@ def _detached(error: ChuckyError) -> ChuckyError:
     return error
 
 
+def _end_frame(turn: Turn, result: ResultMessage | None) -> dict[str, Any]:
+    """The turn's end as a frame: its ``result``, or its ``error`` as a client sees it."""
+    if result is not None:
+        return result.to_wire()
+    end = turn.end
+    assert end is not None and end.error is not None
+    return {"type": "error", "payload": public_error(end.error).to_payload()}
+
+
 async def deliver(
-    host: TurnHost, turn: Turn, agent: AgentTurn | None, session: SessionRecord
+    host: TurnHost,
+    turn: Turn,
+    agent: AgentTurn | None,
+    session: SessionRecord,
+    result: ResultMessage | None = None,
 ) -> None:
-    """Send the turn's end (its ``result`` or ``error``) if its client is still there, then
-    mark it ``Ended``."""
+    """Send the turn's end (its ``result`` or ``error``; the frames of a turn answered from
+    the store) if its client is still there, then mark it ``Ended``."""
     end = turn.end
     assert end is not None and turn.state is TurnState.ENDING
     if end.deliver:
         try:
-            if end.error is not None:
+            if end.frames:
+                for frame in end.frames:
+                    await host.send_frame(frame)
+            elif end.error is not None:
                 await host.send_error(end.error)
             else:
                 assert end.subtype is not None
-                result: ResultMessage
-                if agent is not None:
+                if result is None and agent is not None:
                     result = agent.result(end.subtype, errors=end.errors)
-                else:
+                elif result is None:
                     result = empty_result(session.session_id, end.subtype, end.errors)
                 host.server.metrics.turn_finished(result.subtype)
                 await host.send_message(result)

@@ -167,8 +167,11 @@ async def test_unknown_call_id_is_rejected_and_the_call_still_waits(server: Scri
         assert error["payload"]["details"]["reason"] == "invalid_frame"
         await send(ws, _tool_result(call["callId"], "real"))
         assert check_result(await collect_turn(ws))["result"] == "tool t returned: real"
-        # The answered call is no longer pending: answering it again is rejected too.
+        # Answering it again is dropped quietly (docs/protocol.md section 10: a resumed client
+        # may answer a call twice), while a callId never sent stays an error.
         await send(ws, _tool_result(call["callId"], "again"))
+        await assert_no_frame(ws)
+        await send(ws, _tool_result("no-such-call", "stray"))
         assert (await recv(ws))["payload"]["code"] == "VALIDATION_ERROR"
 
 

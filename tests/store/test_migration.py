@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chucky.server.budget import BudgetSettings, UserBudget
-from chucky.server.sql import SqlStore, schema_v1
+from chucky.server.sql import SCHEMA_VERSION, SqlStore, schema_v1
 from chucky.server.sql.schema import budget_anchors, ledger, metadata, reservations
 from chucky.server.store import LedgerKey, LedgerUsage, Reservation
 from chucky.tokens import create_budget, create_token, decode_token
@@ -131,7 +131,7 @@ async def test_a_version_1_database_is_migrated_without_resetting_anyones_spend(
                 text("SELECT value FROM chucky_meta WHERE key = 'schema_version'")
             )
             shape = await connection.run_sync(_shape)
-        assert version == "2"
+        assert version == str(SCHEMA_VERSION)
         # The same tables, columns and indexes as a fresh database's.
         assert shape == {
             name: (set(table.columns.keys()), {str(index.name) for index in table.indexes})

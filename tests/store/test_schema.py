@@ -38,7 +38,7 @@ async def test_open_creates_the_schema_and_reopening_keeps_the_data(
     await first.aclose()
     await first.aclose()  # idempotent
 
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 2
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 3
     assert await _version(raw_engine) == str(SCHEMA_VERSION)
     async with raw_engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
@@ -74,7 +74,7 @@ async def test_a_newer_schema_is_refused_and_left_untouched(
         )
 
     newer = SqlStore(store_url)
-    with pytest.raises(StoreError, match=r"schema version 999 is newer .*\(2\); upgrade chucky"):
+    with pytest.raises(StoreError, match=r"schema version 999 is newer .*\(3\); upgrade chucky"):
         await newer.open()
     with pytest.raises(InvalidStateError):
         await newer.get_project("proj_kept")
@@ -102,7 +102,7 @@ async def test_missing_steps_are_applied_to_an_older_database(
     await store.create_project("demo", "hk_live_" + "1" * 32, NOW, project_id="proj_kept")
     await store.aclose()
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _step_3))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
 
     upgraded = SqlStore(store_url)
     await upgraded.open()
@@ -110,7 +110,7 @@ async def test_missing_steps_are_applied_to_an_older_database(
         assert await upgraded.get_project("proj_kept") is not None
     finally:
         await upgraded.aclose()
-    assert await _version(raw_engine) == "3"
+    assert await _version(raw_engine) == "4"
     async with raw_engine.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM chucky_v3_extra")) == 0
 
@@ -122,12 +122,12 @@ async def test_a_failing_migration_changes_nothing(
     await store.open()
     await store.aclose()
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, _broken_step_3))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
 
     with pytest.raises(StoreError, match="Cannot open the database") as caught:
         await SqlStore(store_url).open()
     assert caught.value.__cause__ is not None
-    assert await _version(raw_engine) == "2"
+    assert await _version(raw_engine) == "3"
     async with raw_engine.connect() as connection:
         tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
     assert "chucky_v3_extra" not in tables

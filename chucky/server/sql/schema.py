@@ -15,6 +15,10 @@ Versions:
    prove its predecessor dead and take its leases back at once. Ledger keys of ``lifetime``
    windows lose their start (``lifetime:<start>`` -> ``lifetime``).
 
+3. Turn ends (step 2, :func:`upgrade_to_version_3`): ``sessions.turns`` holds the ends of a
+   session's last turns that had a client turn id (``turnId``, docs/protocol.md section 10), so
+   a turn a client re-sends after a reconnect is answered from the store, not run twice.
+
 Adding version N + 1: append a step (ALTER TABLE ..., new tables, data moves) and change the
 definitions below to the new shape. The steps must keep creating what they created when they
 were written: step 1 creates its two tables from the definitions below, so when one of them
@@ -49,6 +53,7 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -77,6 +82,7 @@ __all__ = [
     "reservations",
     "sessions",
     "upgrade_to_version_2",
+    "upgrade_to_version_3",
 ]
 
 metadata = MetaData(
@@ -128,6 +134,8 @@ sessions = Table(
     Column("state", Text, nullable=False),
     Column("spent_microdollars", BigInteger, nullable=False),
     Column("message_count", Integer, nullable=False),
+    # The ends of the last turns with a client turn id (SessionRecord.turns), JSON; version 3.
+    Column("turns", Text, nullable=False, server_default="{}"),
     Index(None, "project_id", "user_id", "last_activity_at"),
 )
 
@@ -299,7 +307,16 @@ def _merge_lifetime_rows(connection: Connection) -> None:
     )
 
 
-MIGRATIONS: Final[tuple[MigrationStep, ...]] = (schema_v1.create, upgrade_to_version_2)
+def upgrade_to_version_3(connection: Connection) -> None:
+    """Step 2: ``sessions.turns``, empty for every session (no turn of theirs had an id)."""
+    connection.execute(text("ALTER TABLE sessions ADD COLUMN turns TEXT NOT NULL DEFAULT '{}'"))
+
+
+MIGRATIONS: Final[tuple[MigrationStep, ...]] = (
+    schema_v1.create,
+    upgrade_to_version_2,
+    upgrade_to_version_3,
+)
 """``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

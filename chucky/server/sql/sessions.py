@@ -46,6 +46,7 @@ async def insert(connection: Db, record: SessionRecord) -> None:
             state=record.state,
             spent_microdollars=record.spent_microdollars,
             message_count=len(record.transcript),
+            turns=encode_content(record.turns),
         )
     )
     await _insert_messages(connection, record, 0)
@@ -89,6 +90,16 @@ _SAVE_ROW: Final = Sql(
     RETURNING id
     """
 )
+_SAVE_ROW_AND_TURNS: Final = Sql(
+    """
+    UPDATE sessions
+       SET model = :model, last_activity_at = :last_activity_at, state = :state,
+           spent_microdollars = :spent_microdollars, message_count = :message_count,
+           turns = :turns
+     WHERE id = :id
+    RETURNING id
+    """
+)
 _FORGET_MESSAGES: Final = Sql("DELETE FROM messages WHERE session_id = :session_id")
 _INSERT_MESSAGE: Final = Sql(
     """
@@ -104,17 +115,19 @@ async def save(db: Db, record: SessionRecord) -> None:
     Raises:
         SessionNotFoundError: the session is not in the store.
     """
-    updated = await db.first(
-        _SAVE_ROW,
-        {
-            "id": record.session_id,
-            "model": record.model,
-            "last_activity_at": record.last_activity_at,
-            "state": record.state,
-            "spent_microdollars": record.spent_microdollars,
-            "message_count": len(record.transcript),
-        },
-    )
+    values: dict[str, Any] = {
+        "id": record.session_id,
+        "model": record.model,
+        "last_activity_at": record.last_activity_at,
+        "state": record.state,
+        "spent_microdollars": record.spent_microdollars,
+        "message_count": len(record.transcript),
+    }
+    statement = _SAVE_ROW
+    if record.turns_changed:  # a turn with an id ended: written with its end
+        statement = _SAVE_ROW_AND_TURNS
+        values["turns"] = encode_content(record.turns)
+    updated = await db.first(statement, values)
     if updated is None:
         raise SessionNotFoundError(
             f"Session {record.session_id} not found",
@@ -194,4 +207,5 @@ async def _with_transcript(connection: Db, row: Row[Any]) -> SessionRecord:
         spent_microdollars=int(row.spent_microdollars),
         state=row.state,
         persisted=len(transcript),
+        turns=decode_content(row.turns),
     )

@@ -399,7 +399,7 @@ class SqlStore(Store):
         await self._run(lambda c: session_rows.save(c, record))
         # Only once committed: a failed save is retried in full.
         record.persisted = len(record.transcript)
-        record.rewritten = False
+        record.rewritten = record.turns_changed = False
 
     async def delete_session(
         self, session_id: str, project_id: str, user_id: str, now: float
@@ -458,7 +458,7 @@ class SqlStore(Store):
             return dataclasses.replace(refused.written, usage=usage)
         if session is not None:
             session.persisted = len(session.transcript)
-            session.rewritten = False
+            session.rewritten = session.turns_changed = False
         return written
 
     async def _reserve_in(
