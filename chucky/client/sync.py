@@ -25,6 +25,7 @@ from .chucky import Chucky
 from .conversation import ConverseChunk, ConverseInput, OnToolCall
 from .hooks import CanUseTool, HookMatcher
 from .portal import LoopPortal, SyncIterator, SyncProxy, delegate, register_wrapper
+from .reconnect import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, OnReconnect, TokenProvider
 from .results import PromptResult, StreamEvent
 from .session import Content, Session, SessionState
 from .settings import DEFAULT_MODEL, BaseSessionArgs, SessionArgs
@@ -79,7 +80,8 @@ class SyncSession(_SyncFace):
 
     @property
     def state(self) -> SessionState:
-        """The session's state (``NEW``, ``CONNECTING``, ``OPEN``, ``CLOSED``)."""
+        """The session's state (``NEW``, ``CONNECTING``, ``OPEN``, ``RECONNECTING``,
+        ``CLOSED``)."""
         return self._session.state
 
     @property
@@ -164,6 +166,11 @@ class SyncChucky(_SyncFace):
         max_queue: int = 1024,
         can_use_tool: CanUseTool | None = None,
         hooks: Mapping[str, Sequence[HookMatcher]] | None = None,
+        reconnect: bool = True,
+        max_reconnect_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        reconnect_backoff: float = DEFAULT_BACKOFF,
+        token_provider: TokenProvider | None = None,
+        on_reconnect: OnReconnect | None = None,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
     ) -> None:
@@ -181,6 +188,11 @@ class SyncChucky(_SyncFace):
             max_queue=max_queue,
             can_use_tool=can_use_tool,
             hooks=hooks,
+            reconnect=reconnect,
+            max_reconnect_attempts=max_reconnect_attempts,
+            reconnect_backoff=reconnect_backoff,
+            token_provider=token_provider,
+            on_reconnect=on_reconnect,
             debug=debug,
             **options,
         )
