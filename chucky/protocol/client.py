@@ -37,11 +37,13 @@ first ``init`` naming ``sessionId`` and ``lastSeq``). The answer is ``control`` 
 ``replay_unavailable`` (:class:`ReplayUnavailable`; unlike other error frames it ends no turn):
 the server opens the session again from its store under a new numbering, and the session is
 OPEN again at its ``session_info``. Then the I/O layer sends :meth:`resend` (every turn not
-ended, same ``turnId``: the server runs a turn once per id). After ``replay_unavailable`` the
-messages of those turns whose ``uuid`` was delivered already are dropped (the server sends a
-re-sent turn's stored messages again). Any other error during a resume is
-:class:`ResumeFailed`: the I/O layer decides whether to try again. After each turn's end the
-I/O layer sends :meth:`ack` (the server may forget what it buffered for a replay).
+ended, same ``turnId``: the server runs a turn once per id). After a resume, a message whose
+``uuid`` was delivered already is dropped: the server sends a re-sent turn's stored messages
+(and its ``result``) again, with their first ``uuid`` (the last 4,096 ``uuid``s of
+``system``, ``assistant``, ``user`` and ``result`` messages are remembered). Any other error
+during a resume is :class:`ResumeFailed`: the I/O layer decides whether to try again. After
+each turn's end the I/O layer sends :meth:`ack` (the server may forget what it buffered for a
+replay).
 
 Tool calls: a ``tool_call`` frame is returned as :class:`ToolCall` for the I/O layer to run. A
 call stays the client's business until it is answered or abandoned; the server abandons a pending
@@ -305,7 +307,9 @@ class ClientProtocol:
         self.cursor = SeqCursor()
         self.turns = OpenTurns()
         self._delivered = DeliveredUuids()
-        self._dedupe = False  # after replay_unavailable: drop messages delivered already
+        # After a resume: drop a message whose uuid was delivered already (a turn sent again
+        # whose messages the server sends again, section 10).
+        self._dedupe = False
 
     @property
     def open_turns(self) -> int:
@@ -437,7 +441,7 @@ class ClientProtocol:
         if isinstance(frame, StreamEventMessage):
             return frame  # the bulk of a turn: nothing to track
         if isinstance(frame, _TRANSCRIPT_TYPES):
-            if self.seq and self.turns and frame.uuid:
+            if self.seq and self.cursor.numbered and frame.uuid:
                 if self._dedupe and frame.uuid in self._delivered:
                     return Ignored(f"message {frame.uuid} already delivered")
                 self._delivered.add(frame.uuid)
@@ -463,10 +467,6 @@ class ClientProtocol:
 
     def _end_turn(self) -> None:
         self.turns.end_oldest()
-        if not self.turns:
-            # Nothing left to re-send, so nothing the server could send again.
-            self._delivered.clear()
-            self._dedupe = False
 
     def _resuming(self, frame: ServerFrame) -> ClientEvent:
         # Section 10: ready, then resumed (no seq) or the replay_unavailable error.
@@ -477,6 +477,7 @@ class ClientProtocol:
             if action == "resumed":
                 data = frame.payload.data or {}
                 self.state = ClientState.OPEN
+                self._dedupe = True
                 replayed = data.get("replayed")
                 session_id = data.get("sessionId")
                 return Resumed(

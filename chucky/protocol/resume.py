@@ -7,9 +7,9 @@ clock; :class:`~chucky.protocol.client.ClientProtocol` owns one of each.
 * :class:`OpenTurns`: the turns sent and not ended yet, oldest first, each with its ``turnId``
   and the text of its frame, sent again (same id) after a resume: the server runs a turn once
   per id.
-* :class:`DeliveredUuids`: the ``uuid`` of the messages of the open turns already handed to
-  the application. After ``replay_unavailable`` the server sends a re-sent turn's stored
-  messages again with their first ``uuid``; those already delivered are dropped.
+* :class:`DeliveredUuids`: the ``uuid`` of the last messages handed to the application. The
+  server sends a re-sent turn's stored messages (and its ``result``) again with their first
+  ``uuid``; after a resume, those already delivered are dropped.
 * :func:`resume_payload`: the ``init`` payload that resumes a session.
 """
 
