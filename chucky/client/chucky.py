@@ -107,8 +107,9 @@ class Chucky:
         on_reconnect: Called (sync or async) with a
             :class:`~chucky.client.reconnect.ReconnectEvent` before each reconnect attempt
             (``outcome`` ``"reconnecting"``), when the session is back (``"resumed"``,
-            ``"replay_unavailable"``) and when the client gives up (``"failed"``). An
-            exception it raises is logged and ignored.
+            ``"replay_unavailable"``) and when the client gives up (``"failed"``). It runs in
+            the reconnect's own task (the first replayed messages may reach ``stream()``
+            before ``"resumed"`` does); an exception it raises is logged and ignored.
         debug: Log frames at DEBUG level on the ``chucky.client`` logger.
 
     Raises:

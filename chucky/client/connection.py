@@ -443,7 +443,9 @@ class ClientConnection:
         assert self._handshake is not None
         try:
             async with asyncio.timeout(settings.timeout) as self._deadline:
-                await self._send(proto.resume())
+                with contextlib.suppress(ChuckyError):
+                    # A refusal may close the socket first: the reader tells why.
+                    await self._send(proto.resume())
                 event = await asyncio.shield(self._handshake)
         except BaseException as exc:
             await self._drop_socket()

@@ -223,10 +223,18 @@ class SeqLog:
             },
         )
 
-    async def resumed(self, peer: Peer, last_seq: int, *, overlap: int = 0) -> int:
+    async def resumed(
+        self,
+        peer: Peer,
+        last_seq: int,
+        *,
+        overlap: int = 0,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """``control`` ``resumed``, then every frame after ``last_seq`` (and, with
         ``overlap``, that many before it again: a server that repeats itself); returns how
-        many were replayed."""
+        many were replayed. ``then`` runs between the two (to read what the client sends
+        once resumed, before the replay)."""
         replay = self.frames[max(0, last_seq - overlap) :]
         await peer.send(
             {
@@ -241,6 +249,8 @@ class SeqLog:
                 },
             }
         )
+        if then is not None:
+            await then()
         for frame in replay:
             await peer.send(frame)
         return len(replay)
@@ -267,7 +277,7 @@ class SeqLog:
         self.resumes.append(init)
         return init
 
-    async def read_acks(self, peer: Peer, frame: dict[str, Any]) -> dict[str, Any]:
+    def read_acks(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Record ``frame`` if it is an ``ack``; returns it."""
         payload = frame.get("payload") or {}
         if frame.get("type") == "control" and payload.get("action") == "ack":

@@ -149,6 +149,11 @@ class TcpProxy:
         async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: self.accepted >= n)
 
+    async def wait_live(self, n: int, within: float = 10.0) -> None:
+        """Wait until exactly ``n`` connection pairs are open."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: self.live == n)
+
     async def wait_cuts(self, n: int, within: float = 10.0) -> None:
         """Wait until ``n`` pairs were cut in all."""
         async with asyncio.timeout(within), self._changed:
@@ -223,6 +228,7 @@ class TcpProxy:
                 return
             pair = _Pair(writer, target_writer)
             self._pairs.add(pair)
+            self._notify()
             up = asyncio.create_task(self._pump(pair, reader, target_writer, "up"))
             down = asyncio.create_task(self._pump(pair, target_reader, writer, "down"))
             pair.tasks = [up, down]
@@ -235,6 +241,7 @@ class TcpProxy:
                 self._pairs.discard(pair)
                 for side in (pair.client, pair.target):
                     side.transport.abort()
+                self._notify()
         finally:
             self._handlers.discard(task)
 
