@@ -411,7 +411,7 @@ class ClientConnection:
             self._handshake.exception()
 
     def _fail(self, error: ChuckyError) -> None:
-        if self._reconnect is None or self._closed or not self.reconnecting:
+        if self._closed or not self.reconnecting:  # while reconnecting, the attempt decides
             self.inbox.fail(error)
         self._refuse(error)
 
@@ -439,7 +439,16 @@ class ClientConnection:
         if proto.state is not ClientState.DETACHED:
             proto.detach()
         settings = self.settings
-        self._attach(await self._connect(await settings.get_token()))
+        try:
+            async with asyncio.timeout(settings.timeout):
+                token = await settings.get_token()
+        except builtins.TimeoutError as exc:
+            if isinstance(exc, ChuckyError):
+                raise
+            raise TimeoutError(
+                f"token_provider gave no token within {settings.timeout:g} s"
+            ) from exc
+        self._attach(await self._connect(token))
         assert self._handshake is not None
         try:
             async with asyncio.timeout(settings.timeout) as self._deadline:

@@ -680,7 +680,7 @@ async def test_a_result_produced_while_disconnected_is_sent_after_the_resume() -
 # -- state, events, sending meanwhile, cancellation --------------------------------------------
 
 
-async def test_state_is_reconnecting_during_attempts_and_a_turn_sent_meanwhile_goes_after() -> None:
+async def test_state_is_reconnecting_and_a_turn_or_interrupt_sent_meanwhile_goes_after() -> None:
     log = SeqLog()
     user_frames: list[dict[str, Any]] = []
 
@@ -696,6 +696,8 @@ async def test_state_is_reconnecting_during_attempts_and_a_turn_sent_meanwhile_g
         async def both_turns() -> None:
             user_frames.append(await peer.recv_type("user"))
             user_frames.append(await peer.recv_type("user"))
+            interrupt = await peer.recv_type("control")
+            assert interrupt["payload"]["action"] == "interrupt"
 
         await log.resumed(peer, init["lastSeq"], then=both_turns)
         await log.send(peer, result_frame("first", "r-1"))
@@ -725,6 +727,7 @@ async def test_state_is_reconnecting_during_attempts_and_a_turn_sent_meanwhile_g
             await in_attempt.wait()
         assert session.state is SessionState.RECONNECTING
         await session.send("second")  # kept, sent once the session is back
+        await session.interrupt()  # likewise, after the turns
         go_on.set()
         assert await read_turn(session) == ["result:first"]
         assert await read_turn(session) == ["result:second"]
@@ -883,3 +886,122 @@ async def test_ready_first_handshake_is_unchanged_for_a_non_resume() -> None:
 
     async with behind_proxy(handler) as proxy, client(proxy) as chucky:
         assert (await chucky.prompt("hi")).result == "ok"
+
+
+async def test_after_replay_unavailable_results_kept_are_dropped_and_running_calls_cancelled() -> (
+    None
+):
+    """The server opened the session again from its store: the calls of the turn as it was
+    are no longer waited for (a result for a call that server never sent would be an error)."""
+    log = SeqLog()
+    both_started = asyncio.Event()
+    quick_done = asyncio.Event()
+    started: list[str] = []
+    cancelled: list[str] = []
+    after_resume: list[dict[str, Any]] = []
+
+    @tool("quick", "Returns while the socket is gone")
+    async def quick() -> str:
+        started.append("quick")
+        if len(started) == 2:
+            both_started.set()
+        await release.wait()
+        quick_done.set()
+        return "too late"
+
+    @tool("stuck", "Never returns")
+    async def stuck() -> str:
+        started.append("stuck")
+        if len(started) == 2:
+            both_started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append("stuck")
+            raise
+        return "never"
+
+    release = asyncio.Event()
+    proxies: list[TcpProxy] = []
+
+    async def handler(peer: Peer) -> None:
+        init = await peer.handshake()
+        if "lastSeq" not in init:
+            await log.session_info(peer)
+            await peer.recv_type("user")
+            await log.send(peer, tool_call_frame("c1", "quick", {}))
+            await log.send(peer, tool_call_frame("c2", "stuck", {}))
+            await both_started.wait()
+            proxies[0].cut()
+            return
+        await log.replay_unavailable(peer, init["lastSeq"])
+        await log.session_info(peer)
+        await peer.recv_type("user")  # the turn, sent again
+        await log.send(peer, result_frame("from the store", "r-1"))
+        while True:  # everything up to the ack
+            frame = await peer.recv()
+            after_resume.append(frame)
+            if frame["type"] == "control" and frame["payload"]["action"] == "ack":
+                break
+        await peer.ws.wait_closed()
+
+    calls = 0
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            release.set()
+            await quick_done.wait()
+        return TOKEN
+
+    async with behind_proxy(handler) as proxy:
+        proxies.append(proxy)
+        chucky = Chucky(url=proxy.url(), token_provider=provider, tools=[quick, stuck])
+        async with chucky:
+            session = chucky.create_session()
+            await session.send("two tools")
+            assert await read_turn(session) == ["result:from the store"]
+    assert sorted(started) == ["quick", "stuck"]
+    assert cancelled == ["stuck"]
+    assert [frame["type"] for frame in after_resume] == ["control"]  # the ack, no tool_result
+
+
+async def test_a_token_provider_that_hangs_is_given_up_on_and_tried_again() -> None:
+    log = SeqLog()
+
+    async def handler(peer: Peer) -> None:
+        init = await peer.handshake()
+        if "lastSeq" not in init:
+            await first_turn_then_wait(log, peer)
+            return
+        await log.resumed(peer, init["lastSeq"])
+        await log.send(peer, result_frame("done", "r-1"))
+        await forever(peer)
+
+    calls = 0
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await asyncio.Event().wait()  # the backend never answers this time
+        return TOKEN
+
+    events: list[ReconnectEvent] = []
+    async with behind_proxy(handler) as proxy:
+        chucky = Chucky(
+            url=proxy.url(),
+            token_provider=provider,
+            timeout=ticks(10),
+            reconnect_backoff=0.001,
+            on_reconnect=events.append,
+        )
+        async with chucky:
+            session = chucky.create_session()
+            await session.send("hi")
+            await cut_at_first_delta(proxy, session)
+            assert await read_turn(session) == ["result:done"]
+    assert calls == 3
+    assert outcomes(events) == [("reconnecting", 1), ("reconnecting", 2), ("resumed", 2)]
+    assert events[1].error is not None and "token_provider" in events[1].error.message
