@@ -1,6 +1,7 @@
-"""One client WebSocket: the asyncio shell around :class:`~chucky.protocol.client.ClientProtocol`.
+"""A session's connection: the asyncio shell around
+:class:`~chucky.protocol.client.ClientProtocol`.
 
-A :class:`ClientConnection` owns three kinds of tasks, all cancelled by :meth:`close`:
+A :class:`ClientConnection` owns four kinds of tasks, all cancelled by :meth:`close`:
 
 * the **reader** reads every frame as it arrives and routes it: SDK messages and turn errors go
   to the bounded :class:`~chucky.client.inbox.Inbox` the session reads; ``tool_call`` frames go
@@ -10,14 +11,17 @@ A :class:`ClientConnection` owns three kinds of tasks, all cancelled by :meth:`c
   and not answered (the server no longer waits for it): the one named by a ``control``
   ``tool_cancel`` (our extension, docs/protocol.md section 10); and every call still running when
   :meth:`ClientConnection.interrupt` is called, when the turn ends (its ``result``, or the
-  ``error`` frame that ends it) and when the socket is lost. Every call in flight belongs to
+  ``error`` frame that ends it) and when the socket is lost for good (not when the session is
+  resumed, below; a handler runs at most once per ``callId``). Every call in flight belongs to
   the running turn: a server runs one turn at a time and frames arrive in order, so a call of
   the next turn is only read after the previous turn's ``result``;
 * the **keepalive** sends a JSON ``ping`` and a WebSocket ping every ``keepalive_interval``
   seconds; if neither a pong nor any other frame arrives within the next interval (and the
   application is not simply slow to read, which pauses reading on purpose), the server is
-  declared gone: the inbox fails with :class:`~chucky.errors.ConnectionError` and the socket is
-  aborted. A silent server is therefore detected within about twice the interval.
+  declared gone: the socket is aborted, and the reader resumes the session or fails the inbox
+  with :class:`~chucky.errors.ConnectionError`. A silent server is therefore detected within
+  about twice the interval;
+* the **reconnect**, while a lost socket is being replaced (below).
 
 One connection may outlive its socket. When the client may reconnect (``reconnect=True``, it
 announces our ``seq`` extension) and the server numbers its frames, a socket lost unexpectedly

@@ -145,6 +145,8 @@ class SyncChucky(_SyncFace):
     the end of a ``with`` block), which closes every session and joins every thread the client
     started. One client may be shared by any number of threads. Tools may be sync functions
     (each call runs in a worker thread of the client) or async ones (run on its loop).
+    ``token_provider`` and ``on_reconnect`` are called on the client's loop thread: a sync
+    one should return quickly (an async one may wait).
 
     Raises:
         ValidationError: a missing token or invalid options (no thread is started then).
