@@ -33,6 +33,7 @@ from .client.hooks import (
     ToolPermissionContext,
 )
 from .client.oneshot import query
+from .client.reconnect import ReconnectEvent
 from .client.sync import SyncChucky, SyncSession
 from .errors import (
     AuthenticationError,
@@ -120,6 +121,7 @@ __all__ = [
     "ProtocolError",
     "ProviderError",
     "RateLimitError",
+    "ReconnectEvent",
     "ResultMessage",
     "SDKMessage",
     "Session",

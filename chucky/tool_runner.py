@@ -23,6 +23,13 @@ Only a RUNNING call can be cancelled: once its handler has finished, its result 
 and is sent exactly once (a server that abandoned the call meanwhile drops it quietly,
 docs/protocol.md section 10).
 
+A handler runs at most once per ``callId`` (docs/protocol.md section 10, *tool calls across a
+reconnect*): a server that resumed a session sends a pending ``tool_call`` again, since its
+result may have been lost with the socket. The runner remembers the last
+:data:`REMEMBERED_CALLS` ``callId``s it was given: a ``tool_call`` for one whose handler has
+returned is answered again with the same result, without running the handler; one whose
+handler is still running (or was cancelled) is ignored.
+
 Cancelling an async handler raises :class:`asyncio.CancelledError` in it at its current
 ``await`` (its ``finally`` blocks run). A sync handler runs in a worker thread, which Python
 cannot stop: the call is over at once for the runner, the thread runs on to the end, and its
@@ -34,9 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from chucky.errors import ValidationError
 from chucky.messages import ResultMessage
@@ -47,11 +55,14 @@ from ._redact import redacting_logger
 if TYPE_CHECKING:
     from .client.hooks import ToolHooks
 
-__all__ = ["CallState", "ToolRunner"]
+__all__ = ["REMEMBERED_CALLS", "CallState", "ToolRunner"]
 
 logger = redacting_logger("chucky.client.tools")
 
 SendResult = Callable[[str, ToolResult], Awaitable[None]]
+
+REMEMBERED_CALLS: Final = 1024
+"""How many ``callId``s (and results) a runner remembers to run each handler at most once."""
 
 
 class CallState(enum.Enum):
@@ -102,6 +113,9 @@ class ToolRunner:
         # Every call in flight, by its task. Looked up by callId with a scan: a handful of
         # calls are in flight at most, and a server that repeats a callId gets both cancelled.
         self._calls: dict[asyncio.Task[None], _Call] = {}
+        # Every callId submitted (the most recent REMEMBERED_CALLS): its result once its
+        # handler returned, None before that (or if it was cancelled).
+        self._seen: OrderedDict[str, ToolResult | None] = OrderedDict()
         self._closed = False
 
     @property
@@ -129,11 +143,26 @@ class ToolRunner:
             logger.debug("Dropping tool call %s (%s): the runner is closed", call_id, tool_name)
             return
         call = _Call(call_id, tool_name)
-        task = asyncio.get_running_loop().create_task(
-            self._run(call, arguments), name=f"chucky-tool-call-{call_id}"
-        )
+        if call_id in self._seen:
+            # Sent again (a resumed session): never run a handler twice for one callId.
+            result = self._seen[call_id]
+            if result is None:
+                logger.debug("Ignoring tool call %s again: running or abandoned", call_id)
+                return
+            call.state = CallState.ANSWERING
+            coro = self._answer_again(call, result)
+        else:
+            self._seen[call_id] = None
+            if len(self._seen) > REMEMBERED_CALLS:
+                self._seen.popitem(last=False)
+            coro = self._run(call, arguments)
+        task = asyncio.get_running_loop().create_task(coro, name=f"chucky-tool-call-{call_id}")
         self._calls[task] = call
         task.add_done_callback(self._forget)
+
+    async def _answer_again(self, call: _Call, result: ToolResult) -> None:
+        logger.debug("Answering tool call %s again with its result", call.call_id)
+        await self._send(call, result)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._calls.pop(task, None)
@@ -154,6 +183,11 @@ class ToolRunner:
             logger.debug("Discarding the result of cancelled tool call %s", call.call_id)
             return
         call.state = CallState.ANSWERING
+        if call.call_id in self._seen:
+            self._seen[call.call_id] = result
+        await self._send(call, result)
+
+    async def _send(self, call: _Call, result: ToolResult) -> None:
         try:
             await self._send_result(call.call_id, result)
         except Exception:  # the connection is gone: nobody is waiting for this answer any more

@@ -111,8 +111,10 @@ def test_every_documented_flag_exists() -> None:
 
 def test_the_extensions_the_protocol_says_our_client_announces() -> None:
     from chucky.protocol.client import EXTENSIONS
+    from chucky.protocol.resume import SEQ_EXTENSION
 
     announced = re.search(r"Our client announces `(\[.*?\])`", PROTOCOL)
     assert announced
-    assert json.loads(announced[1]) == list(EXTENSIONS)
-    assert "seq" not in EXTENSIONS and "not implemented yet" in PROTOCOL.split("- `seq`")[1][:80]
+    # seq only when the client may reconnect (its default): chucky.protocol.client adds it.
+    assert json.loads(announced[1]) == [*EXTENSIONS, SEQ_EXTENSION]
+    assert "(`seq` only with `reconnect` on, its default)" in PROTOCOL

@@ -24,6 +24,7 @@ from .hooks import (
     ToolPermissionContext,
 )
 from .oneshot import query
+from .reconnect import ReconnectEvent, ReconnectOutcome, TokenProvider
 from .results import PromptResult, StreamEvent
 from .session import Session, SessionState
 from .settings import DEFAULT_MODEL, DEFAULT_URL, SessionArgs
@@ -42,6 +43,8 @@ __all__ = [
     "PermissionResultAllow",
     "PermissionResultDeny",
     "PromptResult",
+    "ReconnectEvent",
+    "ReconnectOutcome",
     "Session",
     "SessionArgs",
     "SessionState",
@@ -51,6 +54,7 @@ __all__ = [
     "SyncSession",
     "TextDelta",
     "TextDone",
+    "TokenProvider",
     "ToolCallArgumentsDone",
     "ToolCallStarted",
     "ToolPermissionContext",

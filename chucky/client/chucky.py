@@ -22,6 +22,13 @@ from .clearing import clear_session_request
 from .connection import ConnectionSettings
 from .conversation import ConverseChunk, ConverseInput, OnToolCall
 from .hooks import CanUseTool, HookMatcher, ToolHooks
+from .reconnect import (
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS,
+    OnReconnect,
+    ReconnectPolicy,
+    TokenProvider,
+)
 from .results import PromptResult, StreamEvent
 from .results import structured_result as _prompt_result
 from .session import Content, Session, check_turn_timeout
@@ -79,7 +86,34 @@ class Chucky:
             message as an error result) or allow with changed input (:mod:`chucky.client.hooks`).
         hooks: ``{"PreToolUse" | "PostToolUse" | "Stop": [HookMatcher(...)]}``, run around
             the client's tool calls and at the end of each turn (:mod:`chucky.client.hooks`).
+        reconnect: Resume a session whose socket was lost unexpectedly (a reset, a cut, a
+            server restart, a keepalive timeout), on servers that support it (our ``seq``
+            extension, docs/protocol.md section 10): the session's ``stream()`` goes on with
+            no message lost or repeated, and no tool handler runs twice for one call. Not on a
+            clean close, nor after an authentication or budget error. While it tries,
+            ``Session.state`` is ``RECONNECTING``; when it gives up, ``stream()`` raises
+            :class:`~chucky.errors.ConnectionError` (``details``: ``reason``
+            ``reconnect_failed``, ``attempts``), or at once the typed error that makes
+            retrying pointless (:class:`~chucky.errors.AuthenticationError`,
+            :class:`~chucky.errors.SessionNotFoundError`, ...). See
+            :mod:`chucky.client.reconnect`.
+        max_reconnect_attempts: Attempts per outage before giving up (the first at once).
+        reconnect_backoff: Seconds of the exponential backoff between attempts: a random wait
+            of up to ``reconnect_backoff * 2**(n-1)`` after the ``n``-th failed attempt,
+            capped at 8 seconds.
+        token_provider: Called (sync or async, no arguments) for the token of each new socket:
+            each session's first, and each reconnect attempt (tokens expire). With it,
+            ``token`` may be omitted.
+        on_reconnect: Called (sync or async) with a
+            :class:`~chucky.client.reconnect.ReconnectEvent` before each reconnect attempt
+            (``outcome`` ``"reconnecting"``), when the session is back (``"resumed"``,
+            ``"replay_unavailable"``) and when the client gives up (``"failed"``). It runs in
+            the reconnect's own task (the first replayed messages may reach ``stream()``
+            before ``"resumed"`` does); an exception it raises is logged and ignored.
         debug: Log frames at DEBUG level on the ``chucky.client`` logger.
+
+    Raises:
+        ValidationError: no ``token`` and no ``token_provider``, or an invalid option.
     """
 
     def __init__(
@@ -98,13 +132,27 @@ class Chucky:
         max_queue: int = 1024,
         can_use_tool: CanUseTool | None = None,
         hooks: Mapping[str, Sequence[HookMatcher]] | None = None,
+        reconnect: bool = True,
+        max_reconnect_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        reconnect_backoff: float = DEFAULT_BACKOFF,
+        token_provider: TokenProvider | None = None,
+        on_reconnect: OnReconnect | None = None,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
     ) -> None:
         if token is not None and token.startswith(("ws://", "wss://")):
             token, url = url, token
-        if not token:
-            raise ValidationError("a token is required (see chucky.create_token)")
+        if not token and token_provider is None:
+            raise ValidationError(
+                "a token is required (see chucky.create_token), or a token_provider"
+            )
+        if token_provider is not None and not callable(token_provider):
+            raise ValidationError("token_provider must be a callable returning a token")
+        policy = ReconnectPolicy(
+            max_attempts=max_reconnect_attempts,
+            backoff=reconnect_backoff,
+            on_reconnect=on_reconnect,
+        )
         check_args(options, "Chucky")
         if max_queue < 1:
             raise ValidationError("max_queue must be at least 1")
@@ -124,6 +172,8 @@ class Chucky:
             tool_timeout=tool_timeout,
             max_queue=max_queue,
             hooks=ToolHooks(can_use_tool=can_use_tool, hooks=hooks),
+            reconnect=policy if reconnect else None,
+            token_provider=token_provider,
         )
         self._idle_timeout = idle_timeout
         self._turn_timeout = check_turn_timeout(turn_timeout)
@@ -415,5 +465,8 @@ class Chucky:
             if session.session_id == session_id:
                 await session.close()
         return await clear_session_request(
-            self._settings.url, self._settings.token, session_id, deadline=self._settings.timeout
+            self._settings.url,
+            await self._settings.get_token(),
+            session_id,
+            deadline=self._settings.timeout,
         )

@@ -73,6 +73,7 @@ class SessionState(enum.Enum):
     NEW = "new"  # no socket yet: it opens on the first send()
     CONNECTING = "connecting"
     OPEN = "open"
+    RECONNECTING = "reconnecting"  # the socket was lost; the session is being resumed
     CLOSED = "closed"
 
 
@@ -104,7 +105,8 @@ def _content(message: Content) -> str | list[dict[str, Any]]:
 
 
 class Session:
-    """One conversation with the agent, over one WebSocket.
+    """One conversation with the agent, over one WebSocket (or, when the client reconnects,
+    the successive sockets that resume it: see ``Chucky(reconnect=...)``).
 
     Create it with :meth:`Chucky.create_session` (returns at once) or
     :meth:`Chucky.resume_session`. ``async with session:`` closes it on exit.
@@ -133,6 +135,11 @@ class Session:
 
     @property
     def state(self) -> SessionState:
+        """``NEW``, ``CONNECTING``, ``OPEN``, ``RECONNECTING`` (the socket was lost and the
+        session is being resumed: ``stream()`` goes on when it is back) or ``CLOSED``."""
+        conn = self._conn
+        if self._state is SessionState.OPEN and conn is not None and conn.reconnecting:
+            return SessionState.RECONNECTING
         return self._state
 
     @property

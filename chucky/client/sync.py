@@ -25,6 +25,7 @@ from .chucky import Chucky
 from .conversation import ConverseChunk, ConverseInput, OnToolCall
 from .hooks import CanUseTool, HookMatcher
 from .portal import LoopPortal, SyncIterator, SyncProxy, delegate, register_wrapper
+from .reconnect import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, OnReconnect, TokenProvider
 from .results import PromptResult, StreamEvent
 from .session import Content, Session, SessionState
 from .settings import DEFAULT_MODEL, BaseSessionArgs, SessionArgs
@@ -79,7 +80,8 @@ class SyncSession(_SyncFace):
 
     @property
     def state(self) -> SessionState:
-        """The session's state (``NEW``, ``CONNECTING``, ``OPEN``, ``CLOSED``)."""
+        """The session's state (``NEW``, ``CONNECTING``, ``OPEN``, ``RECONNECTING``,
+        ``CLOSED``)."""
         return self._session.state
 
     @property
@@ -143,6 +145,8 @@ class SyncChucky(_SyncFace):
     the end of a ``with`` block), which closes every session and joins every thread the client
     started. One client may be shared by any number of threads. Tools may be sync functions
     (each call runs in a worker thread of the client) or async ones (run on its loop).
+    ``token_provider`` and ``on_reconnect`` are called on the client's loop thread: a sync
+    one should return quickly (an async one may wait).
 
     Raises:
         ValidationError: a missing token or invalid options (no thread is started then).
@@ -164,6 +168,11 @@ class SyncChucky(_SyncFace):
         max_queue: int = 1024,
         can_use_tool: CanUseTool | None = None,
         hooks: Mapping[str, Sequence[HookMatcher]] | None = None,
+        reconnect: bool = True,
+        max_reconnect_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        reconnect_backoff: float = DEFAULT_BACKOFF,
+        token_provider: TokenProvider | None = None,
+        on_reconnect: OnReconnect | None = None,
         debug: bool = False,
         **options: Unpack[BaseSessionArgs],
     ) -> None:
@@ -181,6 +190,11 @@ class SyncChucky(_SyncFace):
             max_queue=max_queue,
             can_use_tool=can_use_tool,
             hooks=hooks,
+            reconnect=reconnect,
+            max_reconnect_attempts=max_reconnect_attempts,
+            reconnect_backoff=reconnect_backoff,
+            token_provider=token_provider,
+            on_reconnect=on_reconnect,
             debug=debug,
             **options,
         )

@@ -60,6 +60,7 @@ __all__ = [
     "close_reason",
     "decode_client_frame",
     "decode_server_frame",
+    "decode_server_frame_seq",
     "encode",
     "turn_content",
 ]
@@ -556,14 +557,35 @@ def decode_server_frame(text: str | bytes) -> ServerFrame:
 
     SDK messages come back as :mod:`chucky.messages` models (also when wrapped in the legacy
     ``sdk_message`` envelope); an ``error`` frame comes back as :class:`ErrorFrame`; anything
-    unusable as :class:`UnknownFrame` with a ``reason``.
+    unusable as :class:`UnknownFrame` with a ``reason``. A top-level ``seq`` (our ``seq``
+    extension, docs/protocol.md section 10) is taken off first: see
+    :func:`decode_server_frame_seq`.
+    """
+    return decode_server_frame_seq(text)[0]
+
+
+def decode_server_frame_seq(text: str | bytes) -> tuple[ServerFrame, int | None]:
+    """:func:`decode_server_frame`, and the frame's ``seq`` (``None`` when it has none).
+
+    The ``seq`` is removed from the frame before it is validated, so it never shows in a
+    message object or its mapping view. A ``seq`` that is not an integer >= 1 counts as none.
     """
     try:
         data = _load(text, strict=False)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return UnknownFrame(reason="not valid JSON")
+        return UnknownFrame(reason="not valid JSON"), None
     if not isinstance(data, dict):
-        return UnknownFrame(reason="not a JSON object")
+        return UnknownFrame(reason="not a JSON object"), None
+    raw_seq = data.pop("seq", None)
+    seq = (
+        raw_seq
+        if isinstance(raw_seq, int) and not isinstance(raw_seq, bool) and raw_seq >= 1
+        else None
+    )
+    return _decode_object(data), seq
+
+
+def _decode_object(data: dict[str, Any]) -> ServerFrame:
     kind = data.get("type")
     if kind == "sdk_message":
         inner = data.get("payload")

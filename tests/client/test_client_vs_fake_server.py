@@ -146,7 +146,7 @@ async def test_every_option_is_sent_in_camel_case() -> None:
         "betas": ["b1"],
         "settingSources": ["user"],
         "jobId": "job-1",
-        "chuckyExtensions": ["interrupt", "tool_cancel"],
+        "chuckyExtensions": ["interrupt", "tool_cancel", "seq"],
     }
 
 

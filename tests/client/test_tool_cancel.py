@@ -166,7 +166,7 @@ async def test_tool_cancel_cancels_an_async_handler_and_no_result_is_sent() -> N
         await session.close()
         await closed(finished)
         peer = server.peers[0]
-    assert init["chuckyExtensions"] == ["interrupt", "tool_cancel"]
+    assert init["chuckyExtensions"] == ["interrupt", "tool_cancel", "seq"]
     assert waiter.cancelled == ["c1"]
     assert [type(m) for m in first] == [AssistantMessage, ResultMessage]
     assert first[-1]["result"] == "first"

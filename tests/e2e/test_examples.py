@@ -152,6 +152,7 @@ BLOCK_TESTS: dict[tuple[str, str], str] = {
     ): "test_readme_sync_client_block",
     ("README.md", "from typing import Literal"): "test_readme_tools_block",
     ("README.md", "history = ["): "test_readme_conversations_block",
+    ("README.md", "from chucky import Chucky, ReconnectEvent"): "test_readme_reconnect_block",
     (
         "README.md",
         'async with client.stream_events("stream 3", include_partial_messages=True) as stream:',
@@ -689,6 +690,43 @@ async def test_readme_conversations_block() -> None:
 
         with pytest.raises(SessionNotFoundError):
             await client.chat("recall", session_id=namespace["session_id"])
+
+
+async def test_readme_reconnect_block(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Reconnect fragment, against a scripted server speaking the seq extension behind a
+    TCP proxy that cuts the connection mid-turn: the loop reads on, nothing lost or repeated.
+    (The scripted server stands in for ``chucky serve`` until its side of issue 13 lands.)"""
+    from support.fake_server import Peer, SeqLog, delta_frame, fake_server, result_frame
+    from support.proxy import TcpProxy
+
+    log = SeqLog()
+    proxies: list[TcpProxy] = []
+
+    async def handler(peer: Peer) -> None:
+        init = await peer.handshake()
+        if "lastSeq" not in init:
+            await log.session_info(peer)
+            await peer.recv_type("user")
+            for n in range(5):
+                await log.send(peer, delta_frame(f"{n} ", f"ev-{n}"))
+            proxies[0].cut()  # the network fails mid-turn
+            for n in range(5, 10):
+                await log.send(None, delta_frame(f"{n} ", f"ev-{n}"))
+            await log.send(None, result_frame("0 1 2 3 4 5 6 7 8 9", "r-1"))
+            return
+        await log.resumed(peer, init["lastSeq"])
+        await peer.ws.wait_closed()
+
+    code = block("README.md", "from chucky import Chucky, ReconnectEvent").code
+    async with fake_server(handler) as server:
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        async with TcpProxy("127.0.0.1", port) as proxy:
+            proxies.append(proxy)
+            await _run_fragment(code.replace(DOC_URL, proxy.url()), {"token": "a.b.c"})
+    printed = capsys.readouterr().out.splitlines()
+    # on_reconnect runs in the reconnect's own task: its "resumed" may follow the replay.
+    assert sorted(printed) == ["0 1 2 3 4 5 6 7 8 9", "reconnecting 1", "resumed 1"]
+    assert printed.index("reconnecting 1") < printed.index("resumed 1")
 
 
 async def test_readme_stream_events_block(capsys: pytest.CaptureFixture[str]) -> None:

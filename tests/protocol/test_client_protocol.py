@@ -146,11 +146,12 @@ def test_error_during_handshake_without_code_is_classified_by_text() -> None:
 # --- outgoing frames --------------------------------------------------------------------------
 
 
-def test_send_turn_is_the_typescript_user_frame() -> None:
-    proto = opened()
+def test_send_turn_is_the_typescript_user_frame_with_a_turn_id() -> None:
+    proto = ClientProtocol({}, turn_id=lambda: "t-1")
+    proto.receive(READY)
     assert proto.send_turn("Hello") == (
         '{"type":"user","session_id":"","message":{"role":"user","content":"Hello"},'
-        '"parent_tool_use_id":null}'
+        '"parent_tool_use_id":null,"turnId":"t-1"}'
     )
 
 
@@ -165,6 +166,7 @@ def test_send_turn_carries_the_known_session_id_and_blocks() -> None:
         "session_id": "sess-9",
         "message": {"role": "user", "content": blocks},
         "parent_tool_use_id": None,
+        "turnId": proto.turns._turns[-1].turn_id,
     }
 
 

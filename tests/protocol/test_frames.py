@@ -926,12 +926,12 @@ def test_extra_fields_are_preserved() -> None:
             {
                 "type": "tool_call",
                 "payload": {"callId": "c", "toolName": "t", "serverName": "s"},
-                "seq": 4,
+                "flag": 4,
             }
         )
     )
     assert isinstance(frame, ToolCallFrame)
-    assert frame.model_extra == {"seq": 4}
+    assert frame.model_extra == {"flag": 4}
     assert frame.payload.model_extra == {"serverName": "s"}
 
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 Handler = Callable[["Peer"], Awaitable[None]]
@@ -119,3 +120,166 @@ async def fake_server(
             # Handlers that wait on purpose (silent servers) must not hold up the shutdown.
             for task in handlers:
                 task.cancel()
+
+
+# -- the seq extension (docs/protocol.md section 10), scripted ------------------------------------
+
+
+def assistant_frame(text: str, uuid: str, session_id: str = "sess-1") -> dict[str, Any]:
+    return {
+        "type": "assistant",
+        "uuid": uuid,
+        "session_id": session_id,
+        "parent_tool_use_id": None,
+        "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+    }
+
+
+def delta_frame(text: str, uuid: str, session_id: str = "sess-1") -> dict[str, Any]:
+    return {
+        "type": "stream_event",
+        "uuid": uuid,
+        "session_id": session_id,
+        "parent_tool_use_id": None,
+        "event": {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": text},
+        },
+    }
+
+
+def result_frame(text: str, uuid: str, session_id: str = "sess-1") -> dict[str, Any]:
+    return {
+        "type": "result",
+        "subtype": "success",
+        "uuid": uuid,
+        "session_id": session_id,
+        "is_error": False,
+        "num_turns": 1,
+        "duration_ms": 1,
+        "duration_api_ms": 1,
+        "total_cost_usd": 0.0,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+        "result": text,
+    }
+
+
+def tool_call_frame(call_id: str, tool_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "tool_call",
+        "payload": {"callId": call_id, "toolName": tool_name, "input": arguments},
+    }
+
+
+class SeqLog:
+    """The server side of one ``seq`` session across its sockets: numbers the frames, keeps
+    them all (an unbounded replay buffer), replays them on a resume.
+
+    A frame "sent" into a socket that is gone is kept all the same, as a server's replay
+    buffer keeps what it sent before it saw the socket die.
+    """
+
+    def __init__(self, session_id: str = "sess-1") -> None:
+        self.session_id = session_id
+        self.frames: list[dict[str, Any]] = []
+        self.acks: list[int] = []
+        self.resumes: list[dict[str, Any]] = []
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.frames)
+
+    def number(self, frame: dict[str, Any]) -> dict[str, Any]:
+        numbered = {**frame, "seq": len(self.frames) + 1}
+        self.frames.append(numbered)
+        return numbered
+
+    async def send(self, peer: Peer | None, frame: dict[str, Any]) -> bool:
+        """Number ``frame``, keep it, and send it on ``peer`` if it is still there; whether it
+        went out."""
+        numbered = self.number(frame)
+        if peer is None:
+            return False
+        try:
+            await peer.send(numbered)
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def session_info(self, peer: Peer, **data: Any) -> None:
+        await self.send(
+            peer,
+            {
+                "type": "control",
+                "payload": {
+                    "action": "session_info",
+                    "data": {
+                        "sessionId": self.session_id,
+                        "resume": {"graceSeconds": 30, "replayFrames": 4096, "replayBytes": 1},
+                        **data,
+                    },
+                },
+            },
+        )
+
+    async def resumed(
+        self,
+        peer: Peer,
+        last_seq: int,
+        *,
+        overlap: int = 0,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """``control`` ``resumed``, then every frame after ``last_seq`` (and, with
+        ``overlap``, that many before it again: a server that repeats itself); returns how
+        many were replayed. ``then`` runs between the two (to read what the client sends
+        once resumed, before the replay)."""
+        replay = self.frames[max(0, last_seq - overlap) :]
+        await peer.send(
+            {
+                "type": "control",
+                "payload": {
+                    "action": "resumed",
+                    "data": {
+                        "sessionId": self.session_id,
+                        "lastSeq": last_seq,
+                        "replayed": len(replay),
+                    },
+                },
+            }
+        )
+        if then is not None:
+            await then()
+        for frame in replay:
+            await peer.send(frame)
+        return len(replay)
+
+    async def replay_unavailable(self, peer: Peer, last_seq: int) -> None:
+        """The non-fatal ``replay_unavailable`` error, then a new numbering from 1."""
+        await peer.send(
+            {
+                "type": "error",
+                "payload": {
+                    "message": "session resumed from the store: replay unavailable",
+                    "code": "SESSION_ERROR",
+                    "details": {"reason": "replay_unavailable", "lastSeq": last_seq},
+                },
+            }
+        )
+        self.frames = []
+
+    async def recv_resume(self, peer: Peer) -> dict[str, Any]:
+        """Send ``ready`` and read the ``init`` of a resume (asserting it is one)."""
+        init = await peer.handshake()
+        assert init.get("sessionId") == self.session_id, init
+        assert isinstance(init.get("lastSeq"), int), init
+        self.resumes.append(init)
+        return init
+
+    def read_acks(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Record ``frame`` if it is an ``ack``; returns it."""
+        payload = frame.get("payload") or {}
+        if frame.get("type") == "control" and payload.get("action") == "ack":
+            self.acks.append(payload["data"]["seq"])
+        return frame

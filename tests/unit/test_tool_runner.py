@@ -585,15 +585,51 @@ async def test_cancel_all_leaves_calls_that_are_answering() -> None:
     assert outbox.calls == ["answering"]
 
 
-async def test_cancel_with_a_repeated_call_id_cancels_both() -> None:
+async def test_a_repeated_call_id_is_not_run_twice_and_cancel_stops_the_one_running() -> None:
     entered = asyncio.Event()
     finally_ran: list[str] = []
     runner, outbox = _runner(_waiting_tool(entered, finally_ran))
     runner.submit("same", "wait", {"name": "a"})
-    runner.submit("same", "wait", {"name": "b"})
+    runner.submit("same", "wait", {"name": "b"})  # still running: ignored
     async with asyncio.timeout(PATIENCE):
         await entered.wait()
+    assert runner.running == ["same"]
     assert runner.cancel("same") is True
     await _settle(runner)
-    assert sorted(finally_ran) == ["a", "b"]
+    assert finally_ran == ["a"]
+    runner.submit("same", "wait", {"name": "c"})  # cancelled: never run again
+    await _settle(runner)
+    assert finally_ran == ["a"]
     assert outbox.calls == []
+
+
+async def test_a_call_answered_already_is_answered_again_without_running_the_handler() -> None:
+    runs: list[str] = []
+
+    @tool("count", "Counts its runs")
+    def count(text: str) -> str:
+        runs.append(text)
+        return f"run {len(runs)}"
+
+    runner, outbox = _runner(count)
+    runner.submit("c1", "count", {"text": "x"})
+    await _settle(runner)
+    runner.submit("c1", "count", {"text": "y"})  # a resumed server sends the call again
+    await _settle(runner)
+    assert runs == ["x"]
+    assert outbox.calls == ["c1", "c1"]
+    assert outbox.results["c1"].text == "run 1"
+
+
+async def test_the_runner_remembers_a_bounded_number_of_call_ids() -> None:
+    from chucky.tool_runner import REMEMBERED_CALLS
+
+    runner, outbox = _runner(echo)
+    for index in range(REMEMBERED_CALLS + 1):
+        runner.submit(f"c{index}", "echo", {"text": "x"})
+    await _settle(runner)
+    runner.submit("c0", "echo", {"text": "x"})  # forgotten: a new call
+    runner.submit(f"c{REMEMBERED_CALLS}", "echo", {"text": "x"})  # remembered: answered again
+    await _settle(runner)
+    assert len(outbox.calls) == REMEMBERED_CALLS + 3
+    assert len(runner._seen) == REMEMBERED_CALLS
