@@ -45,7 +45,6 @@ from ..errors import ChuckyError, SessionNotFoundError
 from ..messages import WireModel
 from ..options import SessionOptions
 from ..protocol.frames import ToolResultPayload, close_reason
-from ..protocol.replay import ReplayBuffer
 from ..protocol.server import (
     AckReceived,
     ControlReceived,
@@ -66,7 +65,8 @@ from ..tokens import TokenClaims
 from .agent import TurnSettings
 from .budget import UserBudget
 from .catalog import ClientTool, ToolCatalog
-from .resume import StoredTurns, replay_unavailable
+from .detach import Resumable
+from .resume import SessionReplay, StoredTurns
 from .routing import Route
 from .sessions import OpenSession, open_session
 from .store import SessionRecord
@@ -100,7 +100,7 @@ def _abandoned(reason: str) -> ToolResultPayload:
     return error_payload(f"Tool call abandoned ({reason}) before its result")
 
 
-class Connection:
+class Connection(Resumable):
     """Serves one authenticated socket until it closes."""
 
     def __init__(self, server: ChuckyServer, ws: FrameSocket, claims: TokenClaims) -> None:
@@ -132,9 +132,8 @@ class Connection:
         self._closing = False  # no more frames are read, no more turns start
         self._gone = False  # nothing can be written to the client any more
         # The seq extension (docs/protocol.md section 10).
-        self.replay = ReplayBuffer(config.replay_frames, config.replay_bytes)
+        self.replay = SessionReplay(self.proto, config.replay_frames, config.replay_bytes)
         self._write_lock = asyncio.Lock()
-        self._call_frames: dict[str, tuple[int, str]] = {}  # pending call -> (seq, frame)
         self._attached = asyncio.Event()  # a new socket took the detached session over
         self.detached = False
         """The socket dropped; the session waits for its client to resume it."""
@@ -174,8 +173,7 @@ class Connection:
 
     async def _send_sequenced(self, text: str) -> int:
         async with self._write_lock:
-            seq, text = self.proto.stamp(text)
-            self.replay.append(seq, text)
+            seq, text = self.replay.number(text)
             if not (self._gone or self.detached):
                 with contextlib.suppress(ClientGoneError):
                     await self._write(text)
@@ -293,7 +291,7 @@ class Connection:
             frame = self.proto.tool_call(turn, call_id, tool.name, arguments)
             seq = await self._send_text(frame)
             if seq is not None:  # sent again to a client that resumes (section 10)
-                self._call_frames[call_id] = (seq, frame)
+                self.replay.call_sent(call_id, seq, frame)
             async with asyncio.timeout(timeout):
                 result = await future
             metrics.tool_called("error" if result.is_error else "ok")
@@ -307,7 +305,7 @@ class Connection:
             )
         finally:
             self._tool_waiters.pop(call_id, None)
-            self._call_frames.pop(call_id, None)
+            self.replay.call_done(call_id)
             self.proto.abandon(call_id)
 
     # -- the reader ----------------------------------------------------------------------------
@@ -350,40 +348,6 @@ class Connection:
         ending = asyncio.ensure_future(self._after_socket(ws, dropped))
         self.server.track(ending)
         await asyncio.shield(ending)
-
-    async def _after_socket(self, ws: FrameSocket, dropped: bool) -> None:
-        """``ws`` ended: end the session, or, if the link broke (``dropped``: no close frame
-        from the client), detach it for its grace (section 10)."""
-        if ws is not self.ws or self.ended.is_set():
-            return  # another socket took the session over: its handler is in charge now
-        grace = self.config.reconnect_grace
-        if dropped and self._may_detach() and not self._superseded:
-            self.detached = True
-            self._attached.clear()
-            logger.info(
-                "session %s: the socket dropped; kept %g s for its client to resume it",
-                self.session.session_id if self.session else "-",
-                grace,
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._attached.wait()
-            if self._attached.is_set() and not (self._closing or self._superseded):
-                return  # resumed: the new socket's handler serves the session now
-        if self._superseded and self._worker is not None:
-            self._closing = True  # no queued turn starts; the running one ends on its own
-            self._wake.set()
-            await asyncio.wait({self._worker})
-        await self._end()
-
-    def _may_detach(self) -> bool:
-        return (
-            self.proto.sequenced
-            and self.opened is not None
-            and not self._closing
-            and not self.server.closing
-            and self.proto.state is ServerState.OPEN
-        )
 
     async def _end(self) -> None:
         self._closing = True
@@ -434,7 +398,7 @@ class Connection:
         elif isinstance(event, TurnDuplicate):
             logger.debug("turn %s is already the session's: not run twice", event.turn_id)
         elif isinstance(event, AckReceived):
-            self.replay.ack(event.seq)
+            self.replay.buffer.ack(event.seq)
         elif isinstance(event, InterruptReceived):
             self.execute(list(event.actions))
             self._wake.set()
@@ -495,76 +459,6 @@ class Connection:
             }
         await self._send_text(self.proto.session_info(info))
 
-    async def _resume(self, session_id: str, last_seq: int) -> bool:
-        """A client resumes ``session_id`` after ``last_seq``: hand this socket to the
-        connection of this node that holds the session, which replays what the client missed.
-        ``False``: not possible; ``replay_unavailable`` was sent, and the holder (if any) has
-        ended, its turns done."""
-        holder = self.server.holder_of(session_id, self.claims)
-        if holder is not None:
-            if await holder.attach(self.ws, last_seq):
-                self._successor = holder
-                self._closing = True  # this socket's reader stops: the holder's takes over
-                return True
-            holder.supersede()
-        with contextlib.suppress(ClientGoneError):
-            await self._send_raw(self.proto.error(replay_unavailable(last_seq)))
-        if holder is not None:  # its running turn ends on its own, then it lets go
-            limit = self.config.reconnect_grace + (self.config.model_timeout or 600.0)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(limit):
-                    await holder.ended.wait()
-        return False
-
-    async def attach(self, ws: FrameSocket, last_seq: int) -> bool:
-        """Make ``ws`` this session's socket: ``resumed``, the frames after ``last_seq``, then
-        the pending tool calls the client had received, again (section 10). ``False`` when the
-        frames after ``last_seq`` are no longer all held, or the session is ending."""
-        if self._closing or self.ended.is_set() or self.session is None:
-            return False
-        async with self._write_lock:
-            frames = self.replay.since(last_seq)
-            if frames is None:
-                return False
-            previous, self.ws = self.ws, ws
-            self._gone = False
-            self.detached = False
-            self._attached.set()
-            if previous is not ws:  # a socket the server has not seen die (half-open): cut it
-                transport = getattr(previous, "transport", None)
-                if transport is not None:
-                    transport.abort()
-            logger.info(
-                "session %s resumed after seq %d: %d frames replayed",
-                self.session.session_id,
-                last_seq,
-                len(frames),
-            )
-            try:
-                await self._write(
-                    self.proto.resumed(self.session.session_id, last_seq, len(frames))
-                )
-                for _, text in frames:
-                    await self._write(text)
-                for call_id, (seq, frame) in list(self._call_frames.items()):
-                    if seq <= last_seq:  # received, and its result may have been lost
-                        again, text = self.proto.stamp(frame)
-                        self.replay.append(again, text)
-                        self._call_frames[call_id] = (again, frame)
-                        await self._write(text)
-            except ClientGoneError:
-                pass  # this socket dropped too: its reader finds out, and the session detaches
-        return True
-
-    def supersede(self) -> None:
-        """The client resumed the session elsewhere without replay: serve no more of it. The
-        running turn ends on its own (its end is stored); queued turns never start (the
-        client re-sends them); then the session is released."""
-        self._superseded = True
-        self._attached.set()
-        if not self.detached:
-            self._abort("the session was resumed on another socket")
-
     async def _release(self) -> None:
         opened = self.opened
         if opened is None:
@@ -589,34 +483,8 @@ class Connection:
 
     def settings(self, overrides: SessionOptions | None) -> TurnSettings:
         """The options in force for one turn (the turn runner's host)."""
-        assert self.opened is not None and self.session is not None
-        config = self.config
-        options = self.options
-        if overrides is not None:
-            # A prompt's per-turn options go through the token's policy like the init's.
-            options = self.opened.policy.apply(
-                options.merged(overrides),
-                default_model=self.session.model or config.default_model,
-            )
-        model = options.model or self.session.model or config.default_model
-        output_format = options.output_format
-        return TurnSettings(
-            model=model,
-            system_prompt=options.system_prompt_text(),
-            max_turns=options.max_turns if options.max_turns is not None else config.max_turns,
-            max_tokens=min(options.max_tokens or config.max_tokens, config.max_tokens),
-            include_partial_messages=bool(options.include_partial_messages),
-            max_budget_usd=options.max_budget_usd,
-            permission_mode=options.permission_mode or "default",
-            output_schema=output_format.schema_ if output_format is not None else None,
-            max_structured_output_retries=config.max_structured_output_retries,
-            params=options.inference_params(),
-            fallback_model=options.fallback_model,
-            tool_choice=options.tool_choice,
-            model_timeout=config.model_timeout,
-            first_event_timeout=config.first_event_timeout,
-            unsupported_options=self.opened.unsupported,
-        )
+        assert self.opened is not None
+        return self.opened.turn_settings(self.config, overrides)
 
     def fallback_route(self, settings: TurnSettings) -> Route | None:
         """The route of the session's ``fallbackModel``; ``None`` if unset or not served."""

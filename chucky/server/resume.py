@@ -14,10 +14,57 @@ from __future__ import annotations
 
 from ..errors import ChuckyError, SessionError
 from ..protocol.frames import encode
+from ..protocol.replay import ReplayBuffer
+from ..protocol.server import ServerProtocol
 from .store import SessionRecord
 from .turn_frames import transcript_messages
 
-__all__ = ["StoredTurns", "replay_unavailable", "turn_lost"]
+__all__ = ["SessionReplay", "StoredTurns", "replay_unavailable", "turn_lost"]
+
+
+class SessionReplay:
+    """What a session whose client announced ``seq`` keeps for a resume, without I/O: it
+    numbers each frame sent (:meth:`number`), keeps the last ones (:attr:`buffer`) and the
+    ``tool_call`` frames still waiting for their result, and says what a resuming socket must
+    get (:meth:`resume`). The connection writes; this decides."""
+
+    __slots__ = ("_calls", "buffer", "proto")
+
+    def __init__(self, proto: ServerProtocol, max_frames: int, max_bytes: int) -> None:
+        self.proto = proto
+        self.buffer = ReplayBuffer(max_frames, max_bytes)
+        self._calls: dict[str, tuple[int, str]] = {}  # pending call -> (seq, unnumbered frame)
+
+    def number(self, text: str) -> tuple[int, str]:
+        """``text`` with the next ``seq``, kept for a resume."""
+        seq, text = self.proto.stamp(text)
+        self.buffer.append(seq, text)
+        return seq, text
+
+    def call_sent(self, call_id: str, seq: int, frame: str) -> None:
+        """The ``tool_call`` ``frame`` went out as ``seq``: sent again to a client that
+        resumes after it, until :meth:`call_done`."""
+        self._calls[call_id] = (seq, frame)
+
+    def call_done(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+
+    def resume(self, session_id: str, last_seq: int) -> list[str] | None:
+        """The frames for a socket resuming after ``last_seq``: ``resumed``, the frames after
+        it as first sent, then each pending tool call the client had received, numbered anew
+        (its result may have been lost with the socket). ``None``: frames after ``last_seq``
+        are no longer held."""
+        missed = self.buffer.since(last_seq)
+        if missed is None:
+            return None
+        frames = [self.proto.resumed(session_id, last_seq, len(missed))]
+        frames.extend(text for _, text in missed)
+        for call_id, (seq, frame) in list(self._calls.items()):
+            if seq <= last_seq:
+                again, text = self.number(frame)
+                self._calls[call_id] = (again, frame)
+                frames.append(text)
+        return frames
 
 
 def replay_unavailable(last_seq: int) -> ChuckyError:

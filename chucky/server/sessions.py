@@ -22,12 +22,14 @@ from ..history import seed_transcript
 from ..options import SessionOptions, SystemPromptPreset
 from ..protocol.frames import MAX_SERVER_FRAME_BYTES
 from ..tokens import TokenClaims
+from .agent import TurnSettings
 from .catalog import ToolCatalog
 from .policy import Policy
 from .store import Lease, SessionRecord, new_id
 
 if TYPE_CHECKING:
     from .app import ChuckyServer
+    from .config import ServerConfig
 
 __all__ = ["RELEASE_WAIT", "OpenSession", "iso_time", "open_session"]
 
@@ -64,8 +66,37 @@ class OpenSession:
             info["unsupportedOptions"] = list(self.unsupported)
         return info
 
+    def turn_settings(self, config: ServerConfig, overrides: SessionOptions | None) -> TurnSettings:
+        """The options in force for one turn: the session's, and a prompt's per-turn options
+        through the token's policy like the init's."""
+        record, options = self.record, self.options
+        if overrides is not None:
+            options = self.policy.apply(
+                options.merged(overrides), default_model=record.model or config.default_model
+            )
+        model = options.model or record.model or config.default_model
+        output_format = options.output_format
+        return TurnSettings(
+            model=model,
+            system_prompt=options.system_prompt_text(),
+            max_turns=options.max_turns if options.max_turns is not None else config.max_turns,
+            max_tokens=min(options.max_tokens or config.max_tokens, config.max_tokens),
+            include_partial_messages=bool(options.include_partial_messages),
+            max_budget_usd=options.max_budget_usd,
+            permission_mode=options.permission_mode or "default",
+            output_schema=output_format.schema_ if output_format is not None else None,
+            max_structured_output_retries=config.max_structured_output_retries,
+            params=options.inference_params(),
+            fallback_model=options.fallback_model,
+            tool_choice=options.tool_choice,
+            model_timeout=config.model_timeout,
+            first_event_timeout=config.first_event_timeout,
+            unsupported_options=self.unsupported,
+        )
+
 
 def iso_time(timestamp: float) -> str:
+
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 

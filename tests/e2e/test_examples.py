@@ -693,39 +693,30 @@ async def test_readme_conversations_block() -> None:
 
 
 async def test_readme_reconnect_block(capsys: pytest.CaptureFixture[str]) -> None:
-    """The Reconnect fragment, against a scripted server speaking the seq extension behind a
-    TCP proxy that cuts the connection mid-turn: the loop reads on, nothing lost or repeated.
-    (The scripted server stands in for ``chucky serve`` until its side of issue 13 lands.)"""
-    from support.fake_server import Peer, SeqLog, delta_frame, fake_server, result_frame
+    """The Reconnect fragment against the scripted server behind a TCP proxy that cuts the
+    connection in the middle of the turn: the loop reads on, nothing lost or repeated."""
+    from urllib.parse import urlsplit
+
     from support.proxy import TcpProxy
 
-    log = SeqLog()
-    proxies: list[TcpProxy] = []
-
-    async def handler(peer: Peer) -> None:
-        init = await peer.handshake()
-        if "lastSeq" not in init:
-            await log.session_info(peer)
-            await peer.recv_type("user")
-            for n in range(5):
-                await log.send(peer, delta_frame(f"{n} ", f"ev-{n}"))
-            proxies[0].cut()  # the network fails mid-turn
-            for n in range(5, 10):
-                await log.send(None, delta_frame(f"{n} ", f"ev-{n}"))
-            await log.send(None, result_frame("0 1 2 3 4 5 6 7 8 9", "r-1"))
-            return
-        await log.resumed(peer, init["lastSeq"])
-        await peer.ws.wait_closed()
+    from chucky.testing import scripted_server
 
     code = block("README.md", "from chucky import Chucky, ReconnectEvent").code
-    async with fake_server(handler) as server:
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    code = code.replace('"count to 9"', '"sleep 0.2; stream 10"')
+    async with scripted_server() as server:
+        port = urlsplit(server.url).port
+        assert port is not None
         async with TcpProxy("127.0.0.1", port) as proxy:
-            proxies.append(proxy)
-            await _run_fragment(code.replace(DOC_URL, proxy.url()), {"token": "a.b.c"})
+            # The network fails as the turn's first message is on its way.
+            proxy.cut_when(lambda direction, data: direction == "down" and b'"system"' in data)
+            await _run_fragment(
+                code.replace(DOC_URL, proxy.url()), {"token": server.token("reader")}
+            )
+            assert proxy.cuts == 1
     printed = capsys.readouterr().out.splitlines()
     # on_reconnect runs in the reconnect's own task: its "resumed" may follow the replay.
-    assert sorted(printed) == ["0 1 2 3 4 5 6 7 8 9", "reconnecting 1", "resumed 1"]
+    text = "".join(f"{i:02d} " for i in range(10))
+    assert sorted(printed) == sorted([text, "reconnecting 1", "resumed 1"])
     assert printed.index("reconnecting 1") < printed.index("resumed 1")
 
 

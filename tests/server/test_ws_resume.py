@@ -250,7 +250,7 @@ async def test_a_replay_buffer_that_lost_frames_answers_replay_unavailable() -> 
         claims = decode_token(server.token("test-user")).claims
         holder = server.server.holder_of(session_id, claims)
         assert holder is not None
-        await poll_until(lambda: holder.replay.first > seen[-1]["seq"] + 1)
+        await poll_until(lambda: holder.replay.buffer.first > seen[-1]["seq"] + 1)
         async with _resume(server, session_id, seen[-1]["seq"]) as (ws, error):
             assert error["payload"]["details"]["reason"] == "replay_unavailable"
             info = await recv(ws)  # once the turn ended and the session was let go

@@ -211,6 +211,12 @@ class TcpProxy:
         task.add_done_callback(self._handlers.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio (3.11) logs an error for a connection callback task that ends cancelled:
+        # aclose()'s cancellation ends it normally instead.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
