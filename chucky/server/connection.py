@@ -166,17 +166,18 @@ class Connection(Resumable):
                 (the connection is then aborted). Never with ``seq``: a frame for a socket that
                 is gone waits in the replay buffer for the client to resume.
         """
-        if self.proto.sequenced:
-            return await self._send_sequenced(text)
-        await self._write(text)
-        return None
-
-    async def _send_sequenced(self, text: str) -> int:
+        if not self.proto.sequenced:
+            await self._write(text)
+            return None
+        # Numbered and written under one lock: the order of the numbers is the order on the
+        # wire, and a resume (attach) never interleaves with a live frame.
         async with self._write_lock:
             seq, text = self.replay.number(text)
             if not (self._gone or self.detached):
-                with contextlib.suppress(ClientGoneError):
+                try:
                     await self._write(text)
+                except ClientGoneError:  # kept in the replay buffer for the client to resume
+                    return seq
             return seq
 
     async def _write(self, text: str) -> None:

@@ -55,7 +55,14 @@ def assert_table(output: str) -> None:
 
 @pytest.mark.parametrize(
     "script",
-    ["bench_server.py", "bench_sql.py", "bench_state.py", "history_growth.py", "profile_client.py"],
+    [
+        "bench_server.py",
+        "bench_sql.py",
+        "bench_state.py",
+        "history_growth.py",
+        "profile_client.py",
+        "bench_reconnect.py",
+    ],
 )
 def test_quick_mode_runs(script: str) -> None:
     assert_table(run_bench(f"bench/{script}", "--quick"))
