@@ -382,7 +382,7 @@ class Connection(Resumable):
                 return
             for event in self.proto.receive(text):
                 await self._dispatch(event)
-                if self.closing or ws is not self.ws:
+                if self._closing or ws is not self.ws:  # a closed socket: recv() says how
                     return
 
     async def _dispatch(self, event: ServerEvent) -> None:

@@ -346,3 +346,17 @@ async def test_a_shutdown_ends_a_detached_session_at_once() -> None:
         assert server.server.holds_live(info["sessionId"])
         async with asyncio.timeout(ticks(20)):  # not the 60 s grace
             await server.server.shutdown(grace=ticks(2))
+
+
+async def test_a_clean_close_right_after_a_frame_ends_the_session_without_detaching() -> None:
+    # The close frame can be read while the frame before it is being handled (here an ack):
+    # that is still the client's clean close, not a broken link.
+    async with scripted_server() as server:
+        for _ in range(5):
+            async with open_raw(server) as ws:
+                await init(ws, **SEQ)
+                await send(ws, user_frame("echo bye", turnId="t1"))
+                result = check_result(await collect_turn(ws))
+                ack = {"action": "ack", "data": {"seq": result["seq"]}}
+                await send(ws, {"type": "control", "payload": ack})
+            await settled(server, timeout=ticks(40))  # not held for the 30 s grace
