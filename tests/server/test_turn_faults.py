@@ -139,10 +139,13 @@ async def test_faults_at_random_moments_keep_the_ledger_exact(
     async with scripted_server(database_url=_database(engine, request)) as server:
         token = server.token("faulty", ai_dollars=100)
         context, ws, session_id = await _open(server, token, **options)
-        # Faults land anywhere in a turn: from before admission to after the result.
-        span = await _turn_length(ws, script, logs)
+        # Faults land anywhere in a turn: from before admission to after the result. The span
+        # follows the machine's pace: the median of the last turns that ran to their end
+        # (a loaded machine slows turns down as the test goes).
+        spans = [await _turn_length(ws, script, logs)]
         try:
             for _ in range(turns):
+                span = sorted(spans[-9:])[len(spans[-9:]) // 2]
                 if ws is None:
                     context, ws, _ = await _open(server, token, sessionId=session_id, **options)
                 log = await drive_turn(
@@ -156,6 +159,8 @@ async def test_faults_at_random_moments_keep_the_ledger_exact(
                     tool_delay=rng.uniform(0, span / 4),
                 )
                 logs.append(log)
+                if log.result is not None and not log.result["is_error"] and log.model_done:
+                    spans.append(log.model_done)
                 if fault == "interrupt":
                     assert log.ends == 1 and log.result is not None, log.frames
                     assert log.result["subtype"] in ("success", "error_during_execution")
