@@ -258,3 +258,39 @@ async def test_a_clean_close_does_not_reconnect_and_official_clients_are_unaffec
             async for _ in stream:
                 pass
         await plain.close()
+
+
+async def test_cuts_during_the_resume_handshake_and_during_the_replay_lose_nothing() -> None:
+    async with _proxied() as (server, proxy):
+        token = server.token("unlucky")
+        events: list[ReconnectEvent] = []
+        client = Chucky(
+            token,
+            proxy.url("/ws"),
+            include_partial_messages=True,
+            reconnect_backoff=0.01,
+            on_reconnect=events.append,
+        )
+        session = client.create_session()
+
+        async def arm() -> None:
+            proxy.cut_after(20_000)  # mid-stream
+            await proxy.wait_cuts(1)
+            # The next socket dies as its resume is answered...
+            proxy.cut_when(lambda way, data: way == "down" and b'"resumed"' in data)
+            await proxy.wait_cuts(2)
+            # ... and the one after that in the middle of its replay.
+            proxy.cut_after(5_000)
+            await proxy.wait_cuts(3)
+
+        armed = asyncio.create_task(arm())
+        text, [result] = await _turn(session, "stream 2000")
+        await armed
+        assert text == result.result == _stream_text(2000)
+        assert proxy.cuts == 3
+        resumed = [e for e in events if e.outcome == "resumed"]
+        assert resumed and resumed[-1].replayed > 0
+        session_id = session.session_id
+        assert session_id is not None
+        await client.close()
+        await _check_ledger(server, token, session_id, [result])
