@@ -180,8 +180,10 @@ class LlamaCppProvider(Provider):
     Args:
         model_path: The GGUF file; ``None`` means :func:`default_model_path`.
         n_ctx: The context window in tokens.
-        n_threads: CPU threads for llama.cpp, sampling and prompt evaluation alike (``None``:
-            every CPU this process may run on).
+        n_threads: CPU threads sampling tokens (``None``: half the CPUs this process may run
+            on, at least one, as llama.cpp chooses).
+        n_threads_batch: CPU threads evaluating prompts (``None``: every CPU this process may
+            run on).
         n_batch: Prompt tokens evaluated per batch. ``None`` (the default): 512 where a probe
             in a child process shows batched evaluation works with this build on this machine
             (:mod:`.llamacpp_probe`, its verdict cached), else 1, with a warning saying why.
@@ -204,6 +206,7 @@ class LlamaCppProvider(Provider):
         model_path: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         n_batch: int | None = None,
         n_ubatch: int | None = None,
         prompt_cache_mb: int = DEFAULT_PROMPT_CACHE_MB,
@@ -215,12 +218,14 @@ class LlamaCppProvider(Provider):
         self._repeat_penalty = repeat_penalty
         self._n_ctx = n_ctx
         self._n_threads = None if n_threads is None else max(1, n_threads)
+        self._n_threads_batch = None if n_threads_batch is None else max(1, n_threads_batch)
         self._chat_format = chat_format
         self._seed = seed
         self._n_batch = None if n_batch is None else max(1, n_batch)
         self._n_ubatch = None if n_ubatch is None else max(1, n_ubatch)
         self._prompt_cache_mb = max(0, prompt_cache_mb)
         self._loaded: LoadedModel | None = None
+        self._settings: LlamaSettings | None = None
         self._active: set[threading.Event] = set()
 
     def _path(self) -> str:
@@ -235,6 +240,12 @@ class LlamaCppProvider(Provider):
     def n_batch(self) -> int | None:
         """The batch size of prompt evaluation (``None`` until chosen at the first load)."""
         return self._n_batch
+
+    @property
+    def settings(self) -> LlamaSettings | None:
+        """The loaded model's settings (threads, batch, context, cache); ``None`` before the
+        first load."""
+        return self._settings
 
     @property
     def prefix_stats(self) -> PrefixStats | None:
@@ -262,18 +273,31 @@ class LlamaCppProvider(Provider):
                     verdict.why,
                 )
         n_batch = self._n_batch or 1
-        threads = self._n_threads or default_threads()
+        sampling, evaluating = default_threads()
         settings = LlamaSettings(
             path=path,
             n_ctx=self._n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
+            n_threads=self._n_threads or sampling,
+            n_threads_batch=self._n_threads_batch or evaluating,
             n_batch=n_batch,
             n_ubatch=min(self._n_ubatch or n_batch, n_batch),
             prompt_cache_mb=self._prompt_cache_mb,
             chat_format=self._chat_format,
         )
-        return load_model(settings)
+        model = load_model(settings)
+        self._settings = settings
+        logger.info(
+            "local model %s: %d threads sampling, %d evaluating prompts in batches of %d "
+            "(compute steps of %d), context of %d tokens, %d MiB of saved prompt states",
+            Path(path).name,
+            settings.n_threads,
+            settings.n_threads_batch,
+            settings.n_batch,
+            settings.n_ubatch,
+            settings.n_ctx,
+            settings.prompt_cache_mb,
+        )
+        return model
 
     async def load(self) -> None:
         """Load the model now (in a worker thread) instead of at the first request.

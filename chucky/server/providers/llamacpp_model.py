@@ -5,12 +5,14 @@ provider that asks for the same; loading runs in a worker thread (the provider's
 model owns ONE generation thread (a single-worker executor) and ONE context, whose prompt prefix
 reuse :class:`~.llamacpp_prefix.PromptContext` manages.
 
-Settings chosen for the machine (:func:`default_threads`): prompts are evaluated with every CPU
-this process may run on (batched evaluation is compute-bound and scales with cores), tokens are
-sampled with the same count (one token's decode is a chain of small matrix-vector products; on
-the project's 2-vCPU machine two threads decode ~1.3x faster than llama.cpp's default of half
-the CPUs). The batch is llama.cpp's default, 512 tokens, where batched evaluation works
-(:mod:`.llamacpp_probe`).
+Threads, chosen for the machine (:func:`default_threads`) as llama.cpp chooses them: prompts
+are evaluated with every CPU this process may run on (batched evaluation is compute-bound and
+scales with cores), tokens are sampled with half of them, at least one (one token's decode is a
+chain of small matrix-vector products, bound by memory more than by compute). More sampling
+threads than free cores is ruinous: llama.cpp's threads wait for each other spinning, and on a
+busy 2-vCPU machine two of them decoded at 3 tokens/s where one decoded at 24
+(``docs/benchmarks.md``). The batch is llama.cpp's default, 512 tokens, where batched
+evaluation works (:mod:`.llamacpp_probe`).
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ def default_model_path() -> Path:
     )
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+def default_threads() -> tuple[int, int]:
+    """``(sampling, prompt evaluation)`` threads: half the CPUs this process may run on (at
+    least one), and all of them (its affinity mask; every CPU where there is none)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    cpus = max(1, cpus)
+    return max(1, cpus // 2), cpus
 
 
 @dataclass(frozen=True, slots=True)
