@@ -37,16 +37,17 @@ cut before its first key was complete -- is dropped: the message has no content 
 ``stop_reason: "max_tokens"``. Half a tool call is never shown as text.
 
 Batched prompt evaluation (``n_batch=512``) is used where it works. ``llama-cpp-python`` 0.3.36
-built by GCC older than 14 with ``-march=native`` (pip's default) on a CPU with AMX (Intel Xeon
-4th generation and later) crashes the process in batched decode: GCC's ``_tile_loadconfig``
-tells the compiler it reads 8 bytes of the 64-byte tile configuration, so the stores of its
-rows and columns are dropped as dead, and ``ldtilecfg`` in ggml's AMX matrix kernel raises a
-general protection fault on the garbage (one token at a time is a matrix-vector product and
-never reaches that kernel). The README's install compiles llama.cpp without ggml's AMX kernels
-(``-U__AMX_INT8__``); for builds made otherwise, unless ``n_batch`` is given, the first load
-asks a child process whether batched evaluation survives (:mod:`.llamacpp_probe`, cached per
-build, CPU and model) and falls back to one token at a time (~5-10 ms per prompt token with
-the default 135M model) only where it does not, with a warning saying why.
+compiled with ``-march=native`` (pip's default) by a GCC whose ``_tile_loadconfig`` is an asm
+statement (Debian 12's GCC 12.2) crashes the process in batched decode on a CPU with AMX (Intel
+Xeon, 4th generation and later): the asm tells the compiler it reads 8 bytes of the 64-byte
+tile configuration, so the stores of its rows and columns are dropped as dead, and
+``ldtilecfg`` in ggml's AMX matrix kernel raises a general protection fault on what is left
+(one token at a time is a matrix-vector product and never reaches that kernel). The README's
+install compiles llama.cpp without ggml's AMX kernels (``-U__AMX_INT8__``); for builds made
+otherwise, unless ``n_batch`` is given, the first load asks a child process whether batched
+evaluation survives (:mod:`.llamacpp_probe`, cached per build, CPU and model) and falls back to
+one token at a time (~5-20 ms per prompt token with the default 135M model) only where it does
+not, with a warning saying why.
 """
 
 from __future__ import annotations
