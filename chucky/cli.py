@@ -315,7 +315,17 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_PROMPT, DemoOptions, main
 
     prompt = args.prompt or DEMO_PROMPT
-    return main(DemoOptions(prompt, args.max_tokens, args.model_path, args.seed))
+    return main(
+        DemoOptions(
+            prompt,
+            args.max_tokens,
+            args.model_path,
+            args.seed,
+            n_threads=args.n_threads,
+            n_batch=args.n_batch,
+            n_ctx=args.n_ctx,
+        )
+    )
 
 
 def _demo_max_tokens(text: str) -> int:
@@ -329,6 +339,16 @@ def _demo_max_tokens(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be at least {MIN_MAX_TOKENS}, got {value} (the forced tool call needs room)"
         )
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -352,6 +372,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model-path", metavar="GGUF", help="another local model file")
     demo.add_argument("--seed", type=int, default=7)
+    for flag, default, what in (
+        ("--n-threads", None, "CPU threads for the model (default: half the CPUs sampling)"),
+        ("--n-batch", None, "prompt tokens per batch (default: 512 where the build survives it)"),
+        ("--n-ctx", 4096, "the model's context window (default: 4096)"),
+    ):
+        demo.add_argument(flag, type=_positive, default=default, metavar="N", help=what)
     demo.set_defaults(run=_demo)
 
     serve = _command_parser(

