@@ -32,16 +32,24 @@ import asyncio
 import errno
 import json
 import logging
-import math
 import os
 import secrets
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import __version__
+from .cli_args import (
+    EXIT_USAGE,
+    Parser,
+    command_parser,
+    db_option,
+    demo_max_tokens,
+    positive,
+    seconds,
+)
 from .errors import ChuckyError
 from .server.config import DEFAULT_FIRST_EVENT_TIMEOUT, DEFAULT_MODEL_TIMEOUT
 
@@ -58,8 +66,6 @@ _DESCRIPTION = (
 )
 EXIT_FAILURE = 1
 """The command failed (an expected failure, reported on one line)."""
-EXIT_USAGE = 2
-"""A bad or missing flag (argparse's own status)."""
 EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C (128 + SIGINT, the shells' convention)."""
 
@@ -71,32 +77,6 @@ class CommandError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error on one line (the usage itself is one ``--help`` away).
-
-    It keeps what it was given, for the documentation tests: :attr:`arguments`, the actions
-    of its options, and :attr:`commands`, its subcommands' parsers by name.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.arguments: list[argparse.Action] = []  # before: __init__ adds --help
-        self.commands: dict[str, _Parser] = {}
-        super().__init__(*args, **kwargs)
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        action = super().add_argument(*args, **kwargs)
-        self.arguments.append(action)
-        return action
-
-    def add_subparsers(self, **kwargs: Any) -> Any:
-        subparsers = super().add_subparsers(**kwargs)
-        self.commands = subparsers.choices  # name -> parser, filled by add_parser
-        return subparsers
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _one_line(text: str) -> str:
@@ -328,43 +308,19 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
-def _demo_max_tokens(text: str) -> int:
-    from .demo import MIN_MAX_TOKENS
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < MIN_MAX_TOKENS:
-        raise argparse.ArgumentTypeError(
-            f"must be at least {MIN_MAX_TOKENS}, got {value} (the forced tool call needs room)"
-        )
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="chucky", description=_DESCRIPTION)
+    parser = Parser(prog="chucky", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"chucky {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = _command_parser(
+    demo = command_parser(
         commands, "demo", "run an agent session with the embedded local model (no key, no network)"
     )
     demo.add_argument("--prompt", help="the user's message (default: a weather question)")
     demo.add_argument(
         "--max-tokens",
-        type=_demo_max_tokens,
+        type=demo_max_tokens,
         default=96,
         metavar="N",
         help="the cap of each model call, at least 48: the forced tool call needs room "
@@ -377,10 +333,10 @@ def _parser() -> argparse.ArgumentParser:
         ("--n-batch", None, "prompt tokens per batch (default: 512 where the build survives it)"),
         ("--n-ctx", 4096, "the model's context window (default: 4096)"),
     ):
-        demo.add_argument(flag, type=_positive, default=default, metavar="N", help=what)
+        demo.add_argument(flag, type=positive, default=default, metavar="N", help=what)
     demo.set_defaults(run=_demo)
 
-    serve = _command_parser(
+    serve = command_parser(
         commands,
         "serve",
         "run a Chucky-compatible server; SIGTERM or SIGINT (Ctrl-C) stops it gracefully",
@@ -416,7 +372,7 @@ def _parser() -> argparse.ArgumentParser:
         "loopback needs a metrics token)",
     )
     serve.add_argument("--tool-timeout", type=float, default=120.0, metavar="SECONDS")
-    _db_option(serve)
+    db_option(serve)
     serve.add_argument("--max-sessions-per-user", type=int, metavar="N")
     serve.add_argument("--max-sessions-per-project", type=int, metavar="N")
     serve.add_argument("--turns-per-minute", type=int, metavar="N", help="per user")
@@ -443,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--model-timeout",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_MODEL_TIMEOUT,
         metavar="SECONDS",
         help="a model call that has not ended this long after its request fails the turn with "
@@ -451,7 +407,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--first-event-timeout",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_FIRST_EVENT_TIMEOUT,
         metavar="SECONDS",
         help="the same for a model call that sent nothing yet (first_event_timeout)",
@@ -472,7 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--reconnect-grace",
-        type=_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="how long a session whose client can resume it (the seq extension) waits, "
@@ -480,14 +436,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--replay-frames",
-        type=_positive_int,
+        type=positive,
         default=4096,
         metavar="N",
         help="frames of a session kept for a resuming client to receive again",
     )
     serve.add_argument(
         "--replay-bytes",
-        type=_positive_int,
+        type=positive,
         default=4 * 1024 * 1024,
         metavar="N",
         help="characters of frames of a session kept for a resuming client",
@@ -515,7 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    project = _command_parser(commands, "project", "manage projects and their secrets")
+    project = command_parser(commands, "project", "manage projects and their secrets")
     actions = project.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a project; prints its id and secret")
     create.add_argument("--name", required=True)
@@ -532,16 +488,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("id")
     for parser_ in (create, rotate, revoke, delete, actions.choices["list"]):
-        _db_option(parser_)
+        db_option(parser_)
     project.set_defaults(run=_project)
 
-    token = _command_parser(commands, "token", "mint an end-user token")
+    token = command_parser(commands, "token", "mint an end-user token")
     token.add_argument("--project", required=True)
     token.add_argument("--user", required=True)
     token.add_argument(
         "--secret", help="the project secret (or CHUCKY_SECRET; else read from the database)"
     )
-    _db_option(token)
+    db_option(token)
     token.add_argument("--ai-dollars", type=float, default=1.0)
     token.add_argument("--compute-hours", type=float, default=1.0)
     token.add_argument(
@@ -550,14 +506,14 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS")
     token.set_defaults(run=_token)
 
-    prompt = _command_parser(commands, "prompt", "run one streamed turn against a server")
+    prompt = command_parser(commands, "prompt", "run one streamed turn against a server")
     prompt.add_argument("message")
     prompt.add_argument("--url", default="ws://127.0.0.1:8765/ws")
     prompt.add_argument("--token", help="the end-user token (or CHUCKY_TOKEN)")
     prompt.add_argument("--model", default="claude-sonnet-5-5")
     prompt.set_defaults(run=lambda args: asyncio.run(_prompt(args)))
 
-    chat = _command_parser(
+    chat = command_parser(
         commands,
         "chat",
         "chat with an agent in the terminal (without --url: the embedded local model); "
@@ -588,47 +544,6 @@ def _chat(args: argparse.Namespace) -> int:
     except ImportError as exc:
         extra = "chat" if exc.name and exc.name.startswith("prompt_toolkit") else "local"
         raise CommandError(f"needs pip install 'chucky[{extra}]' ({exc})") from exc
-
-
-def _seconds(text: str) -> float:
-    """A number of seconds > 0 (argparse reports a bad one as a usage error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """A whole number > 0 (argparse reports a bad one as a usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0: {text!r}")
-    return value
-
-
-class _Commands(Protocol):
-    """What ``ArgumentParser.add_subparsers()`` returns, as used here."""
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
-
-
-def _command_parser(commands: _Commands, name: str, summary: str) -> argparse.ArgumentParser:
-    return commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:])
-
-
-def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB "
-        "(also CHUCKY_DB; default: a SQLite file in the user data directory)",
-    )
 
 
 def _command(args: argparse.Namespace) -> str:
