@@ -6,8 +6,9 @@ around :class:`~chucky.protocol.client.ClientProtocol` and
 """
 
 from .client import ClientProtocol, ClientState
-from .frames import FrameError, decode_client_frame, decode_server_frame, encode
+from .frames import FrameError, decode_client_frame, encode
 from .server import ServerProtocol, ServerState
+from .server_frames import decode_server_frame
 
 __all__ = [
     "ClientProtocol",

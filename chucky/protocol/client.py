@@ -80,18 +80,7 @@ from ..messages import (
     SystemMessage,
     UserMessage,
 )
-from .frames import (
-    ErrorFrame,
-    PongFrame,
-    ServerControlFrame,
-    ServerFrame,
-    ToolCallFrame,
-    ToolCancelData,
-    UnknownFrame,
-    _describe,
-    decode_server_frame_seq,
-    encode,
-)
+from .frames import _describe, encode
 from .resume import (
     DeliveredUuids,
     OpenTurns,
@@ -100,6 +89,16 @@ from .resume import (
     new_turn_id,
     resume_payload,
     with_seq,
+)
+from .server_frames import (
+    ErrorFrame,
+    PongFrame,
+    ServerControlFrame,
+    ServerFrame,
+    ToolCallFrame,
+    ToolCancelData,
+    UnknownFrame,
+    decode_server_frame_seq,
 )
 
 __all__ = [

@@ -42,7 +42,7 @@ from ..protocol.client import (
     ToolCall,
     TurnFailed,
 )
-from ..protocol.frames import ErrorFrame
+from ..protocol.server_frames import ErrorFrame
 from ..tools import error_result
 from .auth import authenticate, extract_token
 from .budget import UserBudget

@@ -25,8 +25,8 @@ from chucky.protocol.client import (
     ToolCall,
     TurnFailed,
 )
-from chucky.protocol.frames import decode_server_frame, decode_server_frame_seq
 from chucky.protocol.resume import TURN_ID_PATTERN, DeliveredUuids, SeqCursor
+from chucky.protocol.server_frames import decode_server_frame, decode_server_frame_seq
 
 READY = '{"type":"control","payload":{"action":"ready"}}'
 INIT = {

@@ -32,22 +32,24 @@ from chucky.options import SessionOptions, SystemPromptPreset
 from chucky.protocol.client import ClientProtocol, TurnFailed
 from chucky.protocol.frames import (
     ClientControlFrame,
-    ErrorFrame,
     FrameError,
     InitFrame,
     PingFrame,
-    PongFrame,
     PromptFrame,
     SdkMessageFrame,
-    ServerControlFrame,
-    ToolCallFrame,
     ToolResultFrame,
-    UnknownFrame,
     UserFrame,
     decode_client_frame,
-    decode_server_frame,
     encode,
     turn_content,
+)
+from chucky.protocol.server_frames import (
+    ErrorFrame,
+    PongFrame,
+    ServerControlFrame,
+    ToolCallFrame,
+    UnknownFrame,
+    decode_server_frame,
 )
 
 
