@@ -181,6 +181,8 @@ class Connection(Resumable):
             return seq
 
     async def _write(self, text: str) -> None:
+        """Write ``text`` as it is: a numbered frame, or one that never has a ``seq``
+        (``resumed``, ``replay_unavailable``, a replayed frame)."""
         if self._gone:
             raise ClientGoneError("the client is gone")
         self._last_sent = time.monotonic()
@@ -195,11 +197,6 @@ class Connection(Resumable):
         except ConnectionClosed as exc:
             self._gone = True
             raise ClientGoneError("the connection is closed") from exc
-
-    async def _send_raw(self, text: str) -> None:
-        """A frame without a ``seq`` (``ready``, ``resumed``, ``replay_unavailable``), or one
-        numbered already (a replayed frame)."""
-        await self._write(text)
 
     def _abort(self, why: str) -> None:
         """Cut the connection now: a client that does not read cannot receive a close frame.

@@ -61,9 +61,6 @@ class Resumable:
     async def _write(self, text: str) -> None:
         raise NotImplementedError
 
-    async def _send_raw(self, text: str) -> None:
-        raise NotImplementedError
-
     async def _end(self) -> None:
         raise NotImplementedError
 
@@ -117,7 +114,7 @@ class Resumable:
                 return True
             holder.supersede()
         with contextlib.suppress(ClientGoneError):
-            await self._send_raw(self.proto.error(replay_unavailable(last_seq)))
+            await self._write(self.proto.error(replay_unavailable(last_seq)))
         if holder is not None:  # its running turn ends on its own, then it lets go
             limit = self.config.reconnect_grace + (self.config.model_timeout or 600.0)
             with contextlib.suppress(TimeoutError):
